@@ -1,0 +1,206 @@
+"""AWD-LSTM classifier: BPT3C over chunks, masked concat pooling and the pooling head.
+
+Each document's result equals fastai's result for that document run alone (batch of one):
+- leading padding (before a document's first real token) leaves its state at zero, which is
+  what fastai's shrinking `real_bs` achieves in the layouts where it is batch-consistent;
+- a document keeps (for pooling and gradients) its chunks whose start `i`, counted from its
+  first real token, satisfies `length - i <= max_len` (fastai's rule applied to the document);
+- pooling counts non-pad tokens only; the "last" output is fastai's `-last_lens-1` position.
+fastai itself can skip a short document in a batch whose padded length is not a multiple of
+`bptt`; we give the single-document answer there.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ulmfit_jax.batch_norm import BatchNorm
+from ulmfit_jax.dropout import ClassifierDropoutMasks
+from ulmfit_jax.encoder import (
+    AWDLSTMEncoder,
+    EncoderState,
+    EncoderWeights,
+    encode,
+    stop_gradient_weights,
+    zero_state,
+)
+from ulmfit_jax.model_config import AWDLSTMConfig, ClassifierConfig
+
+
+class HeadBlock(nnx.Module):
+    """BatchNorm -> Dropout -> Linear (no bias): batch_norm/{scale,bias,mean,var}, linear/kernel."""
+
+    def __init__(self, n_in: int, n_out: int, *, rngs: nnx.Rngs):
+        self.batch_norm = BatchNorm(n_in)
+        # torch's nn.Linear init: U(-1/sqrt(n_in), 1/sqrt(n_in)).
+        init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+        self.linear = nnx.Linear(n_in, n_out, use_bias=False, kernel_init=init, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool) -> jax.Array:
+        """x [batch, n_in] -> [batch, n_out]; mask [batch, n_in] scaled dropout mask or None."""
+        x = self.batch_norm(x, train=train)
+        if mask is not None:
+            x = x * mask
+        return self.linear(x)
+
+
+class PoolingHead(nnx.Module):
+    """Blocks `features[k] -> features[k+1]` with ReLU between them (not after the last)."""
+
+    def __init__(self, features: tuple[int, ...], *, rngs: nnx.Rngs):
+        self.blocks = nnx.List(
+            [HeadBlock(i, o, rngs=rngs) for i, o in zip(features[:-1], features[1:], strict=True)]
+        )
+
+    def __call__(
+        self, x: jax.Array, masks: tuple[jax.Array, ...] | None, train: bool
+    ) -> jax.Array:
+        """x [batch, 3*emb] pooled features -> logits [batch, n_classes]."""
+        for k, block in enumerate(self.blocks):
+            x = block(x, None if masks is None else masks[k], train)
+            if k != len(self.blocks) - 1:
+                x = jax.nn.relu(x)
+        return x
+
+
+class AWDLSTMClassifier(nnx.Module):
+    """Parameters: encoder/... (as the LM's) and head/blocks/{k}/..."""
+
+    def __init__(self, config: ClassifierConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.encoder = AWDLSTMEncoder(config.encoder, rngs=rngs)
+        self.head = PoolingHead(config.head_features, rngs=rngs)
+
+    def __call__(
+        self,
+        ids: jax.Array,
+        masks: ClassifierDropoutMasks | None = None,
+        train: bool = False,
+    ) -> jax.Array:
+        """ids [batch, time] padded in fastai layout -> logits [batch, n_classes].
+
+        masks None = no dropout; train=True uses batch statistics in BatchNorm and updates
+        its running statistics.
+        """
+        pooled = bpt3c_pool(self.encoder.weights(), self.config, ids, masks)
+        return self.head(pooled, None if masks is None else masks.head, train)
+
+
+def _document_layout(ids: jax.Array, pad_id: int) -> tuple[jax.Array, jax.Array]:
+    """First and last real-token index of each row, [batch] each (a row with no real token
+    gets first = time, last = -1)."""
+    time = ids.shape[1]
+    real = ids != pad_id
+    positions = jnp.arange(time)
+    first = jnp.min(jnp.where(real, positions, time), axis=1)
+    last = jnp.max(jnp.where(real, positions, -1), axis=1)
+    return first, last
+
+
+def pooling_mask(
+    ids: jax.Array, config: ClassifierConfig, window_start: int
+) -> tuple[jax.Array, jax.Array]:
+    """Which positions each document pools over, and its "last" position.
+
+    ids [batch, time]. Returns mask [batch, time] (non-pad tokens inside the document's kept
+    chunks, at or after `window_start`) and last_index [batch]: fastai's
+    `length - 1 - (pads among the last bptt tokens)`, in padded-row coordinates.
+    """
+    pad, bptt = config.encoder.pad_id, config.bptt
+    first, last = _document_layout(ids, pad)
+    positions = jnp.arange(ids.shape[1])[None, :]
+    length = (last - first + 1)[:, None]
+    chunk_start = ((positions - first[:, None]) // bptt) * bptt
+    in_doc = (positions >= first[:, None]) & (positions <= last[:, None])
+    kept = in_doc & (length - chunk_start <= config.max_len) & (positions >= window_start)
+    is_pad = ids == pad
+    tail = in_doc & (positions > last[:, None] - bptt)
+    last_index = last - jnp.sum(tail & is_pad, axis=1)
+    return kept & ~is_pad, last_index
+
+
+def masked_concat_pool(
+    outputs: jax.Array, mask: jax.Array, last_index: jax.Array
+) -> jax.Array:
+    """outputs [batch, time, emb], mask [batch, time] bool, last_index [batch] ->
+    [batch, 3*emb] = [output at last_index, max over mask, mean over mask]."""
+    m = mask[..., None]
+    count = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1).astype(outputs.dtype)
+    mean = jnp.sum(jnp.where(m, outputs, 0.0), axis=1) / count
+    max_pool = jnp.max(jnp.where(m, outputs, -jnp.inf), axis=1)
+    # A row without real tokens would give -inf and NaN logits; give it zeros instead.
+    max_pool = jnp.where(jnp.any(mask, axis=1, keepdims=True), max_pool, 0.0)
+    last = jnp.take_along_axis(outputs, last_index[:, None, None], axis=1)[:, 0]
+    return jnp.concatenate([last, max_pool, mean], axis=-1)
+
+
+def first_kept_chunk(time: int, config: ClassifierConfig) -> int:
+    """Index of the first chunk any document can keep.
+
+    fastai keeps chunk start i iff time - i <= max_len; a document followed by r < bptt
+    trailing pads may need one more chunk, so we keep i iff time - i < max_len + bptt.
+    """
+    bptt = config.bptt
+    return max(0, -(-(time - config.max_len - bptt + 1) // bptt))
+
+
+def bpt3c_pool(
+    weights: EncoderWeights,
+    config: ClassifierConfig,
+    ids: jax.Array,
+    masks: ClassifierDropoutMasks | None = None,
+) -> jax.Array:
+    """Run the encoder over bptt chunks and concat-pool: ids [batch, time] -> [batch, 3*emb].
+
+    The state is carried between chunks with its gradient cut at every boundary (fastai
+    detaches it); the chunks before the kept window run without any backward.
+    """
+    enc_cfg, bptt = config.encoder, config.bptt
+    batch, time = ids.shape
+    n_chunks = -(-time // bptt)
+    padded = jnp.pad(ids, ((0, 0), (0, n_chunks * bptt - time)), constant_values=enc_cfg.pad_id)
+    first, _ = _document_layout(ids, enc_cfg.pad_id)
+    active = jnp.arange(n_chunks * bptt)[None, :] >= first[:, None]
+    c0 = first_kept_chunk(time, config)
+    state = zero_state(enc_cfg, batch)
+    if c0 > 0:
+        frozen = stop_gradient_weights(weights)
+        state, _ = _scan_chunks(frozen, enc_cfg, padded[:, : c0 * bptt],
+                                active[:, : c0 * bptt], state, masks, bptt, keep_outputs=False)
+        state = jax.lax.stop_gradient(state)
+    _, outputs = _scan_chunks(weights, enc_cfg, padded[:, c0 * bptt:], active[:, c0 * bptt:],
+                              state, masks, bptt, keep_outputs=True)
+    mask, last_index = pooling_mask(padded, config, c0 * bptt)
+    window = c0 * bptt
+    return masked_concat_pool(outputs, mask[:, window:], last_index - window)
+
+
+def _scan_chunks(
+    weights: EncoderWeights,
+    config: AWDLSTMConfig,
+    ids: jax.Array,
+    active: jax.Array,
+    state: EncoderState,
+    masks: ClassifierDropoutMasks | None,
+    bptt: int,
+    keep_outputs: bool,
+) -> tuple[EncoderState, jax.Array | None]:
+    """Scan `encode` over consecutive bptt chunks of ids [batch, n*bptt].
+
+    Returns the final state and, if keep_outputs, outputs [batch, n*bptt, emb].
+    """
+    batch = ids.shape[0]
+    ids_c = jnp.swapaxes(ids.reshape(batch, -1, bptt), 0, 1)
+    active_c = jnp.swapaxes(active.reshape(batch, -1, bptt), 0, 1)
+
+    def step(carry: EncoderState, xs: tuple[jax.Array, jax.Array]):
+        chunk_ids, chunk_active = xs
+        out, new_state = encode(weights, config, chunk_ids, jax.lax.stop_gradient(carry),
+                                masks, chunk_active)
+        return new_state, (out if keep_outputs else None)
+
+    state, outs = jax.lax.scan(step, state, (ids_c, active_c))
+    if not keep_outputs:
+        return state, None
+    return state, jnp.swapaxes(outs, 0, 1).reshape(batch, -1, outs.shape[-1])

@@ -1,0 +1,75 @@
+"""AWD-LSTM language model: encoder + decoder tied to the embedding, with a bias."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ulmfit_jax.dropout import LMDropoutMasks
+from ulmfit_jax.encoder import AWDLSTMEncoder, EncoderState
+from ulmfit_jax.model_config import AWDLSTMConfig
+
+
+class LMOutput(NamedTuple):
+    """logits [batch, time, vocab]; state per layer (h, c); raw_last and dropped_last
+    [batch, time, emb] are the last layer's output before / after output dropout (for AR/TAR)."""
+
+    logits: jax.Array
+    state: EncoderState
+    raw_last: jax.Array
+    dropped_last: jax.Array
+
+
+class AWDLSTMLanguageModel(nnx.Module):
+    """Parameters: encoder/... (see `AWDLSTMEncoder`) and decoder_bias [vocab]."""
+
+    def __init__(self, config: AWDLSTMConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.encoder = AWDLSTMEncoder(config, rngs=rngs)
+        self.decoder_bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
+
+    def __call__(
+        self,
+        ids: jax.Array,
+        state: EncoderState | None = None,
+        masks: LMDropoutMasks | None = None,
+    ) -> LMOutput:
+        """ids [batch, time] int32 -> `LMOutput`. masks None = eval mode.
+
+        The caller cuts the gradient of the returned state between windows.
+        """
+        raw, new_state = self.encoder(ids, state, masks)
+        dropped = raw if masks is None else raw * masks.output[:, None, :]
+        logits = tied_decoder(dropped, self.encoder.embedding[...], self.decoder_bias[...],
+                              self.config)
+        return LMOutput(logits, new_state, raw, dropped)
+
+
+def tied_decoder(
+    x: jax.Array, embedding: jax.Array, bias: jax.Array, config: AWDLSTMConfig
+) -> jax.Array:
+    """x [batch, time, emb] @ embedding.T + bias -> [batch, time, vocab].
+
+    fastai's decoder uses the undropped embedding matrix (embedding dropout makes a copy).
+    """
+    dtype = config.compute_dtype
+    logits = jnp.einsum(
+        "bte,ve->btv", x.astype(dtype), embedding.astype(dtype),
+        preferred_element_type=jnp.float32,
+    )
+    return logits + bias
+
+
+def resize_state(state: EncoderState, batch_size: int) -> EncoderState:
+    """fastai's rule when the batch size changes between calls: keep the first rows when
+    shrinking, append zero rows when growing. Each (h, c) is [batch, hid_l]."""
+
+    def resize(x: jax.Array) -> jax.Array:
+        current = x.shape[0]
+        if batch_size <= current:
+            return x[:batch_size]
+        return jnp.concatenate([x, jnp.zeros((batch_size - current, *x.shape[1:]), x.dtype)])
+
+    return tuple((resize(h), resize(c)) for h, c in state)

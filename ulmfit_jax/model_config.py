@@ -1,0 +1,123 @@
+"""Model hyper-parameters as frozen dataclasses (the model's side of the config boundary).
+
+Dropout probabilities are stored as fastai's *base* values; the effective probability used by
+the model is `base * drop_mult`, exactly as fastai's `get_language_model` / `get_text_classifier`
+multiply every `*_p` entry of their config by `drop_mult`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class AWDLSTMConfig:
+    """Sizes and dropouts of an AWD-LSTM (defaults: fastai's `awd_lstm_lm_config`)."""
+
+    vocab_size: int
+    emb_size: int = 400
+    hidden_size: int = 1152
+    n_layers: int = 3
+    pad_id: int = 1
+    embed_p: float = 0.02
+    input_p: float = 0.25
+    weight_p: float = 0.2
+    hidden_p: float = 0.15
+    output_p: float = 0.1
+    drop_mult: float = 1.0
+    # Parameters stay float32; matmuls run in this dtype (bfloat16 on accelerators later).
+    compute_dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        if self.vocab_size <= 0 or self.emb_size <= 0 or self.hidden_size <= 0:
+            raise ValueError(f"sizes must be positive, got {self}")
+        if self.n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {self.n_layers}")
+        for name in ("embed_p", "input_p", "weight_p", "hidden_p", "output_p"):
+            p = getattr(self, name) * self.drop_mult
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} * drop_mult = {p} must be in [0, 1)")
+
+    @classmethod
+    def lm_defaults(
+        cls, vocab_size: int, drop_mult: float = 1.0, **overrides: Any
+    ) -> AWDLSTMConfig:
+        """fastai's language-model config (`awd_lstm_lm_config`)."""
+        return cls(vocab_size=vocab_size, drop_mult=drop_mult, **overrides)
+
+    @classmethod
+    def classifier_defaults(
+        cls, vocab_size: int, drop_mult: float = 1.0, **overrides: Any
+    ) -> AWDLSTMConfig:
+        """fastai's classifier encoder config (`awd_lstm_clas_config`)."""
+        values = dict(embed_p=0.05, input_p=0.4, weight_p=0.5, hidden_p=0.3, output_p=0.4)
+        values.update(overrides)
+        return cls(vocab_size=vocab_size, drop_mult=drop_mult, **values)
+
+    def layer_sizes(self) -> list[tuple[int, int]]:
+        """(input width, hidden width) of each LSTM layer; the last one is `emb_size` wide."""
+        sizes = []
+        for layer in range(self.n_layers):
+            n_in = self.emb_size if layer == 0 else self.hidden_size
+            n_out = self.emb_size if layer == self.n_layers - 1 else self.hidden_size
+            sizes.append((n_in, n_out))
+        return sizes
+
+    @property
+    def embed_dropout(self) -> float:
+        """Effective embedding-row dropout probability."""
+        return self.embed_p * self.drop_mult
+
+    @property
+    def input_dropout(self) -> float:
+        """Effective variational dropout on the embedding output."""
+        return self.input_p * self.drop_mult
+
+    @property
+    def weight_dropout(self) -> float:
+        """Effective DropConnect probability on each W_hh."""
+        return self.weight_p * self.drop_mult
+
+    @property
+    def hidden_dropout(self) -> float:
+        """Effective variational dropout between LSTM layers."""
+        return self.hidden_p * self.drop_mult
+
+    @property
+    def output_dropout(self) -> float:
+        """Effective dropout on the last layer's output (LM) / first head dropout (classifier)."""
+        return self.output_p * self.drop_mult
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """AWD-LSTM classifier: encoder config, BPT3C chunking and the pooling head."""
+
+    encoder: AWDLSTMConfig
+    n_classes: int
+    bptt: int = 72
+    max_len: int = 72 * 20
+    head_sizes: tuple[int, ...] = (50,)
+    # fastai's `ps` for the blocks after the first (default 0.1 each); not scaled by drop_mult.
+    head_ps: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_classes < 1 or self.bptt < 1 or self.max_len < 1:
+            raise ValueError(f"n_classes, bptt and max_len must be positive, got {self}")
+        if self.head_ps is not None and len(self.head_ps) != len(self.head_sizes):
+            raise ValueError(
+                f"head_ps has {len(self.head_ps)} entries, head_sizes {len(self.head_sizes)}"
+            )
+
+    @property
+    def head_features(self) -> tuple[int, ...]:
+        """Widths through the head: (3 * emb, *head_sizes, n_classes)."""
+        return (3 * self.encoder.emb_size, *self.head_sizes, self.n_classes)
+
+    @property
+    def head_dropouts(self) -> tuple[float, ...]:
+        """Dropout before each head Linear: [output_p * drop_mult, 0.1, ...] as fastai."""
+        rest = self.head_ps if self.head_ps is not None else (0.1,) * len(self.head_sizes)
+        return (self.encoder.output_dropout, *rest)
