@@ -1,0 +1,84 @@
+"""Checkpointer: round trip with shardings, keep last N + best, atomic saves, NaN message."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ulmfit_jax import optimizer as opt
+from ulmfit_jax import sharding
+from ulmfit_jax.checkpointing import (
+    Checkpointer,
+    NonFiniteLossError,
+    check_finite_loss,
+    key_from_list,
+    key_to_list,
+)
+
+
+def make_state(scale: float = 1.0) -> dict:
+    params = {"encoder": {"embedding": jnp.full((6, 4), scale)}, "decoder_bias": jnp.zeros(6)}
+    tx, _ = opt.ulmfit_adam(
+        params, (("embedding", "encoder/embedding"), ("bias", "decoder_bias")), wd=0.1
+    )
+    return {
+        "params": params,
+        "opt_state": opt.freeze_to(tx.init(params), -1),
+        "step": jnp.int32(3),
+        "hidden": ((jnp.ones((2, 4)) * scale, jnp.zeros((2, 4))),),
+    }
+
+
+def test_round_trip_restores_values_structure_shardings_and_meta(tmp_path):
+    mesh = sharding.make_data_mesh()
+    state = sharding.place_state(make_state(2.0), mesh)
+    ckpt = Checkpointer(tmp_path / "ck", keep=2)
+    rng = jax.random.PRNGKey(42)
+    meta = {"rng": key_to_list(rng), "data": {"epoch": 1, "step": 5}, "config": {"a": [1, 2]}}
+    ckpt.save(7, state, meta)
+    ckpt.wait()
+    template = sharding.place_state(make_state(0.0), mesh)
+    restored, restored_meta = ckpt.restore_latest(template)
+    ckpt.close()
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    assert isinstance(restored["opt_state"], opt.FastaiAdamState)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert b.sharding == a.sharding
+    assert restored_meta["step"] == 7 and restored_meta["data"] == {"epoch": 1, "step": 5}
+    np.testing.assert_array_equal(key_from_list(restored_meta["rng"]), np.asarray(rng))
+
+
+def test_keeps_last_n_and_best(tmp_path):
+    ckpt = Checkpointer(tmp_path / "ck", keep=2, best_metric="accuracy", async_save=False)
+    state = make_state()
+    for step, acc in [(1, 0.5), (2, 0.9), (3, 0.1), (4, 0.2), (5, 0.3)]:
+        ckpt.save(step, state, {}, metrics={"accuracy": acc})
+    ckpt.wait()
+    assert ckpt.all_steps() == [2, 4, 5]
+    assert ckpt.best_step() == 2
+    ckpt.close()
+
+
+def test_partial_save_is_invisible_and_restore_of_nothing_is_none(tmp_path):
+    directory = tmp_path / "ck"
+    ckpt = Checkpointer(directory, keep=2, async_save=False)
+    assert ckpt.restore_latest(make_state()) is None
+    ckpt.save(1, make_state(), {})
+    ckpt.close()
+    # What a run killed mid-save leaves behind: orbax's temporary directory, never renamed.
+    (directory / "2.orbax-checkpoint-tmp-123").mkdir()
+    (directory / "2.orbax-checkpoint-tmp-123" / "junk").write_text("half written")
+    ckpt = Checkpointer(directory, keep=2, async_save=False)
+    assert ckpt.latest_step() == 1
+    restored, meta = ckpt.restore_latest(make_state(5.0))
+    assert meta["step"] == 1
+    np.testing.assert_array_equal(restored["params"]["encoder"]["embedding"], 1.0)
+    ckpt.close()
+
+
+def test_non_finite_loss_message_names_stage_and_step():
+    check_finite_loss(1.5, "lm_fwd", 3)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(NonFiniteLossError, match=r"step 12 of stage 'classifier_fwd'"):
+            check_finite_loss(bad, "classifier_fwd", 12)

@@ -1,0 +1,62 @@
+"""train.py end to end on configs/tiny.py, and the config typo error."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/tiny.py", *args], cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+        check=False, timeout=900,
+    ) if not check else _checked(args)
+
+
+def _checked(args) -> subprocess.CompletedProcess:
+    proc = run_train(*args, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_all_stages_forward_and_backward_end_to_end(tmp_path):
+    proc = run_train("--workdir", str(tmp_path), "--stage", "all", "--config.lm.backward=True")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) == {"lm_fwd", "lm_bwd", "classifier_fwd", "classifier_bwd", "ensemble"}
+    for name in ("lm_fwd", "lm_bwd"):
+        assert 0 < metrics[name]["accuracy"] < 1 and metrics[name]["perplexity"] > 1
+    for name in ("classifier_fwd", "classifier_bwd", "ensemble"):
+        assert 0 <= metrics[name]["accuracy"] <= 1 and 0 <= metrics[name]["macro_f1"] <= 1
+    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+    assert list((tmp_path / "tensorboard" / "lm_fwd").glob("events.out.tfevents.*"))
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert header == "stage,step,split,name,value"
+    predictions = [line for line in proc.stdout.splitlines() if line.startswith(("neg", "pos"))]
+    assert len(predictions) == 3, proc.stdout
+
+    from ulmfit_jax.api import TextClassifier
+
+    clf = TextClassifier.load(tmp_path / "models" / "classifier_fwd")
+    logits = np.asarray(clf(np.array([[2, 10, 11, 12]], np.int32)))
+    assert logits.shape == (1, 2) and np.all(np.isfinite(logits))
+
+
+def test_unknown_config_key_is_an_error_naming_it(tmp_path):
+    proc = run_train("--workdir", str(tmp_path), "--config.lm.lrr=0.1", check=False)
+    assert proc.returncode != 0
+    assert "lrr" in proc.stderr and 'Did you mean "lr"' in proc.stderr
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_missing_language_model_for_classifier_stage_is_explained(tmp_path):
+    proc = run_train("--workdir", str(tmp_path), "--stage", "classifier", check=False)
+    assert proc.returncode != 0
+    assert "run `--stage lm`" in proc.stderr

@@ -1,0 +1,146 @@
+"""Train steps: every trainable parameter moves, frozen ones don't, no recompiles, AR/TAR."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ulmfit_jax import optimizer as opt
+from ulmfit_jax import sharding, train_step
+from ulmfit_jax.classifier import AWDLSTMClassifier
+from ulmfit_jax.language_model import AWDLSTMLanguageModel
+from ulmfit_jax.model_config import AWDLSTMConfig, ClassifierConfig
+
+VOCAB, BATCH, TIME = 48, 4, 7
+HP = {"lr": jnp.float32(1e-2), "mom": jnp.float32(0.8)}
+
+
+def lm_setup(alpha=2.0, beta=1.0):
+    config = AWDLSTMConfig(vocab_size=VOCAB, emb_size=8, hidden_size=12, n_layers=2)
+    model = AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    tx, groups = opt.ulmfit_adam(params, opt.lm_layer_groups(2), wd=0.01, clip_norm=0.4)
+    graphdef, state = train_step.create_lm_state(model, tx, BATCH)
+    mesh = sharding.make_data_mesh()
+    step = train_step.make_train_step(
+        train_step.lm_train_step, mesh, state, graphdef=graphdef, model_config=config,
+        optimizer=tx, alpha=alpha, beta=beta,
+    )
+    return step, sharding.place_state(state, mesh), groups, mesh
+
+
+def lm_batch(seed=0):
+    ids = np.random.default_rng(seed).integers(0, VOCAB, (BATCH, TIME + 1), dtype=np.int32)
+    return {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
+
+
+def copy_tree(tree):
+    return jax.tree.map(np.array, tree)
+
+
+def changed_paths(before, after):
+    flat_b = dict(jax.tree_util.tree_leaves_with_path(before))
+    return {
+        jax.tree_util.keystr(path): not np.array_equal(flat_b[path], leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(after)
+    }
+
+
+def test_lm_step_moves_trainable_and_keeps_frozen_without_recompiling():
+    step, state, groups, mesh = lm_setup()
+    rng = jax.random.PRNGKey(0)
+    state["opt_state"] = opt.freeze_to(state["opt_state"], -1)  # embedding + decoder only
+    before = copy_tree(state["params"])
+    state, metrics = step(state, lm_batch(0), rng, HP)
+    moved = changed_paths(before, state["params"])
+    for path, did_move in moved.items():
+        expect = "embedding" in path or "decoder_bias" in path
+        assert did_move == expect, path
+    assert float(metrics["count"]) == BATCH * TIME
+    assert np.isfinite(float(metrics["loss_sum"]))
+    assert any(np.abs(np.asarray(h)).max() > 0 for pair in state["hidden"] for h in pair)
+
+    state["opt_state"] = opt.unfreeze(state["opt_state"])
+    before = copy_tree(state["params"])
+    state, _ = step(state, lm_batch(1), rng, {"lr": jnp.float32(3e-3), "mom": jnp.float32(0.7)})
+    assert all(changed_paths(before, state["params"]).values())
+    assert int(state["step"]) == 2
+    assert step._cache_size() == 1, "freezing or a new lr/mom recompiled the step"
+
+
+def test_ar_tar_change_gradient_but_not_reported_loss():
+    rng = jax.random.PRNGKey(3)
+    results = []
+    for alpha, beta in [(0.0, 0.0), (50.0, 50.0)]:
+        step, state, _, _ = lm_setup(alpha, beta)
+        state, metrics = step(state, lm_batch(0), rng, HP)
+        results.append((float(metrics["loss_sum"]), copy_tree(state["params"])))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    assert not np.array_equal(
+        results[0][1]["encoder"]["layers"][0]["w_hh"], results[1][1]["encoder"]["layers"][0]["w_hh"]
+    )
+
+
+def test_lm_dropout_depends_on_step_number():
+    step, state, _, _ = lm_setup()
+    rng = jax.random.PRNGKey(0)
+    batch = lm_batch(0)
+    hidden0 = jax.tree.map(np.array, state["hidden"])
+    _, m0 = step(jax.tree.map(jnp.array, {**state, "hidden": hidden0}), batch, rng, HP)
+    shifted = {**jax.tree.map(jnp.array, state), "step": jnp.int32(5)}
+    _, m5 = step(shifted, batch, rng, HP)
+    assert float(m0["loss_sum"]) != float(m5["loss_sum"])
+
+
+def test_lm_eval_step_is_deterministic_and_carries_state():
+    config = AWDLSTMConfig(vocab_size=VOCAB, emb_size=8, hidden_size=12, n_layers=2)
+    model = AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0))
+    graphdef, state = train_step.create_lm_state(model, opt.ulmfit_adam(
+        nnx.to_pure_dict(nnx.state(model, nnx.Param)), opt.lm_layer_groups(2))[0], BATCH)
+    mesh = sharding.make_data_mesh()
+    eval_state = {"params": state["params"], "hidden": state["hidden"]}
+    evaluate = train_step.make_lm_eval_step(mesh, eval_state, graphdef)
+    s1, m1 = evaluate(eval_state, lm_batch(0))
+    _, m2 = evaluate(eval_state, lm_batch(0))
+    _, m3 = evaluate(s1, lm_batch(0))
+    assert float(m1["loss_sum"]) == float(m2["loss_sum"])
+    assert float(m1["loss_sum"]) != float(m3["loss_sum"])  # carried state changes the result
+
+
+def test_classifier_step_trains_head_and_batchnorm_only_when_frozen():
+    enc = AWDLSTMConfig.classifier_defaults(VOCAB, emb_size=8, hidden_size=12, n_layers=2)
+    config = ClassifierConfig(encoder=enc, n_classes=3, bptt=4, max_len=8)
+    model = AWDLSTMClassifier(config, rngs=nnx.Rngs(1))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    tx, _ = opt.ulmfit_adam(params, opt.classifier_layer_groups(2), wd=0.01)
+    graphdef, state = train_step.create_classifier_state(model, tx)
+    mesh = sharding.make_data_mesh()
+    step = train_step.make_train_step(
+        train_step.classifier_train_step, mesh, state, graphdef=graphdef, model_config=config,
+        optimizer=tx,
+    )
+    state = sharding.place_state(state, mesh)
+    ids = np.random.default_rng(0).integers(2, VOCAB, (BATCH, 10), dtype=np.int32)
+    ids[0, :3] = 1  # a padded document
+    batch = {"inputs": ids, "labels": np.array([0, 1, 2, 1], np.int32)}
+    rng = jax.random.PRNGKey(0)
+    state["opt_state"] = opt.freeze_to(state["opt_state"], -1)
+    before, stats_before = copy_tree(state["params"]), copy_tree(state["batch_stats"])
+    state, metrics = step(state, batch, rng, HP)
+    for path, did_move in changed_paths(before, state["params"]).items():
+        assert did_move == ("head" in path), path
+    assert all(changed_paths(stats_before, state["batch_stats"]).values())
+    assert float(metrics["count"]) == BATCH
+
+    state["opt_state"] = opt.unfreeze(state["opt_state"])
+    before = copy_tree(state["params"])
+    state, _ = step(state, batch, rng, HP)
+    assert all(changed_paths(before, state["params"]).values())
+    assert step._cache_size() == 1
+
+    evaluate = train_step.make_classifier_eval_step(mesh, graphdef)
+    eval_state = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    out = evaluate(eval_state, {**batch, "weights": np.array([1, 1, 1, 0], np.float32)})
+    assert float(out["count"]) == 3
+    np.testing.assert_allclose(np.asarray(out["probs"]).sum(-1), 1.0, rtol=1e-6)

@@ -1,0 +1,33 @@
+"""ULMFiT in JAX: train a language model and/or a text classifier.
+
+    python train.py --config configs/quickstart.py --workdir runs/quickstart --stage all
+    python train.py --config configs/tiny.py --config.lm.epochs=2 --workdir /tmp/t --stage lm
+
+Any config key can be overridden with `--config.<key>=<value>`; an unknown key is an error.
+Rerunning the same command resumes from the latest checkpoint in `--workdir`.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ulmfit_jax.trainer import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/*.py).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, models and logs.")
+_STAGE = flags.DEFINE_enum(
+    "stage", "all", ["lm", "classifier", "all"], "Which ULMFiT stage(s) to run."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STAGE.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

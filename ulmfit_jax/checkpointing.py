@@ -1,0 +1,144 @@
+"""Checkpoints with orbax's `CheckpointManager` (`args=` API), and the exact-resume contract.
+
+One checkpoint directory per training stage (`<workdir>/checkpoints/<stage>`), each step a
+composite of
+  * `state`: `StandardSave` of the train-state dict (params, opt_state, step, carried LM hidden
+    state, BatchNorm statistics), restored with the mesh shardings of a template state;
+  * `meta`: `JsonSave` of host-side values: `step`, `rng` (the base key as a list of ints),
+    `data` (the data iterator's `get_state()`), `config` (the run's config as a dict) and any
+    extra bookkeeping (epoch, phase, best metric).
+
+Saves are atomic: orbax writes into a temporary directory and renames it once complete, so a
+run killed at any moment leaves only whole checkpoints (`latest_step` never sees a partial one).
+We keep the last `keep` checkpoints plus the best one by `best_metric`.
+
+Resume order (the only place this is written down; the trainer follows it):
+  1. build the config, mesh, model and optimizer exactly as for a fresh run (same seed);
+  2. create the data iterators, untouched;
+  3. `restore_latest` -> (state, meta): the train state with its shardings, then
+     `iterator.set_state(meta["data"])`, `rng = key_from_list(meta["rng"])`;
+  4. truncate the host logs to rows with step <= meta["step"] (later rows are replayed);
+  5. continue the loop at step `meta["step"]`; learning rates and unfreezing phases are pure
+     functions of the step, so nothing else needs saving.
+
+A non-finite loss raises `NonFiniteLossError` naming the stage and step; the checkpoint of a
+step is written only after its loss (and all earlier ones) were checked, so the last good
+checkpoint is never replaced by a diverged one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocp_managers
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training loss is NaN or Inf; the message names the stage and step."""
+
+
+def check_finite_loss(loss: float, stage: str, step: int) -> None:
+    """Raise `NonFiniteLossError` if `loss` is NaN or Inf."""
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"non-finite training loss ({loss}) at step {step} of stage '{stage}'; stopping. "
+            "The last good checkpoint is kept; lower the learning rate or raise clipping."
+        )
+
+
+def key_to_list(key: jax.Array) -> list[int]:
+    """A PRNG key (raw uint32 or typed) -> JSON-friendly list of ints."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return [int(v) for v in np.asarray(key).ravel()]
+
+
+def key_from_list(values: list[int]) -> jax.Array:
+    """Inverse of `key_to_list` for raw uint32 keys (`jax.random.PRNGKey`)."""
+    return np.asarray(values, dtype=np.uint32)
+
+
+class Checkpointer:
+    """A stage's checkpoints: save, restore the latest, keep the last N and the best."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        keep: int = 2,
+        best_metric: str | None = None,
+        best_mode: str = "max",
+        async_save: bool = True,
+    ):
+        policies: list[Any] = [ocp_managers.LatestN(keep)]
+        if best_metric is not None:
+            policies.append(
+                ocp_managers.BestN(
+                    get_metric_fn=lambda m: m[best_metric],
+                    reverse=best_mode == "min",
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            # best_fn only lets `best_step` rank checkpoints; the policies decide what is kept.
+            best_fn=(lambda m: m[best_metric]) if best_metric else None,
+            best_mode=best_mode,
+            preservation_policy=ocp_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self.directory = Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory, item_names=("state", "meta"), options=options
+        )
+
+    def latest_step(self) -> int | None:
+        """The step of the newest complete checkpoint, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Steps of every complete checkpoint still kept."""
+        return list(self._manager.all_steps())
+
+    def save(
+        self, step: int, state: dict, meta: dict, metrics: dict[str, float] | None = None
+    ) -> None:
+        """Save `state` (arrays) and `meta` (JSON) as checkpoint `step` (asynchronously)."""
+        meta = {**meta, "step": int(step)}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self._manager.save(step, args=args, metrics=metrics, force=True)
+
+    def restore(self, step: int, state_template: dict) -> tuple[dict, dict]:
+        """Restore checkpoint `step` with the shapes, dtypes and shardings of `state_template`."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return restored["state"], restored["meta"]
+
+    def restore_latest(self, state_template: dict) -> tuple[dict, dict] | None:
+        """`restore` of the newest checkpoint, or None when there is none."""
+        step = self.latest_step()
+        return None if step is None else self.restore(step, state_template)
+
+    def best_step(self) -> int | None:
+        """The kept step with the best metric (None without metrics)."""
+        return self._manager.best_step()
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,109 @@
+"""Run logs in the workdir: `metrics.csv`, TensorBoard events, `loss_curve.png`, `metrics.json`.
+
+The CSV is in long format (`stage,step,split,name,value`) so any stage can add any metric.
+On resume, rows after the restored step of the resumed stage are dropped (they are replayed),
+and TensorBoard purges its events after that step, so a resumed run logs what an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+CSV_FIELDS = ("stage", "step", "split", "name", "value")
+
+
+class MetricLogger:
+    """Appends scalar metrics to the CSV and TensorBoard; writes the PNG and JSON summaries."""
+
+    def __init__(self, workdir: str | Path, tensorboard: bool = True):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.csv_path = self.workdir / "metrics.csv"
+        self.json_path = self.workdir / "metrics.json"
+        self._tensorboard = tensorboard
+        self._writers: dict[str, object] = {}
+        if not self.csv_path.exists():
+            with self.csv_path.open("w", newline="") as f:
+                csv.writer(f).writerow(CSV_FIELDS)
+
+    def _writer(self, stage: str, purge_step: int | None = None):
+        if not self._tensorboard:
+            return None
+        if stage not in self._writers:
+            from tensorboardX import SummaryWriter
+
+            self._writers[stage] = SummaryWriter(
+                str(self.workdir / "tensorboard" / stage), purge_step=purge_step
+            )
+        return self._writers[stage]
+
+    def resume(self, stage: str, step: int) -> None:
+        """Drop the CSV rows of `stage` after `step` (a resumed run will log them again)."""
+        rows = self.read_rows()
+        kept = [r for r in rows if r["stage"] != stage or int(r["step"]) <= step]
+        with self.csv_path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(kept)
+        self._writer(stage, purge_step=step + 1)
+
+    def log(self, stage: str, step: int, split: str, values: Mapping[str, float]) -> None:
+        """Record `values` (name -> number) of `split` ("train", "valid") at `step` of `stage`."""
+        with self.csv_path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            for name, value in values.items():
+                writer.writerow((stage, int(step), split, name, repr(float(value))))
+        tb = self._writer(stage)
+        if tb is not None:
+            for name, value in values.items():
+                tb.add_scalar(f"{split}/{name}", float(value), int(step))
+
+    def read_rows(self) -> list[dict[str, str]]:
+        """All CSV rows as dicts."""
+        with self.csv_path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def write_summary(self, summary: Mapping[str, object]) -> None:
+        """Merge `summary` into `metrics.json` (final metrics of each stage)."""
+        current = json.loads(self.json_path.read_text()) if self.json_path.exists() else {}
+        current.update(summary)
+        self.json_path.write_text(json.dumps(current, indent=2, sort_keys=True))
+
+    def plot_loss_curves(self) -> Path:
+        """Draw train/valid loss of every stage into `loss_curve.png`; return its path."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        curves: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for r in self.read_rows():
+            if r["name"] == "loss":
+                curves.setdefault((r["stage"], r["split"]), []).append(
+                    (int(r["step"]), float(r["value"]))
+                )
+        stages = sorted({stage for stage, _ in curves}) or ["(none)"]
+        fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.5), squeeze=False)
+        for ax, stage in zip(axes[0], stages, strict=True):
+            for split in ("train", "valid"):
+                points = sorted(curves.get((stage, split), []))
+                if points:
+                    steps, losses = zip(*points, strict=True)
+                    ax.plot(steps, losses, marker="o" if split == "valid" else None, label=split)
+            ax.set(title=stage, xlabel="step", ylabel="loss")
+            ax.legend()
+        fig.tight_layout()
+        path = self.workdir / "loss_curve.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writers."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}

@@ -1,0 +1,241 @@
+"""Pure step functions `(state, batch, rng, hparams) -> (state, metrics)`.
+
+The train state is a dict of plain pytrees:
+  params       the model's `nnx.Param` pure dict (ARCHITECTURE.md parameter tree)
+  opt_state    the optimizer's state
+  step         int32 scalar, number of steps taken in this stage
+  hidden       (LM) carried LSTM state, tuple over layers of (h, c) `[batch, hid_l]`
+  batch_stats  (classifier) BatchNorm running statistics pure dict
+
+`hparams = {"lr", "mom"}` holds this step's scheduled learning rate and momentum as arrays;
+the per-group LR factors and frozen-group flags live in the optimizer state. All are data,
+not constants, so schedules and gradual unfreezing never recompile the step.
+Metrics are sums and counts (`loss_sum`, `correct`, `count`); the host normalises them.
+Each step folds its step number into the base rng, then samples the dropout masks from it.
+Static pieces (graphdef, model config, optimizer, AR/TAR weights) are bound with
+`functools.partial` by `make_*_step`, which also jit with the mesh shardings.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ulmfit_jax import sharding
+from ulmfit_jax.dropout import sample_classifier_masks, sample_lm_masks
+from ulmfit_jax.encoder import zero_state
+from ulmfit_jax.model_config import AWDLSTMConfig, ClassifierConfig
+
+
+def apply_optimizer(
+    optimizer: optax.GradientTransformationExtraArgs, grads: Any, state: dict, hparams: dict
+) -> tuple[Any, Any]:
+    """One optimizer update -> (new params, new opt_state).
+
+    `hparams = {"lr": scalar, "mom": scalar}` (arrays); the group LR factors and frozen flags
+    live in the opt_state (`optimizer.freeze_to`, `set_lr_scale`), also as data.
+    """
+    updates, opt_state = optimizer.update(
+        grads, state["opt_state"], state["params"], lr=hparams["lr"], mom=hparams["mom"]
+    )
+    return optax.apply_updates(state["params"], updates), opt_state
+
+
+def create_lm_state(
+    model: nnx.Module, optimizer: optax.GradientTransformationExtraArgs, batch_size: int
+) -> tuple[nnx.GraphDef, dict]:
+    """Split an LM into (graphdef, train state) with a zero carried state for `batch_size` rows."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    params = nnx.to_pure_dict(params)
+    state = {
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "step": jnp.zeros([], jnp.int32),
+        "hidden": zero_state(model.config, batch_size),
+    }
+    return graphdef, state
+
+
+def create_classifier_state(
+    model: nnx.Module, optimizer: optax.GradientTransformationExtraArgs
+) -> tuple[nnx.GraphDef, dict]:
+    """Split a classifier into (graphdef, train state) with its BatchNorm statistics."""
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    params = nnx.to_pure_dict(params)
+    state = {
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "step": jnp.zeros([], jnp.int32),
+        "batch_stats": nnx.to_pure_dict(batch_stats),
+    }
+    return graphdef, state
+
+
+def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-token cross-entropy in float32: logits `[..., classes]`, targets `[...]` -> `[...]`."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
+def _sum_metrics(ce: jax.Array, logits: jax.Array, targets: jax.Array, weights: jax.Array) -> dict:
+    """Sums and counts of loss and accuracy under `weights` (0 for padding rows/tokens)."""
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(ce * weights),
+        "correct": jnp.sum(correct * weights),
+        "count": jnp.sum(weights),
+    }
+
+
+def activation_regularization(
+    raw_last: jax.Array, dropped_last: jax.Array, alpha: float, beta: float
+) -> jax.Array:
+    """AR + TAR (Merity et al.): alpha*mean(dropped^2) + beta*mean((raw_t - raw_{t-1})^2).
+
+    raw_last, dropped_last: `[batch, time, emb]`, the last LSTM layer's output before and
+    after the output dropout.
+    """
+    ar = alpha * jnp.mean(jnp.square(dropped_last.astype(jnp.float32)))
+    diff = raw_last[:, 1:].astype(jnp.float32) - raw_last[:, :-1].astype(jnp.float32)
+    tar = beta * jnp.mean(jnp.square(diff)) if raw_last.shape[1] > 1 else 0.0
+    return ar + tar
+
+
+def lm_train_step(
+    state: dict,
+    batch: dict,
+    rng: jax.Array,
+    hparams: Any,
+    *,
+    graphdef: nnx.GraphDef,
+    model_config: AWDLSTMConfig,
+    optimizer: optax.GradientTransformationExtraArgs,
+    alpha: float,
+    beta: float,
+) -> tuple[dict, dict]:
+    """One LM step on `batch = {"inputs", "targets": [batch, time] int32}` with carried state.
+
+    The loss is the mean token cross-entropy (pad targets included, as fastai) plus AR/TAR;
+    reported metrics exclude AR/TAR. The carried state is cut from the gradient.
+    """
+    rng = jax.random.fold_in(rng, state["step"])
+    inputs, targets = batch["inputs"], batch["targets"]
+    masks = sample_lm_masks(rng, model_config, inputs.shape[0])
+    hidden = jax.lax.stop_gradient(state["hidden"])
+
+    def loss_fn(params):
+        out = nnx.merge(graphdef, params)(inputs, state=hidden, masks=masks)
+        ce = token_cross_entropy(out.logits, targets)
+        reg = activation_regularization(out.raw_last, out.dropped_last, alpha, beta)
+        return jnp.mean(ce) + reg, (ce, out)
+
+    grads, (ce, out) = jax.grad(loss_fn, has_aux=True)(state["params"])
+    params, opt_state = apply_optimizer(optimizer, grads, state, hparams)
+    new_state = {
+        **state,
+        "params": params,
+        "opt_state": opt_state,
+        "step": state["step"] + 1,
+        "hidden": out.state,
+    }
+    return new_state, _sum_metrics(ce, out.logits, targets, jnp.ones_like(ce))
+
+
+def lm_eval_step(
+    state: dict, batch: dict, *, graphdef: nnx.GraphDef
+) -> tuple[dict, dict]:
+    """LM evaluation window: `state = {"params", "hidden"}` -> (state with new hidden, sums)."""
+    model = nnx.merge(graphdef, state["params"])
+    out = model(batch["inputs"], state=state["hidden"], masks=None)
+    ce = token_cross_entropy(out.logits, batch["targets"])
+    weights = batch.get("weights", jnp.ones_like(ce))
+    return {**state, "hidden": out.state}, _sum_metrics(ce, out.logits, batch["targets"], weights)
+
+
+def classifier_train_step(
+    state: dict,
+    batch: dict,
+    rng: jax.Array,
+    hparams: Any,
+    *,
+    graphdef: nnx.GraphDef,
+    model_config: ClassifierConfig,
+    optimizer: optax.GradientTransformationExtraArgs,
+) -> tuple[dict, dict]:
+    """One classifier step on `batch = {"inputs": [batch, time], "labels": [batch]}`.
+
+    BatchNorm running statistics are updated (training mode); dropout masks come from `rng`
+    folded with the step.
+    """
+    rng = jax.random.fold_in(rng, state["step"])
+    inputs, labels = batch["inputs"], batch["labels"]
+    masks = sample_classifier_masks(rng, model_config, inputs.shape[0])
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params, state["batch_stats"])
+        logits = model(inputs, masks=masks, train=True)
+        ce = token_cross_entropy(logits, labels)
+        return jnp.mean(ce), (ce, logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+
+    grads, (ce, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state["params"])
+    params, opt_state = apply_optimizer(optimizer, grads, state, hparams)
+    new_state = {
+        **state,
+        "params": params,
+        "opt_state": opt_state,
+        "step": state["step"] + 1,
+        "batch_stats": batch_stats,
+    }
+    return new_state, _sum_metrics(ce, logits, labels, jnp.ones_like(ce))
+
+
+def classifier_eval_step(state: dict, batch: dict, *, graphdef: nnx.GraphDef) -> dict:
+    """Evaluation: `state = {"params", "batch_stats"}` -> sums plus per-row `probs`.
+
+    `batch["weights"]` (optional, `[batch]`) is 0 for padding rows added to fill the batch.
+    """
+    model = nnx.merge(graphdef, state["params"], state["batch_stats"])
+    logits = model(batch["inputs"], masks=None, train=False)
+    ce = token_cross_entropy(logits, batch["labels"])
+    weights = batch.get("weights", jnp.ones_like(ce))
+    metrics = _sum_metrics(ce, logits, batch["labels"], weights)
+    metrics["probs"] = jax.nn.softmax(logits.astype(jnp.float32), -1)
+    return metrics
+
+
+def make_train_step(
+    step_fn: Callable[..., tuple[dict, dict]], mesh: jax.sharding.Mesh, state: dict, **static: Any
+) -> Callable[[dict, dict, jax.Array, Any], tuple[dict, dict]]:
+    """Bind the static arguments of `step_fn` and jit it for `mesh` (state donated)."""
+    return sharding.jit_sharded_step(
+        functools.partial(step_fn, **static), mesh, state, n_replicated_args=2
+    )
+
+
+def make_lm_eval_step(
+    mesh: jax.sharding.Mesh, state: dict, graphdef: nnx.GraphDef
+) -> Callable[[dict, dict], tuple[dict, dict]]:
+    """Jit `lm_eval_step` for `mesh`; `state = {"params", "hidden"}` (hidden sharded, donated)."""
+    s_state = sharding.state_shardings(state, mesh)
+    return jax.jit(
+        functools.partial(lm_eval_step, graphdef=graphdef),
+        in_shardings=(s_state, sharding.batch_sharding(mesh)),
+        out_shardings=(s_state, sharding.replicated_sharding(mesh)),
+    )
+
+
+def make_classifier_eval_step(
+    mesh: jax.sharding.Mesh, graphdef: nnx.GraphDef
+) -> Callable[[dict, dict], dict]:
+    """Jit `classifier_eval_step` for `mesh` (probabilities come back sharded by row)."""
+    rep, rows = sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)
+    return jax.jit(
+        functools.partial(classifier_eval_step, graphdef=graphdef),
+        in_shardings=(rep, rows),
+        out_shardings={"loss_sum": rep, "correct": rep, "count": rep, "probs": rows},
+    )

@@ -1,0 +1,189 @@
+"""Stage 3 of ULMFiT: the classifier on the fine-tuned encoder, with gradual unfreezing.
+
+The phases (`config.classifier.phases`, fastai's IMDb recipe by default) each set
+`freeze_to` and a discriminative LR slice. Batches are padded to a bucketed number of `bptt`
+chunks so jit sees few shapes (a document's result does not depend on the padded width).
+The finished classifier is saved with `TextClassifier.save` to
+`<workdir>/models/classifier_{fwd,bwd}`; validation probabilities go next to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from ulmfit_jax import optimizer as opt
+from ulmfit_jax import sharding, train_step
+from ulmfit_jax.api import LanguageModel, TextClassifier
+from ulmfit_jax.checkpointing import Checkpointer
+from ulmfit_jax.classifier_batches import ClassifierBatches, pad_chunks, restore_order
+from ulmfit_jax.logging_utils import MetricLogger
+from ulmfit_jax.metrics import classification_report, classifier_summary
+from ulmfit_jax.token_cache import TokenizedCorpus
+from ulmfit_jax.trainer.config import classifier_options
+from ulmfit_jax.trainer.data import PreparedData
+from ulmfit_jax.trainer.lm_stage import lm_name
+from ulmfit_jax.trainer.loop import Phase, Stage, run_stage
+
+VALID_PROBS = "valid_probs.npy"
+
+
+def classifier_name(backward: bool) -> str:
+    """Stage name: `classifier_fwd` or `classifier_bwd`."""
+    return "classifier_bwd" if backward else "classifier_fwd"
+
+
+def bucket_chunks(n_chunks: int) -> int:
+    """Round a number of bptt chunks up to 1, 2, 3, 4, 6, 8, 12, 18, 24, 36, ... (few shapes)."""
+    if n_chunks <= 4:
+        return max(n_chunks, 1)
+    size = 4
+    while size < n_chunks:
+        size = size * 3 // 2 if size % 4 == 0 else size * 4 // 3
+    return size
+
+
+def repad(batch: dict, bptt: int, pad_id: int) -> np.ndarray:
+    """The batch's documents re-padded in fastai's layout to a bucketed width `[batch, time]`."""
+    ids, lengths = batch["ids"], batch["lengths"]
+    width = ids.shape[1]
+    fronts = (width - lengths) // bptt * bptt
+    docs = [ids[r, f:f + n] for r, (f, n) in enumerate(zip(fronts, lengths, strict=True))]
+    target = bucket_chunks(-(-width // bptt)) * bptt
+    return pad_chunks(docs, pad_id, bptt, pad_first=True, pad_len=target)
+
+
+def reverse_documents(corpus: TokenizedCorpus) -> TokenizedCorpus:
+    """Each document's tokens reversed (the backward model's view)."""
+    ids = np.asarray(corpus.ids).copy()
+    for d in range(corpus.num_docs):
+        a, b = corpus.offsets[d], corpus.offsets[d + 1]
+        ids[a:b] = ids[a:b][::-1]
+    return TokenizedCorpus(ids, np.asarray(corpus.offsets), corpus.labels)
+
+
+def _host_batch(batch: dict, bptt: int, pad_id: int) -> dict:
+    labels = np.maximum(batch["labels"], 0).astype(np.int32)  # filler rows: label -1
+    return {"inputs": repad(batch, bptt, pad_id), "labels": labels,
+            "weights": (batch["lengths"] > 0).astype(np.float32)}
+
+
+def _gather_rows(x) -> np.ndarray:
+    """All hosts' rows of a batch-sharded array (or of this host's numpy rows)."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def predict_probs(
+    mesh, graphdef, state: dict, corpus: TokenizedCorpus, batch_size: int, bptt: int,
+    pad_id: int, max_tokens: int | None, evaluate=None,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Probabilities `[docs, n_classes]` in corpus order, and summed loss/accuracy metrics."""
+    batches = ClassifierBatches(corpus, batch_size, bptt=bptt, pad_id=pad_id, shuffle=False,
+                                max_tokens=max_tokens, pad_last_batch=True,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    evaluate = evaluate or train_step.make_classifier_eval_step(mesh, graphdef)
+    eval_state = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    probs, indices, sums = [], [], {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    for batch in batches:
+        out = evaluate(eval_state, sharding.shard_batch(_host_batch(batch, bptt, pad_id), mesh))
+        probs.append(_gather_rows(out.pop("probs")))
+        indices.append(_gather_rows(batch["indices"]))
+        out = jax.device_get(out)
+        for k in sums:
+            sums[k] += float(out[k])
+    return restore_order(np.concatenate(probs), np.concatenate(indices)), classifier_summary(sums)
+
+
+def _classifier(config, data: PreparedData, workdir: Path, backward: bool) -> TextClassifier:
+    lm_dir = workdir / "models" / lm_name(backward)
+    if not (lm_dir / "config.json").exists():
+        raise FileNotFoundError(
+            f"{lm_dir}: no fine-tuned language model; run `--stage lm` (or `--stage all`) first"
+        )
+    lm = LanguageModel.load(lm_dir)
+    return TextClassifier.from_language_model(
+        lm, len(data.class_names), drop_mult=config.classifier.drop_mult, seed=config.seed,
+        **classifier_options(config),
+    )
+
+
+def _merge(params: dict, stats: dict) -> dict:
+    out = dict(params)
+    for key, value in stats.items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def train_classifier(
+    config: ml_collections.ConfigDict, data: PreparedData, workdir: Path, mesh, log: MetricLogger,
+    backward: bool = False,
+) -> Path:
+    """Train (or resume) the forward/backward classifier; return its saved directory."""
+    name = classifier_name(backward)
+    out_dir = workdir / "models" / name
+    if (out_dir / "config.json").exists() and (out_dir / VALID_PROBS).exists():
+        return out_dir
+    c = config.classifier
+    sharding.check_batch_size(c.batch_size, mesh)
+    sharding.check_batch_size(c.eval_batch_size, mesh)
+    clf = _classifier(config, data, workdir, backward)
+    pad_id, max_tokens = clf.config.encoder.pad_id, c.max_tokens or None
+    tx, _ = opt.ulmfit_adam(clf.params, opt.classifier_layer_groups(clf.config.encoder.n_layers),
+                            wd=c.wd, clip_norm=c.clip or None)
+    graphdef, state = train_step.create_classifier_state(clf.module, tx)
+    state = sharding.place_state(state, mesh)
+    step_fn = train_step.make_train_step(
+        train_step.classifier_train_step, mesh, state, graphdef=graphdef,
+        model_config=clf.config, optimizer=tx,
+    )
+    train = reverse_documents(data.clf_train) if backward else data.clf_train
+    valid = reverse_documents(data.clf_valid) if backward else data.clf_valid
+    iterator = ClassifierBatches(train, c.batch_size, bptt=c.bptt, pad_id=pad_id, shuffle=True,
+                                 seed=config.seed, max_tokens=max_tokens,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+    evaluate_batch = train_step.make_classifier_eval_step(mesh, graphdef)
+
+    def to_device(batch: dict) -> tuple[dict, int]:
+        host = _host_batch(batch, c.bptt, pad_id)
+        del host["weights"]
+        return sharding.shard_batch(host, mesh), int(batch["lengths"].sum())
+
+    def evaluate(state: dict) -> dict[str, float]:
+        probs, summary = predict_probs(mesh, graphdef, state, valid, c.eval_batch_size, c.bptt,
+                                       pad_id, max_tokens, evaluate_batch)
+        return {**summary, **classification_report(np.asarray(valid.labels), probs)}
+
+    phases = [Phase(int(e), float(lr), float(div), int(f)) for f, e, lr, div in c.phases]
+    stage = Stage(name=name, phases=phases, iterator=iterator, step_fn=step_fn,
+                  to_device=to_device, evaluate=evaluate, summarize=classifier_summary,
+                  schedule=c.schedule, moms=tuple(c.moms))
+    ckpt = Checkpointer(workdir / "checkpoints" / name, keep=config.checkpoint.keep,
+                        best_metric="accuracy", async_save=config.checkpoint.async_save)
+    try:
+        state, final = run_stage(
+            stage, state, jax.random.PRNGKey(config.seed + (3 if backward else 2)), ckpt, log,
+            every_steps=config.checkpoint.every_steps, log_every=config.log_every_steps,
+            config_dict=config.to_dict(), progress=config.progress,
+        )
+    finally:
+        ckpt.close()
+    host_state = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+    module_state = nnx.state(clf.module)
+    nnx.replace_by_pure_dict(module_state, _merge(host_state["params"], host_state["batch_stats"]))
+    nnx.update(clf.module, module_state)
+    clf.save(out_dir, overwrite=True)
+    probs, _ = predict_probs(mesh, graphdef, state, valid, c.eval_batch_size, c.bptt, pad_id,
+                             max_tokens, evaluate_batch)
+    np.save(out_dir / VALID_PROBS, probs)
+    log.write_summary({name: final})
+    return out_dir

