@@ -1,0 +1,40 @@
+"""Notebooks are kept without outputs and run top to bottom on the tiny config."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stored_without_outputs(path: Path) -> None:
+    notebook = nbformat.read(path, as_version=4)
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code_cells
+    assert all(not cell.outputs and cell.execution_count is None for cell in code_cells)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_on_tiny_config(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ULMFIT_REPO", str(path.parents[1]))
+    monkeypatch.setenv("ULMFIT_NOTEBOOK_CONFIG", "tiny")
+    monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    printed = "".join(
+        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+    # The last cell prints one "label (probability): text" line per example review.
+    predictions = re.findall(r"^(neg|pos) \((\d\.\d\d)\): ", printed, flags=re.MULTILINE)
+    assert len(predictions) == 3
+    assert all(0.5 <= float(p) <= 1.0 for _, p in predictions)
