@@ -1,14 +1,25 @@
-"""LM throughput, ulmfit_jax vs fastai, same machine, same run.
+"""LM throughput, ulmfit_jax vs fastai, same machine, same run, interleaved.
 
-Measures tokens/s of one LM training step (forward with all five dropouts, cross-entropy +
-AR/TAR, backward, clipping, Adam) and of the eval forward, for ours and for fastai's AWD-LSTM,
-and prints ours/fastai ratios.
+Measures tokens/s of one LM training step and of one eval step, for ours and for fastai's
+AWD-LSTM, and prints ours/fastai ratios. Both sides do the same work:
 
-    python benchmarks/lm_throughput.py --size small          # seconds
-    python benchmarks/lm_throughput.py --size full --bs 32   # WT103 size: vocab 60k, 400/1152/3
+- train: forward with all five AWD dropouts, mean token cross-entropy + AR (alpha=2) + TAR
+  (beta=1), backward, gradient clipping to norm 0.1, Adam with decoupled weight decay 0.01;
+  the hidden state is carried between steps. Ours is the trainer's own jitted step
+  (`train_step.lm_train_step` + `optimizer.ulmfit_adam`, dropout masks sampled inside the
+  step); fastai's is `get_language_model(AWD_LSTM)` + `fastai.optimizer.Adam`.
+- eval: forward without dropout, summed cross-entropy and number of correct argmax
+  predictions (what a validation pass computes); the hidden state is carried. Ours is
+  `train_step.make_lm_eval_step`; fastai's is the same model under `torch.no_grad()`.
 
-Each side runs warm-up steps first (compilation for JAX, allocator warm-up for torch), then
-the timed steps; the state is carried between steps as in real training.
+The two sides alternate step by step (fastai train, ours train, fastai eval, ours eval, ...)
+so that a shared, loaded machine slows both alike; the reported figures are medians over the
+timed steps and the ratio is the median of the per-round ratios.
+
+    python benchmarks/lm_throughput.py --size small                          # ~1 minute
+    python benchmarks/lm_throughput.py --size full --steps 4 --warmup 1     # WT103 size, ~3 min
+
+Each side runs warm-up steps first (compilation for JAX, allocator warm-up for torch).
 """
 
 from __future__ import annotations
@@ -38,15 +49,26 @@ class BenchSetting:
     warmup: int
 
 
-def _time_steps(step: Callable[[], None], setting: BenchSetting) -> float:
-    """Tokens per second of `step`, after `setting.warmup` untimed calls."""
-    for _ in range(setting.warmup):
-        step()
+def _timed(step: Callable[[], None]) -> float:
+    """Seconds one call of `step` takes."""
     start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def _interleaved_seconds(
+    steps: dict[str, Callable[[], None]], setting: BenchSetting
+) -> dict[str, list[float]]:
+    """Per-call seconds of each step, the steps called in turn `setting.steps` times, after
+    `setting.warmup` untimed rounds."""
+    for _ in range(setting.warmup):
+        for step in steps.values():
+            step()
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(setting.steps):
-        step()
-    elapsed = time.perf_counter() - start
-    return setting.steps * setting.batch_size * setting.bptt / elapsed
+        for name, step in steps.items():
+            seconds[name].append(_timed(step))
+    return seconds
 
 
 def _random_batch(setting: BenchSetting, vocab_size: int, seed: int) -> np.ndarray:
@@ -80,9 +102,12 @@ def fastai_steps(setting: BenchSetting) -> tuple[Callable[[], None], Callable[[]
         optimizer.zero_grad()
 
     def eval_step() -> None:
+        # What ours computes too: summed cross-entropy and the count of correct predictions.
         model.eval()
         with torch.no_grad():
-            model(inputs)
+            logits = model(inputs)[0].reshape(-1, sizes["vocab_size"])
+            F.cross_entropy(logits, targets.reshape(-1), reduction="sum").item()
+            (logits.argmax(-1) == targets.reshape(-1)).sum().item()
 
     return train_step, eval_step
 
@@ -97,8 +122,12 @@ def ours_steps(setting: BenchSetting) -> tuple[Callable[[], None], Callable[[], 
     from ulmfit_jax.language_model import AWDLSTMLanguageModel
     from ulmfit_jax.model_config import AWDLSTMConfig
     from ulmfit_jax.optimizer import lm_layer_groups, ulmfit_adam
-    from ulmfit_jax.train_step import create_lm_state, lm_train_step, make_lm_eval_step
-    from ulmfit_jax.train_step import make_train_step
+    from ulmfit_jax.train_step import (
+        create_lm_state,
+        lm_train_step,
+        make_lm_eval_step,
+        make_train_step,
+    )
 
     sizes = SIZES[setting.size]
     config = AWDLSTMConfig(**sizes)
@@ -130,22 +159,52 @@ def ours_steps(setting: BenchSetting) -> tuple[Callable[[], None], Callable[[], 
     return train_step, eval_step
 
 
+def _machine() -> str:
+    """CPU model name and core count (from /proc/cpuinfo where there is one)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo
+                     if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def run(setting: BenchSetting) -> None:
-    """Time both implementations and print tokens/s and ratios."""
+    """Time both implementations, interleaved, and print tokens/s and ratios."""
+    import jax
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    results = {}
-    for name, make in (("fastai", fastai_steps), ("ours", ours_steps)):
-        train_step, eval_step = make(setting)
-        results[name] = (_time_steps(train_step, setting), _time_steps(eval_step, setting))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"size={setting.size} {SIZES[setting.size]} bs={setting.batch_size} "
-          f"bptt={setting.bptt} steps={setting.steps}")
-    for name, (train_tps, eval_tps) in results.items():
-        print(f"{name:>7}: train {train_tps:10.0f} tok/s   eval {eval_tps:10.0f} tok/s")
-    ours, ref = results["ours"], results["fastai"]
-    print(f"  ratio: train {ours[0] / ref[0]:.2f}x   eval {ours[1] / ref[1]:.2f}x  (ours / fastai)")
+    sides = {"fastai": fastai_steps(setting), "ours": ours_steps(setting)}
+    load_before = _load()
+    steps = {f"{side} {kind}": fns[i] for kind, i in (("train", 0), ("eval", 1))
+             for side, fns in sides.items()}
+    seconds = _interleaved_seconds(steps, setting)
+    tokens = setting.batch_size * setting.bptt
+    print(f"machine: {_machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads),"
+          f" jax {jax.__version__}")
+    print(f"size={setting.size} {SIZES[setting.size]} bs={setting.batch_size} bptt={setting.bptt}"
+          f" warmup={setting.warmup} steps={setting.steps} (median over steps)")
+    print(f"{load_before} (before timing), {_load()} (after)")
+    print(f"{'':>7}  {'train tok/s':>18}  {'eval tok/s':>18}   (median / best step)")
+    for side in sides:
+        cells = [f"{tokens / np.median(seconds[f'{side} {k}']):8.0f} / "
+                 f"{tokens / np.min(seconds[f'{side} {k}']):7.0f}" for k in ("train", "eval")]
+        print(f"{side:>7}  {cells[0]:>18}  {cells[1]:>18}")
+    ratios = {k: np.divide(seconds[f"fastai {k}"], seconds[f"ours {k}"]) for k in ("train", "eval")}
+    best = {k: np.min(seconds[f"fastai {k}"]) / np.min(seconds[f"ours {k}"]) for k in ratios}
+    cells = [f"{np.median(ratios[k]):7.2f}x / {best[k]:5.2f}x" for k in ("train", "eval")]
+    print(f"{'ratio':>7}  {cells[0]:>18}  {cells[1]:>18}   (ours / fastai: median of per-round "
+          "ratios / ratio of best steps)")
+    for k, values in ratios.items():
+        print(f"  per-round {k} ratios: " + " ".join(f"{r:.2f}" for r in values))
 
 
 def main() -> None:

@@ -12,7 +12,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ulmfit_jax.lstm import LSTMLayer, LSTMState, input_projection, recurrence
+from ulmfit_jax.lstm import (
+    LSTMLayer,
+    LSTMState,
+    input_projection_time_major,
+    recurrence_time_major,
+)
 from ulmfit_jax.model_config import AWDLSTMConfig
 
 EncoderState = tuple[LSTMState, ...]
@@ -76,7 +81,7 @@ class AWDLSTMEncoder(nnx.Module):
 def embed_tokens(
     embedding: jax.Array, ids: jax.Array, pad_id: int, row_mask: jax.Array | None
 ) -> jax.Array:
-    """Rows of the (row-dropped) embedding: [batch, time, emb].
+    """Rows of the (row-dropped) embedding: ids [...] -> [..., emb].
 
     Gathers first and scales by the gathered row mask, so the dropped [vocab, emb] matrix is
     never built. The pad row gets no gradient through the lookup, as torch's `padding_idx`.
@@ -105,19 +110,24 @@ def encode(
         raise ValueError(f"ids must be [batch, time], got shape {ids.shape}")
     if state is None:
         state = zero_state(config, ids.shape[0])
-    x = embed_tokens(weights.embedding, ids, config.pad_id, None if masks is None else masks.embed)
+    # The layers run time-major ([time, batch, ...]), the scan's layout, so the only layout
+    # changes are the ids on the way in and the last output on the way out.
+    x = embed_tokens(
+        weights.embedding, ids.T, config.pad_id, None if masks is None else masks.embed
+    )
     if masks is not None:
-        x = x * masks.input[:, None, :]
+        x = x * masks.input[None, :, :]
+    steps = None if step_mask is None else step_mask.T
     new_state = []
     last = len(weights.layers) - 1
     for layer, (w_ih, w_hh, bias) in enumerate(weights.layers):
         x, layer_state = _run_layer(
-            x, state[layer], w_ih, w_hh, bias, masks, layer, step_mask, config.compute_dtype
+            x, state[layer], w_ih, w_hh, bias, masks, layer, steps, config.compute_dtype
         )
         new_state.append(layer_state)
         if masks is not None and layer != last:
-            x = x * masks.hidden[layer][:, None, :]
-    return x, tuple(new_state)
+            x = x * masks.hidden[layer][None, :, :]
+    return jnp.swapaxes(x, 0, 1), tuple(new_state)
 
 
 def _run_layer(
@@ -131,10 +141,11 @@ def _run_layer(
     step_mask: jax.Array | None,
     compute_dtype: Any,
 ) -> tuple[jax.Array, LSTMState]:
+    """One layer, time-major: x [time, batch, in], step_mask [time, batch] -> [time, batch, hid]."""
     if masks is not None:
         w_hh = w_hh * masks.weight[layer]
-    projected = input_projection(x, w_ih, bias, compute_dtype)
-    return recurrence(projected, state, w_hh, step_mask, compute_dtype)
+    projected = input_projection_time_major(x, w_ih, bias, compute_dtype)
+    return recurrence_time_major(projected, state, w_hh, step_mask, compute_dtype)
 
 
 def stop_gradient_weights(weights: EncoderWeights) -> EncoderWeights:

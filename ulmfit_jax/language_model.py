@@ -53,13 +53,23 @@ def tied_decoder(
     """x [batch, time, emb] @ embedding.T + bias -> [batch, time, vocab].
 
     fastai's decoder uses the undropped embedding matrix (embedding dropout makes a copy).
+    The bias rides in the matmul as an extra input column of ones: XLA:CPU does not fuse a
+    bias add into a dot, and on the [batch*time, vocab] logits a separate add (and, in the
+    backward pass, a separate bias-gradient reduction) is a full extra pass over the largest
+    array of the model; as a column the matmul produces both for free (float32 only).
     """
     dtype = config.compute_dtype
-    logits = jnp.einsum(
-        "bte,ve->btv", x.astype(dtype), embedding.astype(dtype),
-        preferred_element_type=jnp.float32,
-    )
-    return logits + bias
+    if jnp.dtype(dtype) != jnp.float32:
+        # A low-precision bias column would round the bias; keep it as an f32 add.
+        logits = jnp.einsum(
+            "bte,ve->btv", x.astype(dtype), embedding.astype(dtype),
+            preferred_element_type=jnp.float32,
+        )
+        return logits + bias
+    ones = jnp.ones((*x.shape[:-1], 1), dtype)
+    x_aug = jnp.concatenate([x.astype(dtype), ones], axis=-1)
+    w_aug = jnp.concatenate([embedding.astype(dtype), bias.astype(dtype)[:, None]], axis=-1)
+    return jnp.einsum("bte,ve->btv", x_aug, w_aug, preferred_element_type=jnp.float32)
 
 
 def resize_state(state: EncoderState, batch_size: int) -> EncoderState:

@@ -3,9 +3,15 @@
 The input projection of the whole window is one matmul before the time loop; the loop is a
 `jax.lax.scan` whose body does one fused 4-gate recurrent matmul. Gate order is PyTorch's
 i, f, g, o and the single bias is PyTorch's `bias_ih + bias_hh`.
+
+The recurrence has a hand-written VJP. Autodiff of a scan accumulates the gradient of W_hh
+inside the backward loop: one [hid, 4*hid] read-modify-write per time step, which dominates
+the backward pass on CPU. Here the backward loop only emits the per-step gate gradients and
+W_hh's gradient is one [hid, batch*time] @ [batch*time, 4*hid] matmul after it.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -57,16 +63,17 @@ def input_projection(
     x: jax.Array, w_ih: jax.Array, bias: jax.Array, compute_dtype: Any = jnp.float32
 ) -> jax.Array:
     """x [batch, time, in] @ w_ih [in, 4*hid] + bias -> time-major [time, batch, 4*hid]."""
-    x_tm = jnp.swapaxes(x, 0, 1).astype(compute_dtype)
-    out = jnp.matmul(x_tm, w_ih.astype(compute_dtype), preferred_element_type=jnp.float32)
+    return input_projection_time_major(jnp.swapaxes(x, 0, 1), w_ih, bias, compute_dtype)
+
+
+def input_projection_time_major(
+    x_tm: jax.Array, w_ih: jax.Array, bias: jax.Array, compute_dtype: Any = jnp.float32
+) -> jax.Array:
+    """x [time, batch, in] @ w_ih [in, 4*hid] + bias -> [time, batch, 4*hid] (float32)."""
+    out = jnp.matmul(
+        x_tm.astype(compute_dtype), w_ih.astype(compute_dtype), preferred_element_type=jnp.float32
+    )
     return out + bias
-
-
-def _cell(gates: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
-    c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
-    return h_new, c_new
 
 
 def recurrence(
@@ -81,18 +88,158 @@ def recurrence(
     projected [time, batch, 4*hid] (input projection + bias); w_hh [hid, 4*hid] (already
     dropped); step_mask [batch, time] bool or None. Returns [batch, time, hid] and (h, c).
     """
-    w = w_hh.astype(compute_dtype)
+    masks_tm = None if step_mask is None else jnp.swapaxes(step_mask, 0, 1)
+    outputs, final = recurrence_time_major(projected, state, w_hh, masks_tm, compute_dtype)
+    return jnp.swapaxes(outputs, 0, 1), final
 
-    def step(carry: LSTMState, xs: tuple[jax.Array, jax.Array | None]):
+
+def recurrence_time_major(
+    projected: jax.Array,
+    state: LSTMState,
+    w_hh: jax.Array,
+    step_mask: jax.Array | None = None,
+    compute_dtype: Any = jnp.float32,
+) -> tuple[jax.Array, LSTMState]:
+    """`recurrence` without the layout changes: projected [time, batch, 4*hid], step_mask
+    [time, batch] bool or None -> outputs [time, batch, hid] and the final (h, c)."""
+    h0, c0 = state
+    dtype = jnp.dtype(compute_dtype)
+    if step_mask is None:
+        outputs, h, c = _lstm_scan(dtype, projected, h0, c0, w_hh)
+    else:
+        outputs, h, c = _lstm_scan_masked(dtype, projected, h0, c0, w_hh, step_mask)
+    return outputs, (h, c)
+
+
+def _gate_activations(gates: jax.Array) -> jax.Array:
+    """Pre-activations [..., 4*hid] -> sigmoid(i), sigmoid(f), tanh(g), sigmoid(o), concatenated."""
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    return jnp.concatenate(
+        [jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], axis=-1
+    )
+
+
+def _recurrent_matmul(h: jax.Array, w: jax.Array, dtype: Any) -> jax.Array:
+    return jnp.matmul(h.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _forward_scan(
+    dtype: Any,
+    projected: jax.Array,
+    h0: jax.Array,
+    c0: jax.Array,
+    w: jax.Array,
+    step_mask: jax.Array | None,
+    save: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """The time loop. Returns outputs [time, batch, hid], final h, c and, when `save`, the
+    residuals of the backward pass: activated gates [time, batch, 4*hid] and cells
+    [time, batch, hid]."""
+    w = w.astype(dtype)
+
+    def step(carry, xs):
         h, c = carry
         x_t, m_t = xs
-        gates = x_t + jnp.matmul(h.astype(compute_dtype), w, preferred_element_type=jnp.float32)
-        h_new, c_new = _cell(gates, c)
+        acts = _gate_activations(x_t + _recurrent_matmul(h, w, dtype))
+        i, f, g, o = jnp.split(acts, 4, axis=-1)
+        c_new = f * c + i * g
+        h_new = o * jnp.tanh(c_new)
         if m_t is not None:
             keep = m_t[:, None]
             h_new, c_new = jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)
-        return (h_new, c_new), h_new
+        return (h_new, c_new), ((h_new, c_new, acts) if save else h_new)
 
-    masks_tm = None if step_mask is None else jnp.swapaxes(step_mask, 0, 1)
-    (h, c), outputs = jax.lax.scan(step, state, (projected, masks_tm))
-    return jnp.swapaxes(outputs, 0, 1), (h, c)
+    (h, c), ys = jax.lax.scan(step, (h0, c0), (projected, step_mask))
+    if save:
+        outputs, cells, acts = ys
+        return outputs, h, c, (acts, cells)
+    return ys, h, c, None
+
+
+def _backward_scan(
+    dtype: Any,
+    residuals: tuple,
+    cotangents: tuple[jax.Array, jax.Array, jax.Array],
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Gradients of (outputs, h, c) -> of (projected, h0, c0, w)."""
+    outputs, acts, cells, h0, c0, w, step_mask = residuals
+    d_outputs, d_h, d_c = cotangents
+    w_t = w.astype(dtype).T
+    cells_prev = jnp.concatenate([c0[None], cells[:-1]], axis=0)
+
+    def step(carry, xs):
+        dh_next, dc_next = carry
+        d_out, acts_t, c_t, c_prev, m_t = xs
+        dh = dh_next + d_out
+        i, f, g, o = jnp.split(acts_t, 4, axis=-1)
+        tanh_c = jnp.tanh(c_t)
+        dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
+        d_gates = jnp.concatenate(
+            [
+                dc * g * i * (1.0 - i),
+                dc * c_prev * f * (1.0 - f),
+                dc * i * (1.0 - g * g),
+                dh * tanh_c * o * (1.0 - o),
+            ],
+            axis=-1,
+        )
+        dh_prev = _recurrent_matmul(d_gates, w_t, dtype)
+        dc_prev = dc * f
+        if m_t is not None:
+            # A skipped step copied the state through: its gradient passes straight back.
+            keep = m_t[:, None]
+            d_gates = jnp.where(keep, d_gates, 0.0)
+            dh_prev, dc_prev = jnp.where(keep, dh_prev, dh), jnp.where(keep, dc_prev, dc_next)
+        return (dh_prev, dc_prev), d_gates
+
+    xs = (d_outputs, acts, cells, cells_prev, step_mask)
+    (dh0, dc0), d_projected = jax.lax.scan(step, (d_h, d_c), xs, reverse=True)
+    h_prev = jnp.concatenate([h0[None], outputs[:-1]], axis=0)
+    d_w = jnp.einsum(
+        "tbh,tbg->hg", h_prev.astype(dtype), d_projected.astype(dtype),
+        preferred_element_type=jnp.float32,
+    )
+    return d_projected, dh0, dc0, d_w.astype(w.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _lstm_scan(
+    dtype: Any, projected: jax.Array, h0: jax.Array, c0: jax.Array, w: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    outputs, h, c, _ = _forward_scan(dtype, projected, h0, c0, w, None, save=False)
+    return outputs, h, c
+
+
+def _lstm_scan_fwd(dtype, projected, h0, c0, w):
+    outputs, h, c, (acts, cells) = _forward_scan(dtype, projected, h0, c0, w, None, save=True)
+    return (outputs, h, c), (outputs, acts, cells, h0, c0, w, None)
+
+
+def _lstm_scan_bwd(dtype, residuals, cotangents):
+    return _backward_scan(dtype, residuals, cotangents)
+
+
+_lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _lstm_scan_masked(
+    dtype: Any, projected: jax.Array, h0: jax.Array, c0: jax.Array, w: jax.Array,
+    step_mask: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    outputs, h, c, _ = _forward_scan(dtype, projected, h0, c0, w, step_mask, save=False)
+    return outputs, h, c
+
+
+def _lstm_scan_masked_fwd(dtype, projected, h0, c0, w, step_mask):
+    outputs, h, c, (acts, cells) = _forward_scan(
+        dtype, projected, h0, c0, w, step_mask, save=True
+    )
+    return (outputs, h, c), (outputs, acts, cells, h0, c0, w, step_mask)
+
+
+def _lstm_scan_masked_bwd(dtype, residuals, cotangents):
+    return (*_backward_scan(dtype, residuals, cotangents), None)
+
+
+_lstm_scan_masked.defvjp(_lstm_scan_masked_fwd, _lstm_scan_masked_bwd)

@@ -1,0 +1,55 @@
+"""The LSTM's hand-written VJP against JAX autodiff of a plain scan (with and without skips)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ulmfit_jax.lstm import recurrence
+
+
+def _reference_recurrence(projected, state, w_hh, step_mask):
+    """The textbook LSTM loop, differentiated by JAX itself."""
+
+    def step(carry, xs):
+        h, c = carry
+        x_t, m_t = xs
+        i, f, g, o = jnp.split(x_t + h @ w_hh, 4, axis=-1)
+        c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+        keep = m_t[:, None]
+        h_new, c_new = jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)
+        return (h_new, c_new), h_new
+
+    (h, c), outputs = jax.lax.scan(step, state, (projected, step_mask.T))
+    return jnp.swapaxes(outputs, 0, 1), (h, c)
+
+
+@pytest.mark.parametrize("with_skips", [False, True])
+def test_gradients_match_autodiff_of_a_plain_scan(with_skips):
+    time, batch, hid = 7, 3, 5
+    keys = jax.random.split(jax.random.key(0), 6)
+    projected = jax.random.normal(keys[0], (time, batch, 4 * hid))
+    h0, c0 = jax.random.normal(keys[1], (batch, hid)), jax.random.normal(keys[2], (batch, hid))
+    w_hh = 0.5 * jax.random.normal(keys[3], (hid, 4 * hid))
+    skips = jax.random.bernoulli(keys[4], 0.6, (batch, time))
+    step_mask = skips if with_skips else jnp.ones((batch, time), bool)
+    weights = jax.random.normal(keys[5], (batch, time, hid))
+
+    def loss(fn, mask, projected, h0, c0, w_hh):
+        outputs, (h, c) = fn(projected, (h0, c0), w_hh, mask)
+        return jnp.sum(outputs * weights) + jnp.sum(h**2) + jnp.sum(jnp.sin(c))
+
+    argnums = (2, 3, 4, 5)
+    ours_mask = step_mask if with_skips else None  # also covers the LM path without a mask
+    expected = jax.grad(loss, argnums)(_reference_recurrence, step_mask, projected, h0, c0, w_hh)
+    got = jax.jit(jax.grad(loss, argnums), static_argnums=0)(
+        recurrence, ours_mask, projected, h0, c0, w_hh
+    )
+    for name, e, g in zip(("projected", "h0", "c0", "w_hh"), expected, got, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5, err_msg=name)
+    ref_out = _reference_recurrence(projected, (h0, c0), w_hh, step_mask)
+    our_out = recurrence(projected, (h0, c0), w_hh, ours_mask)
+    for e, g in zip(jax.tree.leaves(ref_out), jax.tree.leaves(our_out), strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-6)
