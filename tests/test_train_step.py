@@ -144,3 +144,17 @@ def test_classifier_step_trains_head_and_batchnorm_only_when_frozen():
     out = evaluate(eval_state, {**batch, "weights": np.array([1, 1, 1, 0], np.float32)})
     assert float(out["count"]) == 3
     np.testing.assert_allclose(np.asarray(out["probs"]).sum(-1), 1.0, rtol=1e-6)
+
+
+def test_sum_metrics_count_correct_predictions_like_argmax():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 9, 50)).astype(np.float32)
+    targets = rng.integers(0, 50, size=(6, 9))
+    targets[:, :4] = logits[:, :4].argmax(-1)  # some right, the rest mostly wrong
+    weights = (rng.random((6, 9)) > 0.3).astype(np.float32)
+    ce = np.zeros((6, 9), np.float32)
+    metrics = train_step._sum_metrics(jnp.asarray(ce), jnp.asarray(logits),
+                                      jnp.asarray(targets), jnp.asarray(weights))
+    expected = ((logits.argmax(-1) == targets) * weights).sum()
+    assert float(metrics["correct"]) == pytest.approx(expected)
+    assert float(metrics["count"]) == pytest.approx(weights.sum())
