@@ -17,7 +17,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, models and logs.")
 _STAGE = flags.DEFINE_enum(
-    "stage", "all", ["lm", "classifier", "all"], "Which ULMFiT stage(s) to run."
+    "stage", "all", ["lm", "classifier", "all", "lr_find"],
+    "Which ULMFiT stage(s) to run (lr_find: LR finder plot for the LM)."
 )
 flags.mark_flags_as_required(["config", "workdir"])
 

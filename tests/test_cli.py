@@ -60,3 +60,15 @@ def test_missing_language_model_for_classifier_stage_is_explained(tmp_path):
     proc = run_train("--workdir", str(tmp_path), "--stage", "classifier", check=False)
     assert proc.returncode != 0
     assert "run `--stage lm`" in proc.stderr
+
+
+def test_lr_find_stage_writes_plot_and_suggestions_and_trains_nothing(tmp_path):
+    proc = run_train("--workdir", str(tmp_path), "--stage", "lr_find",
+                     "--config.lr_find.num_it=30", "--config.lr_find.end_lr=100.0")
+    report = json.loads((tmp_path / "lr_find_lm_fwd.json").read_text())
+    assert 6 <= report["steps"] <= 30
+    suggestions = report["suggestions"]
+    assert suggestions and all(1e-7 <= lr <= 100.0 for lr in suggestions.values())
+    assert (tmp_path / "lr_find_lm_fwd.png").stat().st_size > 1000
+    assert "LR finder (forward LM)" in proc.stdout
+    assert not (tmp_path / "models").exists() and not (tmp_path / "checkpoints").exists()

@@ -2,7 +2,8 @@
 
 Stages: `lm` (language model, forward and optionally backward), `classifier` (gradual
 unfreezing on the saved encoder), `all` (both, then the fwd+bwd ensemble and example
-predictions). Every stage resumes from its latest checkpoint, and a finished stage is skipped,
+predictions), `lr_find` (fastai's LR finder on the LM stage: a plot and suggestions).
+Every stage resumes from its latest checkpoint, and a finished stage is skipped,
 so rerunning the same command after a crash continues where it stopped.
 
 Workdir layout: `vocab.json`, `cache/` (token cache), `checkpoints/<stage>/`,
@@ -33,11 +34,12 @@ from ulmfit_jax.trainer.classifier_stage import (
 from ulmfit_jax.trainer.config import base_config
 from ulmfit_jax.trainer.data import PreparedData, prepare_data
 from ulmfit_jax.trainer.lm_stage import train_language_model
+from ulmfit_jax.trainer.lr_find_stage import find_lm_lr
 
 __all__ = ["EXAMPLE_REVIEWS", "base_config", "predict_texts", "train_and_evaluate"]
 
 logger = logging.getLogger(__name__)
-STAGES = ("lm", "classifier", "all")
+STAGES = ("lm", "classifier", "all", "lr_find")
 EXAMPLE_REVIEWS = (
     "This movie was a delight from start to finish: sharp writing, a wonderful cast and "
     "a score I am still humming. I would happily watch it again.",
@@ -93,6 +95,11 @@ def train_and_evaluate(
     mesh = sharding.make_data_mesh()
     log = MetricLogger(workdir, tensorboard=config.tensorboard)
     try:
+        if stage == "lr_find":
+            for backward in _directions(config):
+                result = find_lm_lr(config, data, workdir, mesh, backward)
+                print(f"LR finder ({'backward' if backward else 'forward'} LM): "
+                      + ", ".join(f"{k} {v:.2e}" for k, v in result.suggestions.items()))
         if stage in ("lm", "all"):
             for backward in _directions(config):
                 train_language_model(config, data, workdir, mesh, log, backward)

@@ -37,6 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(
         {"every_steps": 500, "keep": 2, "async_save": True}
     )
+    # `--stage lr_find`: fastai's LR finder on the LM stage (exponential sweep).
+    c.lr_find = ml_collections.ConfigDict({"start_lr": 1e-7, "end_lr": 10.0, "num_it": 100})
     c.log_every_steps = 50
     c.progress = True  # tqdm bars
     c.tensorboard = True

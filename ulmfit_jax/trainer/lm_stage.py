@@ -76,15 +76,11 @@ def _lm_evaluator(mesh, graphdef, config, data: PreparedData, backward: bool):
     return evaluate
 
 
-def train_language_model(
-    config: ml_collections.ConfigDict, data: PreparedData, workdir: Path, mesh, log: MetricLogger,
-    backward: bool = False,
-) -> Path:
-    """Train (or resume) the forward/backward LM; return the directory it is saved in."""
-    name = lm_name(backward)
-    out_dir = workdir / "models" / name
-    if (out_dir / "config.json").exists():
-        return out_dir  # finished in an earlier run
+def build_lm_stage(
+    config: ml_collections.ConfigDict, data: PreparedData, mesh, backward: bool = False
+) -> tuple[LanguageModel, dict, Stage]:
+    """The LM to train, its placed train state and its `Stage` (what training and the LR
+    finder share)."""
     c = config.lm
     sharding.check_batch_size(c.batch_size, mesh)
     lm, phases = _initial_model(config, data, backward)
@@ -105,11 +101,24 @@ def train_language_model(
         return sharding.shard_batch(batch, mesh), int(np.size(batch["inputs"]))
 
     stage = Stage(
-        name=name, phases=phases, iterator=iterator, step_fn=step_fn, to_device=to_device,
-        evaluate=_lm_evaluator(mesh, graphdef, config, data, backward), summarize=lm_summary,
-        schedule=c.schedule, moms=tuple(c.moms),
+        name=lm_name(backward), phases=phases, iterator=iterator, step_fn=step_fn,
+        to_device=to_device, evaluate=_lm_evaluator(mesh, graphdef, config, data, backward),
+        summarize=lm_summary, schedule=c.schedule, moms=tuple(c.moms),
         on_epoch_start=lambda s: {**s, "hidden": jax.tree.map(jnp.copy, zeros)},
     )
+    return lm, state, stage
+
+
+def train_language_model(
+    config: ml_collections.ConfigDict, data: PreparedData, workdir: Path, mesh, log: MetricLogger,
+    backward: bool = False,
+) -> Path:
+    """Train (or resume) the forward/backward LM; return the directory it is saved in."""
+    name = lm_name(backward)
+    out_dir = workdir / "models" / name
+    if (out_dir / "config.json").exists():
+        return out_dir  # finished in an earlier run
+    lm, state, stage = build_lm_stage(config, data, mesh, backward)
     ckpt = Checkpointer(workdir / "checkpoints" / name, keep=config.checkpoint.keep,
                         best_metric="accuracy", async_save=config.checkpoint.async_save)
     try:
