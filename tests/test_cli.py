@@ -41,6 +41,7 @@ def test_all_stages_forward_and_backward_end_to_end(tmp_path):
     assert header == "stage,step,split,name,value"
     predictions = [line for line in proc.stdout.splitlines() if line.startswith(("neg", "pos"))]
     assert len(predictions) == 3, proc.stdout
+    assert "classifier_fwd: validation accuracy" in proc.stdout
 
     from ulmfit_jax.api import TextClassifier
 

@@ -116,5 +116,16 @@ def train_and_evaluate(
         for text, (label, p) in zip(EXAMPLE_REVIEWS, predict_texts(fwd, data, EXAMPLE_REVIEWS),
                                     strict=True):
             print(f"{label} ({p:.2f}): {text[:70]}...")
-    summary = workdir / "metrics.json"
-    return json.loads(summary.read_text()) if summary.exists() else {}
+    summary_path = workdir / "metrics.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if stage in ("classifier", "all"):
+        _print_validation_summary(summary)
+    return summary
+
+
+def _print_validation_summary(summary: dict) -> None:
+    """One line per classifier (and the ensemble): the numbers a user runs the demo for."""
+    for name in ("classifier_fwd", "classifier_bwd", "ensemble"):
+        if name in summary:
+            m = summary[name]
+            print(f"{name}: validation accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}")
