@@ -19,7 +19,6 @@ from flax import nnx
 from ulmfit_jax import optimizer as opt
 from ulmfit_jax import sharding, train_step
 from ulmfit_jax.api import LanguageModel, TextClassifier
-from ulmfit_jax.checkpointing import Checkpointer
 from ulmfit_jax.classifier_batches import ClassifierBatches, pad_chunks, restore_order
 from ulmfit_jax.logging_utils import MetricLogger
 from ulmfit_jax.metrics import classification_report, classifier_summary
@@ -27,7 +26,7 @@ from ulmfit_jax.token_cache import TokenizedCorpus
 from ulmfit_jax.trainer.config import classifier_options
 from ulmfit_jax.trainer.data import PreparedData
 from ulmfit_jax.trainer.lm_stage import lm_name
-from ulmfit_jax.trainer.loop import Phase, Stage, run_stage
+from ulmfit_jax.trainer.loop import Phase, Stage, run_stage_with_checkpoints
 
 VALID_PROBS = "valid_probs.npy"
 
@@ -167,16 +166,8 @@ def train_classifier(
     stage = Stage(name=name, phases=phases, iterator=iterator, step_fn=step_fn,
                   to_device=to_device, evaluate=evaluate, summarize=classifier_summary,
                   schedule=c.schedule, moms=tuple(c.moms))
-    ckpt = Checkpointer(workdir / "checkpoints" / name, keep=config.checkpoint.keep,
-                        best_metric="accuracy", async_save=config.checkpoint.async_save)
-    try:
-        state, final = run_stage(
-            stage, state, jax.random.PRNGKey(config.seed + (3 if backward else 2)), ckpt, log,
-            every_steps=config.checkpoint.every_steps, log_every=config.log_every_steps,
-            config_dict=config.to_dict(), progress=config.progress,
-        )
-    finally:
-        ckpt.close()
+    state, final = run_stage_with_checkpoints(stage, state, config, workdir, log,
+                                              seed_offset=3 if backward else 2)
     host_state = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
     module_state = nnx.state(clf.module)
     nnx.replace_by_pure_dict(module_state, _merge(host_state["params"], host_state["batch_stats"]))

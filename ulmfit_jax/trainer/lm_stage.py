@@ -18,14 +18,13 @@ import numpy as np
 from ulmfit_jax import optimizer as opt
 from ulmfit_jax import sharding, train_step
 from ulmfit_jax.api import LanguageModel
-from ulmfit_jax.checkpointing import Checkpointer
 from ulmfit_jax.encoder import zero_state
 from ulmfit_jax.lm_stream import LMStream
 from ulmfit_jax.logging_utils import MetricLogger
 from ulmfit_jax.metrics import SumAccumulator, lm_summary
 from ulmfit_jax.trainer.config import lm_model_config
 from ulmfit_jax.trainer.data import PreparedData
-from ulmfit_jax.trainer.loop import Phase, Stage, run_stage
+from ulmfit_jax.trainer.loop import Phase, Stage, run_stage_with_checkpoints
 
 
 def lm_name(backward: bool) -> str:
@@ -119,16 +118,8 @@ def train_language_model(
     if (out_dir / "config.json").exists():
         return out_dir  # finished in an earlier run
     lm, state, stage = build_lm_stage(config, data, mesh, backward)
-    ckpt = Checkpointer(workdir / "checkpoints" / name, keep=config.checkpoint.keep,
-                        best_metric="accuracy", async_save=config.checkpoint.async_save)
-    try:
-        state, valid = run_stage(
-            stage, state, jax.random.PRNGKey(config.seed + (1 if backward else 0)), ckpt, log,
-            every_steps=config.checkpoint.every_steps, log_every=config.log_every_steps,
-            config_dict=config.to_dict(), progress=config.progress,
-        )
-    finally:
-        ckpt.close()
+    state, valid = run_stage_with_checkpoints(stage, state, config, workdir, log,
+                                              seed_offset=1 if backward else 0)
     params = jax.device_get(state["params"])
     LanguageModel.from_params(lm.config, params, data.vocab.itos).save(out_dir, overwrite=True)
     log.write_summary({name: valid})

@@ -247,6 +247,24 @@ def run_stage(
     return state, valid
 
 
+def run_stage_with_checkpoints(
+    stage: Stage, state: dict, config: Any, workdir: Any, log: MetricLogger, seed_offset: int
+) -> tuple[dict, dict[str, float]]:
+    """`run_stage` with the run's checkpoint policy: `<workdir>/checkpoints/<stage name>`, keep
+    the last `config.checkpoint.keep` and the best by accuracy; the stage's rng is
+    `PRNGKey(config.seed + seed_offset)`."""
+    ckpt = Checkpointer(workdir / "checkpoints" / stage.name, keep=config.checkpoint.keep,
+                        best_metric="accuracy", async_save=config.checkpoint.async_save)
+    try:
+        return run_stage(
+            stage, state, jax.random.PRNGKey(config.seed + seed_offset), ckpt, log,
+            every_steps=config.checkpoint.every_steps, log_every=config.log_every_steps,
+            config_dict=config.to_dict(), progress=config.progress,
+        )
+    finally:
+        ckpt.close()
+
+
 def _sched_kwargs(stage: Stage) -> dict:
     if stage.schedule == "one_cycle":
         return {"moms": tuple(stage.moms)}
