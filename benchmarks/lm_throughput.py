@@ -118,11 +118,11 @@ def ours_steps(setting: BenchSetting) -> tuple[Callable[[], None], Callable[[], 
     import jax.numpy as jnp
     from flax import nnx
 
-    from ulmfit_jax import sharding
-    from ulmfit_jax.language_model import AWDLSTMLanguageModel
-    from ulmfit_jax.model_config import AWDLSTMConfig
-    from ulmfit_jax.optimizer import lm_layer_groups, ulmfit_adam
-    from ulmfit_jax.train_step import (
+    from ulmfit_jax.model.config import AWDLSTMConfig
+    from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
+    from ulmfit_jax.optim.optimizer import lm_layer_groups, ulmfit_adam
+    from ulmfit_jax.trainer import sharding
+    from ulmfit_jax.trainer.steps import (
         create_lm_state,
         lm_train_step,
         make_lm_eval_step,

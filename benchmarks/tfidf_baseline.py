@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from ulmfit_jax.sources import movie_reviews_imdb
+from ulmfit_jax.text.sources import movie_reviews_imdb
 
 
 def _texts_and_labels(stream) -> tuple[list[str], np.ndarray]:

@@ -54,7 +54,7 @@ def run_ours(texts: list[str], workers: int) -> list[list[str]]:
     """FastaiTokenizer over chunks in a fork pool (spaCy is loaded lazily in each worker)."""
     import spacy  # noqa: F401  (imported once here and inherited by the forks, as fastai does)
 
-    from ulmfit_jax.tokenize import FastaiTokenizer
+    from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
 
     chunks = [texts[i : i + CHUNK_DOCS] for i in range(0, len(texts), CHUNK_DOCS)]
     ctx = multiprocessing.get_context("fork")

@@ -24,7 +24,7 @@ import torch
 from fastai.text.models import awdlstm
 from flax import nnx
 
-from ulmfit_jax.dropout import ClassifierDropoutMasks, LMDropoutMasks
+from ulmfit_jax.model.dropout import ClassifierDropoutMasks, LMDropoutMasks
 
 TINY_WEIGHT_P = 1e-6
 

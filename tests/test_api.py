@@ -27,7 +27,7 @@ from tests.test_fastai_files import (
 )
 from ulmfit_jax import api
 from ulmfit_jax.api import LanguageModel, TextClassifier
-from ulmfit_jax.vocab import Vocab
+from ulmfit_jax.text.vocab import Vocab
 
 TOL = dict(rtol=1e-4, atol=1e-5)
 BPTT = 8  # the fastai classifier fixture reads documents in chunks of 8
@@ -251,7 +251,7 @@ def test_classifier_from_encoder_file_and_from_language_model(fx):
 def test_classifier_encoder_round_trips_through_fastai_load_encoder(fx, tmp_path):
     clf = TextClassifier.from_fastai(fx["clf_file"], fx["itos"], bptt=BPTT)
     expected = numpy_state(fx["clf"].model[0].module)
-    from ulmfit_jax import fastai_files, fastai_weights
+    from ulmfit_jax.convert import fastai_files, fastai_weights
 
     sd = fastai_weights.encoder_params_to_fastai(clf.params["encoder"])
     fastai_files.save_encoder(sd, tmp_path / "models" / "e.pth")

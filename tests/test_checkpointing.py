@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ulmfit_jax import optimizer as opt
-from ulmfit_jax import sharding
-from ulmfit_jax.checkpointing import (
+from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.trainer import sharding
+from ulmfit_jax.trainer.checkpointing import (
     Checkpointer,
     NonFiniteLossError,
     check_finite_loss,

@@ -17,10 +17,10 @@ from tests.fastai_reference import (
     load_pure_dict,
     state_dict_numpy,
 )
-from ulmfit_jax.batch_norm import BatchNorm
-from ulmfit_jax.classifier import AWDLSTMClassifier
-from ulmfit_jax.dropout import sample_classifier_masks
-from ulmfit_jax.fastai_weights import classifier_params_from_fastai
+from ulmfit_jax.convert.fastai_weights import classifier_params_from_fastai
+from ulmfit_jax.model.batch_norm import BatchNorm
+from ulmfit_jax.model.classifier import AWDLSTMClassifier
+from ulmfit_jax.model.dropout import sample_classifier_masks
 
 PAD, VOCAB, BPTT, MAX_LEN = 1, 31, 5, 10
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 from fastai.text.all import SortedDL, pad_input_chunk
 
-from ulmfit_jax.classifier_batches import (
+from ulmfit_jax.text.classifier_batches import (
     ClassifierBatches,
     pad_chunks,
     restore_order,
     sorted_order,
     sortish_order,
 )
-from ulmfit_jax.token_cache import TokenizedCorpus
+from ulmfit_jax.text.token_cache import TokenizedCorpus
 
 
 def make_corpus(n_docs=53, seed=0, max_len=200, n_classes=3):

@@ -30,8 +30,8 @@ from fastai.text.all import (
     text_classifier_learner,
 )
 
-from ulmfit_jax import fastai_files as ff
-from ulmfit_jax.safe_pickle import UnsafePickleError
+from ulmfit_jax.convert import fastai_files as ff
+from ulmfit_jax.convert.safe_pickle import UnsafePickleError
 
 SPECIALS = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"]
 VOCAB = SPECIALS + [f"w{i}" for i in range(23)]  # 32 rows

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.fastai_reference import fastai_classifier, fastai_lm, state_dict_numpy
-from ulmfit_jax.fastai_weights import (
+from ulmfit_jax.convert.fastai_weights import (
     classifier_params_from_fastai,
     classifier_params_to_fastai,
     encoder_params_from_fastai,

@@ -17,10 +17,10 @@ from tests.fastai_reference import (
     no_grad_eval,
     state_dict_numpy,
 )
-from ulmfit_jax.dropout import LMDropoutMasks, sample_lm_masks
-from ulmfit_jax.fastai_weights import lm_params_from_fastai
-from ulmfit_jax.language_model import AWDLSTMLanguageModel, resize_state
-from ulmfit_jax.model_config import AWDLSTMConfig
+from ulmfit_jax.convert.fastai_weights import lm_params_from_fastai
+from ulmfit_jax.model.config import AWDLSTMConfig
+from ulmfit_jax.model.dropout import LMDropoutMasks, sample_lm_masks
+from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, resize_state
 
 PAD = 1
 

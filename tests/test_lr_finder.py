@@ -9,7 +9,7 @@ import torch
 from fastai.callback.schedule import SchedExp, minimum, steep, valley
 from fastai.learner import AvgSmoothLoss
 
-from ulmfit_jax import lr_finder
+from ulmfit_jax.optim import lr_finder
 
 
 def _linear_regression_step_fn(seed: int = 0, dim: int = 10, batch: int = 256):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ulmfit_jax.lstm import recurrence
+from ulmfit_jax.model.lstm import recurrence
 
 
 def _reference_recurrence(projected, state, w_hh, step_mask):

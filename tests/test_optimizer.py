@@ -24,7 +24,7 @@ from fastai.text.all import (
 )
 from fastai.torch_core import even_mults as fastai_even_mults
 
-from ulmfit_jax import optimizer as opt
+from ulmfit_jax.optim import optimizer as opt
 
 VOCAB, EMB, HID, N_LAYERS, N_CLASSES = 10, 4, 6, 3, 3
 
@@ -81,7 +81,7 @@ def flat_paths(tree) -> dict:
 
 def test_lm_groups_assignment_and_logged_table(caplog):
     params = make_params("lm")
-    with caplog.at_level(logging.INFO, logger="ulmfit_jax.optimizer"):
+    with caplog.at_level(logging.INFO, logger="ulmfit_jax.optim.optimizer"):
         groups = opt.assign_layer_groups(params, opt.lm_layer_groups(N_LAYERS))
     assert groups.names == ("lstm0", "lstm1", "lstm2", "embedding")
     labels = flat_paths(groups.labels)

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from ulmfit_jax.safe_pickle import UnsafePickleError, load_itos, loads_itos, save_itos
+from ulmfit_jax.convert.safe_pickle import UnsafePickleError, load_itos, loads_itos, save_itos
 
 ITOS = ["xxunk", "xxpad", "xxbos", "the", ",", "é", "日本", ""]
 

@@ -9,7 +9,7 @@ import pytest
 from fastai.callback.schedule import SchedCos
 from fastai.callback.schedule import combined_cos as fastai_combined_cos
 
-from ulmfit_jax import optimizer, schedules
+from ulmfit_jax.optim import optimizer, schedules
 
 
 @pytest.mark.parametrize("pct_start", [0.25, 0.3, 0.99])

@@ -4,9 +4,9 @@ import pickle
 
 import pytest
 
-from ulmfit_jax import sentencepiece_tokenizer as spt
-from ulmfit_jax.sentencepiece_tokenizer import SentencePieceTokenizer
-from ulmfit_jax.tokenize import SPECIAL_TOKENS
+from ulmfit_jax.text import sentencepiece_tokenizer as spt
+from ulmfit_jax.text.fastai_tokenizer import SPECIAL_TOKENS
+from ulmfit_jax.text.sentencepiece_tokenizer import SentencePieceTokenizer
 
 from .test_tokenize import imdb_reviews
 

@@ -20,10 +20,11 @@ def run_lm_steps(out_path: str) -> None:
     import jax.numpy as jnp
     from flax import nnx
 
-    from ulmfit_jax import optimizer as opt
-    from ulmfit_jax import sharding, train_step
-    from ulmfit_jax.language_model import AWDLSTMLanguageModel
-    from ulmfit_jax.model_config import AWDLSTMConfig
+    from ulmfit_jax.model.config import AWDLSTMConfig
+    from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
+    from ulmfit_jax.optim import optimizer as opt
+    from ulmfit_jax.trainer import sharding
+    from ulmfit_jax.trainer import steps as train_step
 
     config = AWDLSTMConfig(vocab_size=VOCAB, emb_size=8, hidden_size=16, n_layers=2)
     model = AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0))
@@ -81,7 +82,7 @@ def test_four_devices_match_one_device(tmp_path):
 def test_batch_not_divisible_by_devices_is_a_clear_error():
     import pytest
 
-    from ulmfit_jax import sharding
+    from ulmfit_jax.trainer import sharding
 
     class FakeMesh:
         devices = np.zeros(4)

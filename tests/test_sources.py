@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ulmfit_jax.sources import (
+from ulmfit_jax.text.sources import (
     DataError,
     Document,
     csv_dataset,
@@ -26,7 +26,7 @@ from ulmfit_jax.sources import (
     sort_labels,
     tfds_dataset,
 )
-from ulmfit_jax.sources import movie_reviews as movie_reviews_module
+from ulmfit_jax.text.sources import movie_reviews as movie_reviews_module
 
 # ---------------------------------------------------------------- embedded corpus
 
@@ -114,7 +114,7 @@ def test_rotten_tomatoes_and_lm_corpus(raw_rows):
 
 
 def test_embedded_corpus_is_found_without_importing_the_package():
-    code = ("import sys; from ulmfit_jax.sources import movie_reviews_csv; "
+    code = ("import sys; from ulmfit_jax.text.sources import movie_reviews_csv; "
             "p = movie_reviews_csv(); assert p.is_file(), p; "
             "assert 'movie_reviews' not in sys.modules and 'pandas' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
@@ -202,7 +202,7 @@ def test_csv_stratified_split_is_order_independent(tmp_path):
 
 def test_csv_dedupe_keeps_first_copy_and_drops_conflicts(tmp_path, caplog):
     path = write(tmp_path / "dup.csv", "a,same\nb,other\na,same\na,clash\nb,clash\nb,last\n")
-    with caplog.at_level(logging.INFO, logger="ulmfit_jax.sources"):
+    with caplog.at_level(logging.INFO, logger="ulmfit_jax.text.sources"):
         ds = csv_dataset(path, path, dedupe=True)
     assert [(d.text, d.label) for d in ds.train] == [("same", "a"), ("other", "b"), ("last", "b")]
     assert "conflicting labels" in caplog.text
@@ -259,7 +259,7 @@ def test_undecodable_bytes_strict_and_replace(tmp_path):
 
 def test_empty_documents_skip_or_fail(tmp_path, caplog):
     path = write(tmp_path / "e.csv", '1,"a","b"\n2,"  ",""\n1,"c",""\n')
-    with caplog.at_level(logging.WARNING, logger="ulmfit_jax.sources"):
+    with caplog.at_level(logging.WARNING, logger="ulmfit_jax.text.sources"):
         ds = csv_dataset(path, path)
     assert [d.text for d in ds.train] == ["xxfld 1 a xxfld 2 b", "xxfld 1 c xxfld 2 "]
     assert "skipped 1 empty documents" in caplog.text
@@ -422,7 +422,7 @@ def test_tfds_missing_names_the_extra(monkeypatch):
 
 
 def test_package_docstring_lists_every_source():
-    import ulmfit_jax.sources as sources
+    import ulmfit_jax.text.sources as sources
 
     for name in ("movie_reviews_imdb", "csv_dataset", "imdb_folder", "tfds_dataset"):
         assert name in sources.__doc__

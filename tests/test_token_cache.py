@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ulmfit_jax import token_cache
-from ulmfit_jax.token_cache import TokenCache, TokenizedCorpus, build_token_cache
+from ulmfit_jax.text import token_cache
+from ulmfit_jax.text.token_cache import TokenCache, TokenizedCorpus, build_token_cache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ class FailingInWorker(WhitespaceTokenizer):
 
 
 class Source:
-    """Re-iterable (text, label) documents with a fingerprint, like ulmfit_jax.sources."""
+    """Re-iterable (text, label) documents with a fingerprint, like ulmfit_jax.text.sources."""
 
     def __init__(self, docs, fp="src-1"):
         self.docs, self.fp = docs, fp
@@ -183,7 +183,7 @@ def _start_slow_build(cache_root, workers):
     """A real build in a child process (own process group), slow enough to interrupt."""
     script = textwrap.dedent(f"""
         import time
-        from ulmfit_jax.token_cache import build_token_cache
+        from ulmfit_jax.text.token_cache import build_token_cache
         class Slow:
             def tokenize(self, texts):
                 time.sleep(0.05)
@@ -270,8 +270,8 @@ def test_tokenized_corpus_from_lists_validates():
 
 def test_real_fastai_tokenizer_and_csv_source_in_workers(tmp_path):
     """FastaiTokenizer in 2 forked workers == in-process; a DocStream gives class indices."""
-    from ulmfit_jax.sources import csv_dataset
-    from ulmfit_jax.tokenize import FastaiTokenizer
+    from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
+    from ulmfit_jax.text.sources import csv_dataset
 
     rows = ["pos,\"This movie was GREAT!! I loved it.\"", "neg,\"Terrible... <br />Just bad.\"",
             "pos,\"Wow wow wow, what a film\"", "neg,It's not worth $10.",
@@ -294,7 +294,7 @@ def test_real_fastai_tokenizer_and_csv_source_in_workers(tmp_path):
 
 def test_real_vocab_from_counts_and_numericalize(tmp_path):
     """Vocab.from_counts on the cached counts; a new min_freq only re-maps, never re-tokenizes."""
-    from ulmfit_jax.vocab import Vocab
+    from ulmfit_jax.text.vocab import Vocab
 
     docs = make_docs(200)
     cache = build_token_cache(Source(docs), WhitespaceTokenizer(), tmp_path, workers=0,

@@ -10,8 +10,8 @@ import random
 
 import pytest
 
-from ulmfit_jax import tokenize as ours
-from ulmfit_jax.tokenize import FastaiTokenizer
+from ulmfit_jax.text import fastai_tokenizer as ours
+from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
 
 HOSTILE = [
     "THIS IS ALL CAPS!!! I LOVED IT",

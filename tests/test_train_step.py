@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ulmfit_jax import optimizer as opt
-from ulmfit_jax import sharding, train_step
-from ulmfit_jax.classifier import AWDLSTMClassifier
-from ulmfit_jax.language_model import AWDLSTMLanguageModel
-from ulmfit_jax.model_config import AWDLSTMConfig, ClassifierConfig
+from ulmfit_jax.model.classifier import AWDLSTMClassifier
+from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
+from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
+from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.trainer import sharding
+from ulmfit_jax.trainer import steps as train_step
 
 VOCAB, BATCH, TIME = 48, 4, 7
 HP = {"lr": jnp.float32(1e-2), "mom": jnp.float32(0.8)}

@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ulmfit_jax import optimizer as opt
-from ulmfit_jax.checkpointing import Checkpointer, NonFiniteLossError
-from ulmfit_jax.logging_utils import MetricLogger
+from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.trainer.checkpointing import Checkpointer, NonFiniteLossError
 from ulmfit_jax.trainer.classifier_stage import bucket_chunks, repad
 from ulmfit_jax.trainer.loop import Phase, Stage, run_stage
+from ulmfit_jax.trainer.metric_logger import MetricLogger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,7 +162,7 @@ def test_fine_tuning_from_fastai_weights_trains_only_embedding_while_frozen(tmp_
     import orbax.checkpoint as ocp
 
     from ulmfit_jax.api import LanguageModel
-    from ulmfit_jax.model_config import AWDLSTMConfig
+    from ulmfit_jax.model.config import AWDLSTMConfig
 
     itos = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj",
             "the", "a", "movie", "film", "good", "bad", ".", ","] + ["xxfake"] * 7

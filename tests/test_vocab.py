@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from ulmfit_jax.tokenize import FastaiTokenizer
-from ulmfit_jax.vocab import Vocab
+from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
+from ulmfit_jax.text.vocab import Vocab
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_load_errors_name_the_problem(tmp_path):
     bad.write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="key 'format'"):
         Vocab.load(bad)
-    bad.write_text(json.dumps({"format": "ulmfit_jax.vocab", "version": 1, "itos": ["a", 3]}))
+    bad.write_text(json.dumps({"format": "ulmfit_jax.text.vocab", "version": 1, "itos": ["a", 3]}))
     with pytest.raises(ValueError, match="entry 1 is int"):
         Vocab.load(bad)
     with pytest.raises(IndexError, match="id 5 outside"):

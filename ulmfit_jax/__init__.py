@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy so that `import ulmfit_jax.tokenize` in tokenizer worker processes doesn't pay for jax.
+    # Lazy so that `import ulmfit_jax.text` in tokenizer worker processes doesn't pay for jax.
     if name in __all__:
         from ulmfit_jax import api
 

@@ -33,13 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ulmfit_jax import fastai_files, fastai_weights
-from ulmfit_jax.classifier import AWDLSTMClassifier
-from ulmfit_jax.encoder import EncoderState, zero_state
-from ulmfit_jax.language_model import AWDLSTMLanguageModel, resize_state
-from ulmfit_jax.model_config import AWDLSTMConfig, ClassifierConfig
-from ulmfit_jax.safe_pickle import save_itos
-from ulmfit_jax.vocab import Vocab
+from ulmfit_jax.convert import fastai_files, fastai_weights
+from ulmfit_jax.convert.safe_pickle import save_itos
+from ulmfit_jax.model.classifier import AWDLSTMClassifier
+from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
+from ulmfit_jax.model.encoder import EncoderState, zero_state
+from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, resize_state
+from ulmfit_jax.text.vocab import Vocab
 
 FORMAT_VERSION = 1
 STATE_DIR, CONFIG_FILE, VOCAB_FILE = "state", "config.json", "vocab.json"

@@ -16,17 +16,18 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from ulmfit_jax import optimizer as opt
-from ulmfit_jax import sharding, train_step
 from ulmfit_jax.api import LanguageModel, TextClassifier
-from ulmfit_jax.classifier_batches import ClassifierBatches, pad_chunks, restore_order
-from ulmfit_jax.logging_utils import MetricLogger
-from ulmfit_jax.metrics import classification_report, classifier_summary
-from ulmfit_jax.token_cache import TokenizedCorpus
+from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.text.classifier_batches import ClassifierBatches, pad_chunks, restore_order
+from ulmfit_jax.text.token_cache import TokenizedCorpus
+from ulmfit_jax.trainer import sharding
+from ulmfit_jax.trainer import steps as train_step
 from ulmfit_jax.trainer.config import classifier_options
 from ulmfit_jax.trainer.data import PreparedData
 from ulmfit_jax.trainer.lm_stage import lm_name
 from ulmfit_jax.trainer.loop import Phase, Stage, run_stage_with_checkpoints
+from ulmfit_jax.trainer.metric_logger import MetricLogger
+from ulmfit_jax.trainer.metrics import classification_report, classifier_summary
 
 VALID_PROBS = "valid_probs.npy"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from ulmfit_jax.model_config import AWDLSTMConfig
+from ulmfit_jax.model.config import AWDLSTMConfig
 
 # fastai's IMDb recipe for gradual unfreezing: (freeze_to, epochs, lr_max, lr_div), where the
 # lowest group gets lr_max / lr_div and groups in between are spaced geometrically (fastai's

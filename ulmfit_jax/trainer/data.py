@@ -17,10 +17,10 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from ulmfit_jax import sources
-from ulmfit_jax.token_cache import TokenCache, TokenizedCorpus, build_token_cache
-from ulmfit_jax.tokenize import FastaiTokenizer
-from ulmfit_jax.vocab import Vocab
+from ulmfit_jax.text import sources
+from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
+from ulmfit_jax.text.token_cache import TokenCache, TokenizedCorpus, build_token_cache
+from ulmfit_jax.text.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 

@@ -15,16 +15,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ulmfit_jax import optimizer as opt
-from ulmfit_jax import sharding, train_step
 from ulmfit_jax.api import LanguageModel
-from ulmfit_jax.encoder import zero_state
-from ulmfit_jax.lm_stream import LMStream
-from ulmfit_jax.logging_utils import MetricLogger
-from ulmfit_jax.metrics import SumAccumulator, lm_summary
+from ulmfit_jax.model.encoder import zero_state
+from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.text.lm_stream import LMStream
+from ulmfit_jax.trainer import sharding
+from ulmfit_jax.trainer import steps as train_step
 from ulmfit_jax.trainer.config import lm_model_config
 from ulmfit_jax.trainer.data import PreparedData
 from ulmfit_jax.trainer.loop import Phase, Stage, run_stage_with_checkpoints
+from ulmfit_jax.trainer.metric_logger import MetricLogger
+from ulmfit_jax.trainer.metrics import SumAccumulator, lm_summary
 
 
 def lm_name(backward: bool) -> str:

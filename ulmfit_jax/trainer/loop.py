@@ -23,11 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ulmfit_jax import optimizer as opt
-from ulmfit_jax.checkpointing import Checkpointer, check_finite_loss, key_to_list
-from ulmfit_jax.logging_utils import MetricLogger
-from ulmfit_jax.metrics import SumAccumulator
-from ulmfit_jax.schedules import make_schedule
+from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.optim.schedules import make_schedule
+from ulmfit_jax.trainer.checkpointing import Checkpointer, check_finite_loss, key_to_list
+from ulmfit_jax.trainer.metric_logger import MetricLogger
+from ulmfit_jax.trainer.metrics import SumAccumulator
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ulmfit_jax.lr_finder import LRFinderResult, find_lr_with_state, plot_lr_find
+from ulmfit_jax.optim.lr_finder import LRFinderResult, find_lr_with_state, plot_lr_find
 from ulmfit_jax.trainer.data import PreparedData
 from ulmfit_jax.trainer.lm_stage import build_lm_stage
 from ulmfit_jax.trainer.loop import Stage, start_phase

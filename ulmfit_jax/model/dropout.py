@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from ulmfit_jax.model_config import AWDLSTMConfig, ClassifierConfig
+from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 
 
 @struct.dataclass

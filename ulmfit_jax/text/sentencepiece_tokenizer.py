@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from ulmfit_jax.tokenize import BOS, SPECIAL_TOKENS, UNK, apply_rules, fix_html
+from ulmfit_jax.text.fastai_tokenizer import BOS, SPECIAL_TOKENS, UNK, apply_rules, fix_html
 
 # sentencepiece's default max_sentence_length (4192 bytes) silently drops about 2% of IMDb
 # reviews from training; this keeps all but pathological documents.
@@ -200,7 +200,7 @@ class SentencePieceTokenizer:
 
     @property
     def itos(self) -> list[str]:
-        """All pieces in id order (a vocab for `ulmfit_jax.vocab.Vocab`)."""
+        """All pieces in id order (a vocab for `ulmfit_jax.text.vocab.Vocab`)."""
         sp = self._processor()
         return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
 

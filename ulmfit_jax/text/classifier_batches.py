@@ -35,7 +35,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ulmfit_jax.token_cache import TokenizedCorpus
+from ulmfit_jax.text.token_cache import TokenizedCorpus
 
 Batch = dict[str, np.ndarray]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ulmfit_jax.model_config import AWDLSTMConfig, ClassifierConfig
+from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 
 StateDict = Mapping[str, np.ndarray]
 # v1 files also hold DropConnect's dropped copy of W_hh; it is derived data and ignored.

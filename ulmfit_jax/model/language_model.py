@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ulmfit_jax.dropout import LMDropoutMasks
-from ulmfit_jax.encoder import AWDLSTMEncoder, EncoderState
-from ulmfit_jax.model_config import AWDLSTMConfig
+from ulmfit_jax.model.config import AWDLSTMConfig
+from ulmfit_jax.model.dropout import LMDropoutMasks
+from ulmfit_jax.model.encoder import AWDLSTMEncoder, EncoderState
 
 
 class LMOutput(NamedTuple):

@@ -12,13 +12,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ulmfit_jax.lstm import (
+from ulmfit_jax.model.config import AWDLSTMConfig
+from ulmfit_jax.model.lstm import (
     LSTMLayer,
     LSTMState,
     input_projection_time_major,
     recurrence_time_major,
 )
-from ulmfit_jax.model_config import AWDLSTMConfig
 
 EncoderState = tuple[LSTMState, ...]
 

@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ulmfit_jax.batch_norm import BatchNorm
-from ulmfit_jax.dropout import ClassifierDropoutMasks
-from ulmfit_jax.encoder import (
+from ulmfit_jax.model.batch_norm import BatchNorm
+from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
+from ulmfit_jax.model.dropout import ClassifierDropoutMasks
+from ulmfit_jax.model.encoder import (
     AWDLSTMEncoder,
     EncoderState,
     EncoderWeights,
@@ -25,7 +26,6 @@ from ulmfit_jax.encoder import (
     stop_gradient_weights,
     zero_state,
 )
-from ulmfit_jax.model_config import AWDLSTMConfig, ClassifierConfig
 
 
 class HeadBlock(nnx.Module):

@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-logger = logging.getLogger("ulmfit_jax.sources")
+logger = logging.getLogger("ulmfit_jax.text.sources")
 
 Label = str | tuple[str, ...] | None
 """A single-label class name, a tuple of class names (multi-label), or None (unlabelled)."""

@@ -39,7 +39,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ulmfit_jax.token_cache import TokenizedCorpus
+from ulmfit_jax.text.token_cache import TokenizedCorpus
 
 Batch = dict[str, np.ndarray]
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ulmfit_jax.safe_pickle import load_itos, save_itos
+from ulmfit_jax.convert.safe_pickle import load_itos, save_itos
 
 KIND_LM = "language_model"
 KIND_ENCODER = "encoder"

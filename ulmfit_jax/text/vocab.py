@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ulmfit_jax.tokenize import SPECIAL_TOKENS
+from ulmfit_jax.text.fastai_tokenizer import SPECIAL_TOKENS
 
 FAKE_TOKEN = "xxfake"
 UNK_ID = 0
-_FORMAT = "ulmfit_jax.vocab"
+_FORMAT = "ulmfit_jax.text.vocab"
 _FORMAT_VERSION = 1
 
 
@@ -72,7 +72,7 @@ class Vocab:
     @classmethod
     def from_fastai_itos(cls, path: str | Path) -> Vocab:
         """A fastai itos pickle (a list of strings), read with the restricted unpickler."""
-        from ulmfit_jax.safe_pickle import load_itos
+        from ulmfit_jax.convert.safe_pickle import load_itos
 
         return cls(load_itos(path))
 

@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ulmfit_jax import sharding
-from ulmfit_jax.dropout import sample_classifier_masks, sample_lm_masks
-from ulmfit_jax.encoder import zero_state
-from ulmfit_jax.model_config import AWDLSTMConfig, ClassifierConfig
+from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
+from ulmfit_jax.model.dropout import sample_classifier_masks, sample_lm_masks
+from ulmfit_jax.model.encoder import zero_state
+from ulmfit_jax.trainer import sharding
 
 
 def apply_optimizer(

@@ -1,0 +1,131 @@
+"""ULMFiT training: `train_and_evaluate(config, workdir, stage)`.
+
+Stages: `lm` (language model, forward and optionally backward), `classifier` (gradual
+unfreezing on the saved encoder), `all` (both, then the fwd+bwd ensemble and example
+predictions), `lr_find` (fastai's LR finder on the LM stage: a plot and suggestions).
+Every stage resumes from its latest checkpoint, and a finished stage is skipped,
+so rerunning the same command after a crash continues where it stopped.
+
+Workdir layout: `vocab.json`, `cache/` (token cache), `checkpoints/<stage>/`,
+`models/{lm,classifier}_{fwd,bwd}/` (`LanguageModel` / `TextClassifier` directories),
+`metrics.csv`, `metrics.json`, `tensorboard/`, `loss_curve.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from ulmfit_jax.api import TextClassifier
+from ulmfit_jax.text.classifier_batches import pad_chunks
+from ulmfit_jax.trainer import sharding
+from ulmfit_jax.trainer.classifier_stage import (
+    VALID_PROBS,
+    bucket_chunks,
+    classifier_name,
+    train_classifier,
+)
+from ulmfit_jax.trainer.config import base_config
+from ulmfit_jax.trainer.data import PreparedData, prepare_data
+from ulmfit_jax.trainer.lm_stage import train_language_model
+from ulmfit_jax.trainer.lr_find_stage import find_lm_lr
+from ulmfit_jax.trainer.metric_logger import MetricLogger
+from ulmfit_jax.trainer.metrics import classification_report
+
+__all__ = ["EXAMPLE_REVIEWS", "base_config", "predict_texts", "train_and_evaluate"]
+
+logger = logging.getLogger(__name__)
+STAGES = ("lm", "classifier", "all", "lr_find")
+EXAMPLE_REVIEWS = (
+    "This movie was a delight from start to finish: sharp writing, a wonderful cast and "
+    "a score I am still humming. I would happily watch it again.",
+    "A tedious, badly acted mess. The plot makes no sense, the jokes fall flat and I "
+    "checked my watch every five minutes. Avoid it.",
+    "Not the best film of the year, but the leads have real chemistry and the last act "
+    "is genuinely moving.",
+)
+
+
+def _directions(config: ml_collections.ConfigDict) -> list[bool]:
+    return [False, True] if config.lm.backward else [False]
+
+
+def ensemble_report(workdir: Path, data: PreparedData) -> dict[str, float]:
+    """Accuracy and macro F1 of the averaged fwd+bwd validation probabilities."""
+    probs = [np.load(workdir / "models" / classifier_name(b) / VALID_PROBS) for b in (False, True)]
+    return classification_report(np.asarray(data.clf_valid.labels), (probs[0] + probs[1]) / 2)
+
+
+def predict_texts(
+    model_dir: str | Path, data: PreparedData, texts: tuple[str, ...] | list[str]
+) -> list[tuple[str, float]]:
+    """(class name, probability) of each text with the classifier saved in `model_dir`."""
+    clf = TextClassifier.load(model_dir)
+    out = []
+    for tokens in data.tokenizer.tokenize(list(texts)):
+        ids = data.vocab.numericalize(tokens)
+        bptt = clf.config.bptt
+        width = bucket_chunks(-(-len(ids) // bptt)) * bptt  # few shapes, few compiles
+        padded = pad_chunks([ids], clf.config.encoder.pad_id, bptt, pad_len=width)
+        probs = np.asarray(_softmax(np.asarray(clf(padded), np.float64)))[0]
+        out.append((data.class_names[int(probs.argmax())], float(probs.max())))
+    return out
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | Path, stage: str = "all"
+) -> dict:
+    """Run `stage` ("lm", "classifier" or "all") in `workdir`; return `metrics.json`'s content."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Tokenizer worker processes are forked before JAX starts its threads.
+    data = prepare_data(config, workdir)
+    sharding.initialize_distributed(config.distributed)
+    mesh = sharding.make_data_mesh()
+    log = MetricLogger(workdir, tensorboard=config.tensorboard)
+    try:
+        if stage == "lr_find":
+            for backward in _directions(config):
+                result = find_lm_lr(config, data, workdir, mesh, backward)
+                print(f"LR finder ({'backward' if backward else 'forward'} LM): "
+                      + ", ".join(f"{k} {v:.2e}" for k, v in result.suggestions.items()))
+        if stage in ("lm", "all"):
+            for backward in _directions(config):
+                train_language_model(config, data, workdir, mesh, log, backward)
+        if stage in ("classifier", "all"):
+            for backward in _directions(config):
+                train_classifier(config, data, workdir, mesh, log, backward)
+            if config.lm.backward:
+                log.write_summary({"ensemble": ensemble_report(workdir, data)})
+        log.plot_loss_curves()
+    finally:
+        log.close()
+    if stage == "all" and config.predict_examples:
+        fwd = workdir / "models" / classifier_name(False)
+        for text, (label, p) in zip(EXAMPLE_REVIEWS, predict_texts(fwd, data, EXAMPLE_REVIEWS),
+                                    strict=True):
+            print(f"{label} ({p:.2f}): {text[:70]}...")
+    summary_path = workdir / "metrics.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if stage in ("classifier", "all"):
+        _print_validation_summary(summary)
+    return summary
+
+
+def _print_validation_summary(summary: dict) -> None:
+    """One line per classifier (and the ensemble): the numbers a user runs the demo for."""
+    for name in ("classifier_fwd", "classifier_bwd", "ensemble"):
+        if name in summary:
+            m = summary[name]
+            print(f"{name}: validation accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}")
