@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.text.classifier_batches import bucket_chunks, repad
 from ulmfit_jax.trainer.checkpointing import Checkpointer, NonFiniteLossError
-from ulmfit_jax.trainer.classifier_stage import bucket_chunks, repad
 from ulmfit_jax.trainer.loop import Phase, Stage, run_stage
 from ulmfit_jax.trainer.metric_logger import MetricLogger
 

@@ -101,6 +101,14 @@ def _set_state(module: nnx.Module, pure: Mapping[str, Any], source: str) -> None
     nnx.update(module, state)
 
 
+def _merge_trees(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Union of two nested dicts with disjoint leaves (parameters and BatchNorm statistics)."""
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _merge_trees(out.get(key, {}), value) if isinstance(value, Mapping) else value
+    return out
+
+
 def _shape(x: Any) -> tuple[int, ...]:
     return tuple(x.shape) if hasattr(x, "shape") else tuple(np.shape(x))
 
@@ -380,6 +388,17 @@ class TextClassifier:
     ) -> TextClassifier:
         """A freshly initialised classifier."""
         return cls(AWDLSTMClassifier(config, rngs=nnx.Rngs(seed)), vocab)
+
+    @classmethod
+    def from_params(
+        cls, config: ClassifierConfig, params: Mapping[str, Any], vocab: Sequence[str],
+        batch_stats: Mapping[str, Any],
+    ) -> TextClassifier:
+        """Build from a parameter pure dict and the BatchNorm running statistics (the trainer's
+        `params` / `batch_stats` trees; shapes checked against `config`)."""
+        module = nnx.eval_shape(lambda: AWDLSTMClassifier(config, rngs=nnx.Rngs(0)))
+        _set_state(module, _merge_trees(params, batch_stats), "TextClassifier.from_params")
+        return cls(module, vocab)
 
     @classmethod
     def from_encoder(

@@ -65,6 +65,26 @@ def pad_chunks(docs: Sequence[np.ndarray], pad_id: int = 1, bptt: int = 72,
     return out
 
 
+def bucket_chunks(n_chunks: int) -> int:
+    """Round a number of bptt chunks up to 1, 2, 3, 4, 6, 8, 12, 18, 24, 36, ... (few shapes)."""
+    if n_chunks <= 4:
+        return max(n_chunks, 1)
+    size = 4
+    while size < n_chunks:
+        size = size * 3 // 2 if size % 4 == 0 else size * 4 // 3
+    return size
+
+
+def repad(batch: dict, bptt: int, pad_id: int) -> np.ndarray:
+    """The batch's documents re-padded in fastai's layout to a bucketed width `[batch, time]`."""
+    ids, lengths = batch["ids"], batch["lengths"]
+    width = ids.shape[1]
+    fronts = (width - lengths) // bptt * bptt
+    docs = [ids[r, f:f + n] for r, (f, n) in enumerate(zip(fronts, lengths, strict=True))]
+    target = bucket_chunks(-(-width // bptt)) * bptt
+    return pad_chunks(docs, pad_id, bptt, pad_first=True, pad_len=target)
+
+
 def sorted_order(lengths: np.ndarray) -> np.ndarray:
     """Indices longest first, ties in original order (fastai's stable reverse sort)."""
     return np.argsort(-np.asarray(lengths), kind="stable")

@@ -110,6 +110,14 @@ class TokenizedCorpus:
         """Ids of document `i`, `[length]`."""
         return np.asarray(self.ids[self.offsets[i]:self.offsets[i + 1]])
 
+    def reversed(self) -> TokenizedCorpus:
+        """Each document's tokens reversed (the backward model's view), in memory."""
+        ids = np.asarray(self.ids).copy()
+        for d in range(self.num_docs):
+            a, b = self.offsets[d], self.offsets[d + 1]
+            ids[a:b] = ids[a:b][::-1]
+        return TokenizedCorpus(ids, np.asarray(self.offsets), self.labels)
+
 
 class TokenCache:
     """A complete cache directory, opened read-only (arrays are memory-mapped)."""

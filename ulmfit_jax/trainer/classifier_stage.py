@@ -14,11 +14,10 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from ulmfit_jax.api import LanguageModel, TextClassifier
 from ulmfit_jax.optim import optimizer as opt
-from ulmfit_jax.text.classifier_batches import ClassifierBatches, pad_chunks, restore_order
+from ulmfit_jax.text.classifier_batches import ClassifierBatches, repad, restore_order
 from ulmfit_jax.text.token_cache import TokenizedCorpus
 from ulmfit_jax.trainer import sharding
 from ulmfit_jax.trainer import steps as train_step
@@ -35,35 +34,6 @@ VALID_PROBS = "valid_probs.npy"
 def classifier_name(backward: bool) -> str:
     """Stage name: `classifier_fwd` or `classifier_bwd`."""
     return "classifier_bwd" if backward else "classifier_fwd"
-
-
-def bucket_chunks(n_chunks: int) -> int:
-    """Round a number of bptt chunks up to 1, 2, 3, 4, 6, 8, 12, 18, 24, 36, ... (few shapes)."""
-    if n_chunks <= 4:
-        return max(n_chunks, 1)
-    size = 4
-    while size < n_chunks:
-        size = size * 3 // 2 if size % 4 == 0 else size * 4 // 3
-    return size
-
-
-def repad(batch: dict, bptt: int, pad_id: int) -> np.ndarray:
-    """The batch's documents re-padded in fastai's layout to a bucketed width `[batch, time]`."""
-    ids, lengths = batch["ids"], batch["lengths"]
-    width = ids.shape[1]
-    fronts = (width - lengths) // bptt * bptt
-    docs = [ids[r, f:f + n] for r, (f, n) in enumerate(zip(fronts, lengths, strict=True))]
-    target = bucket_chunks(-(-width // bptt)) * bptt
-    return pad_chunks(docs, pad_id, bptt, pad_first=True, pad_len=target)
-
-
-def reverse_documents(corpus: TokenizedCorpus) -> TokenizedCorpus:
-    """Each document's tokens reversed (the backward model's view)."""
-    ids = np.asarray(corpus.ids).copy()
-    for d in range(corpus.num_docs):
-        a, b = corpus.offsets[d], corpus.offsets[d + 1]
-        ids[a:b] = ids[a:b][::-1]
-    return TokenizedCorpus(ids, np.asarray(corpus.offsets), corpus.labels)
 
 
 def _host_batch(batch: dict, bptt: int, pad_id: int) -> dict:
@@ -116,13 +86,6 @@ def _classifier(config, data: PreparedData, workdir: Path, backward: bool) -> Te
     )
 
 
-def _merge(params: dict, stats: dict) -> dict:
-    out = dict(params)
-    for key, value in stats.items():
-        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
 def train_classifier(
     config: ml_collections.ConfigDict, data: PreparedData, workdir: Path, mesh, log: MetricLogger,
     backward: bool = False,
@@ -145,8 +108,8 @@ def train_classifier(
         train_step.classifier_train_step, mesh, state, graphdef=graphdef,
         model_config=clf.config, optimizer=tx,
     )
-    train = reverse_documents(data.clf_train) if backward else data.clf_train
-    valid = reverse_documents(data.clf_valid) if backward else data.clf_valid
+    train = data.clf_train.reversed() if backward else data.clf_train
+    valid = data.clf_valid.reversed() if backward else data.clf_valid
     iterator = ClassifierBatches(train, c.batch_size, bptt=c.bptt, pad_id=pad_id, shuffle=True,
                                  seed=config.seed, max_tokens=max_tokens,
                                  process_index=jax.process_index(),
@@ -169,11 +132,9 @@ def train_classifier(
                   schedule=c.schedule, moms=tuple(c.moms))
     state, final = run_stage_with_checkpoints(stage, state, config, workdir, log,
                                               seed_offset=3 if backward else 2)
-    host_state = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-    module_state = nnx.state(clf.module)
-    nnx.replace_by_pure_dict(module_state, _merge(host_state["params"], host_state["batch_stats"]))
-    nnx.update(clf.module, module_state)
-    clf.save(out_dir, overwrite=True)
+    trained = TextClassifier.from_params(clf.config, jax.device_get(state["params"]), clf.vocab,
+                                         jax.device_get(state["batch_stats"]))
+    trained.save(out_dir, overwrite=True)
     probs, _ = predict_probs(mesh, graphdef, state, valid, c.eval_batch_size, c.bptt, pad_id,
                              max_tokens, evaluate_batch)
     np.save(out_dir / VALID_PROBS, probs)

@@ -21,11 +21,10 @@ import ml_collections
 import numpy as np
 
 from ulmfit_jax.api import TextClassifier
-from ulmfit_jax.text.classifier_batches import pad_chunks
+from ulmfit_jax.text.classifier_batches import bucket_chunks, pad_chunks
 from ulmfit_jax.trainer import sharding
 from ulmfit_jax.trainer.classifier_stage import (
     VALID_PROBS,
-    bucket_chunks,
     classifier_name,
     train_classifier,
 )
