@@ -31,6 +31,7 @@ from fastai.text.all import (
 )
 
 from ulmfit_jax.convert import fastai_files as ff
+from ulmfit_jax.convert import fastai_layout as layout
 from ulmfit_jax.convert.safe_pickle import UnsafePickleError
 
 SPECIALS = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"]
@@ -172,7 +173,7 @@ def test_reads_v2_and_v1_language_models(files, name):
     ckpt = ff.read_checkpoint(files[name])
     assert ckpt.kind == ff.KIND_LM
     assert ckpt.layout == ("v1" if name == "lm_v1" else "v2")
-    assert list(ckpt.state_dict) == ff.lm_keys(3)
+    assert list(ckpt.state_dict) == layout.lm_keys(3)
     _assert_same(ckpt.state_dict, files["lm_state"])
 
 
@@ -196,7 +197,7 @@ def test_reads_encoder_only_file(files):
 def test_reads_classifier_file(files):
     ckpt = ff.read_checkpoint(files["clf"])
     assert (ckpt.kind, ckpt.layout) == (ff.KIND_CLASSIFIER, "v2")
-    assert list(ckpt.state_dict) == ff.classifier_keys(3, [2, 2])
+    assert list(ckpt.state_dict) == layout.classifier_keys(3, [2, 2])
     _assert_same(ckpt.state_dict, files["clf_state"])
 
 
@@ -210,7 +211,7 @@ def test_remap_matches_fastai_match_embeds(files):
     theirs = match_embeds(
         {k: torch.from_numpy(v.copy()) for k, v in files["lm_state"].items()}, VOCAB, new_vocab
     )
-    for k in ff.lm_keys(3):
+    for k in layout.lm_keys(3):
         np.testing.assert_allclose(ckpt.state_dict[k], theirs[k].numpy(), rtol=1e-6, atol=1e-7,
                                    err_msg=k)
     emb = files["lm_state"]["0.encoder.weight"]
@@ -239,7 +240,7 @@ def test_exported_lm_loads_in_fastai_with_identical_logits(files, tmp_path):
     ckpt_v2, _ = ff.read_language_model(files["lm_wrapped"], files["itos"])
     ff.save_language_model(ckpt_v2.state_dict, itos, tmp_path / "lm.pth", tmp_path / "itos.pkl")
     raw = torch.load(tmp_path / "lm.pth", weights_only=True)
-    assert type(raw) is collections.OrderedDict and list(raw) == ff.lm_keys(3)
+    assert type(raw) is collections.OrderedDict and list(raw) == layout.lm_keys(3)
     ids = np.random.default_rng(0).integers(0, len(VOCAB), (3, 11))
     expected = fastai_lm_logits(files["lm_learner"].model, ids)
     # load_pretrained (by position, vocab matched through our itos pickle)
@@ -278,7 +279,8 @@ def test_exported_encoder_loads_with_fastai_load_encoder(files, tmp_path):
 def test_exported_classifier_loads_with_fastai_learner_load(files, tmp_path):
     ckpt = ff.read_checkpoint(files["clf"])
     ff.save_classifier(ckpt.state_dict, tmp_path / "models" / "clf_ours.pth")
-    assert list(torch.load(tmp_path / "models" / "clf_ours.pth")) == ff.classifier_keys(3, [2, 2])
+    written = torch.load(tmp_path / "models" / "clf_ours.pth")
+    assert list(written) == layout.classifier_keys(3, [2, 2])
     fresh = fastai_classifier_learner(VOCAB, tmp_path, seed=4)
     fresh.load("clf_ours")
     ids = np.random.default_rng(2).integers(2, len(VOCAB), (3, 20))
@@ -298,27 +300,28 @@ def _save(tmp_path, name, sd):
 def test_missing_key_is_named(files, tmp_path):
     sd = dict(files["lm_state"])
     del sd["0.rnns.1.module.bias_hh_l0"]
-    with pytest.raises(ValueError, match=r"broken.pth: missing key 0\.rnns\.1\.module\.bias_hh_l0"):
+    with pytest.raises(ValueError,
+                       match=r"broken.pth: missing key '0\.rnns\.1\.module\.bias_hh_l0'"):
         ff.read_checkpoint(_save(tmp_path, "broken.pth", sd))
 
 
 def test_missing_decoder_bias_is_an_error_outside_2018(files, tmp_path):
     sd = dict(files["lm_state"])
     del sd["1.decoder.bias"]
-    with pytest.raises(ValueError, match=r"nobias.pth: missing key 1\.decoder\.bias"):
+    with pytest.raises(ValueError, match=r"nobias.pth: missing key '1\.decoder\.bias'"):
         ff.read_checkpoint(_save(tmp_path, "nobias.pth", sd))
 
 
 def test_unexpected_key_is_named(files, tmp_path):
     sd = {**files["lm_state"], "0.rnns.0.extra": np.zeros(3, np.float32)}
-    with pytest.raises(ValueError, match=r"extra.pth: unexpected key 0\.rnns\.0\.extra"):
+    with pytest.raises(ValueError, match=r"extra.pth: unexpected key '0\.rnns\.0\.extra'"):
         ff.read_checkpoint(_save(tmp_path, "extra.pth", sd))
 
 
 def test_wrong_shape_names_key_and_both_shapes(files, tmp_path):
     sd = dict(files["lm_state"])
     sd["0.rnns.2.module.weight_ih_l0"] = np.zeros((64, 23), np.float32)
-    with pytest.raises(ValueError, match=r"shape.pth: 0\.rnns\.2\.module\.weight_ih_l0 has shape "
+    with pytest.raises(ValueError, match=r"shape.pth: '0\.rnns\.2\.module\.weight_ih_l0' has shape "
                                          r"\(64, 23\), expected \(64, 24\)"):
         ff.read_checkpoint(_save(tmp_path, "shape.pth", sd))
 
@@ -326,7 +329,7 @@ def test_wrong_shape_names_key_and_both_shapes(files, tmp_path):
 def test_untied_copies_are_refused(files, tmp_path):
     sd = dict(files["lm_state"])
     sd["1.decoder.weight"] = sd["1.decoder.weight"] + 1
-    with pytest.raises(ValueError, match=r"1\.decoder\.weight differs from 0\.encoder\.weight"):
+    with pytest.raises(ValueError, match=r"'1\.decoder\.weight' differs from '0\.encoder\.weight'"):
         ff.read_checkpoint(_save(tmp_path, "untied.pth", sd))
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.fastai_reference import fastai_classifier, fastai_lm, state_dict_numpy
+from ulmfit_jax.convert import fastai_layout as layout
 from ulmfit_jax.convert.fastai_weights import (
     classifier_params_from_fastai,
     classifier_params_to_fastai,
@@ -97,7 +98,7 @@ def test_unexpected_key_is_named():
 def test_wrong_shape_names_key_and_both_shapes():
     state = _lm_state()
     state["0.rnns.0.module.weight_ih_l0"] = np.zeros((24, 5), np.float32)
-    pattern = r"'0\.rnns\.0\.module\.weight_ih_l0'.*\(24, 4\).*\(24, 5\)"
+    pattern = r"'0\.rnns\.0\.module\.weight_ih_l0' has shape \(24, 5\), expected \(24, 4\)"
     with pytest.raises(ValueError, match=pattern):
         lm_params_from_fastai(state)
 
@@ -113,3 +114,24 @@ def test_v1_dropped_weight_copy_is_ignored():
     state = _lm_state()
     state["0.rnns.0.module.weight_hh_l0"] = np.zeros((24, 6), np.float32)
     lm_params_from_fastai(state)
+
+
+@pytest.mark.parametrize("kind", ["lm", "encoder", "classifier"])
+def test_layout_keys_order_and_shapes_are_fastai_state_dicts(kind):
+    """`fastai_layout` (the one definition both converters use) against fastai's own modules."""
+    if kind == "classifier":
+        model = fastai_classifier(vocab=11, emb=4, hidden=6, n_layers=3, n_classes=3, bptt=8,
+                                  max_len=16)
+        layout_kind = layout.KIND_CLASSIFIER
+    else:
+        model = fastai_lm(vocab=11, emb=4, hidden=6, n_layers=3)
+        layout_kind = layout.KIND_LM
+        if kind == "encoder":
+            model, layout_kind = model[0], layout.KIND_ENCODER
+    theirs = state_dict_numpy(model)
+    v1_copies = [k for k in theirs if k.endswith("module.weight_hh_l0")]  # torch's dropped copy
+    theirs = {k: v for k, v in theirs.items() if k not in v1_copies}
+    sizes = layout.validate(theirs, layout_kind, "fastai")
+    expected = layout.expected_shapes(layout_kind, sizes)
+    assert list(expected) == list(theirs)
+    assert list(expected.values()) == [tuple(v.shape) for v in theirs.values()]

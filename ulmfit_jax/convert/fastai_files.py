@@ -29,20 +29,22 @@ from typing import Any
 
 import numpy as np
 
+from ulmfit_jax.convert import fastai_layout as layout
+from ulmfit_jax.convert.fastai_layout import (
+    KIND_CLASSIFIER,
+    KIND_ENCODER,
+    KIND_LM,
+    PREFIXES,
+    LayoutSizes,
+)
 from ulmfit_jax.convert.safe_pickle import load_itos, save_itos
-
-KIND_LM = "language_model"
-KIND_ENCODER = "encoder"
-KIND_CLASSIFIER = "classifier"
 
 # 2018 vocab specials -> fastai v2 names.
 OLD_SPECIAL_TOKENS = {"_unk_": "xxunk", "_pad_": "xxpad", "xbos": "xxbos", "xfld": "xxfld"}
-
-_LAYER_KEYS = ("weight_hh_l0_raw", "module.weight_ih_l0", "module.bias_ih_l0", "module.bias_hh_l0")
-# Head blocks: BatchNorm at index 0; Linear at 2 (1 when the block's dropout is 0: no Dropout).
-_HEAD_KEY = re.compile(r"^1\.layers\.(\d+)\.(0\.(weight|bias|running_mean|running_var|"
-                       r"num_batches_tracked)|[12]\.weight)$")
-_BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+# 2018 encoder keys -> fastai v2 names (the LSTM's raw W_hh sat inside its WeightDrop module).
+_RENAMED_2018 = {"encoder_with_dropout.embed.weight": "encoder_dp.emb.weight"}
+_W_HH_2018 = re.compile(r"rnns\.(\d+)\.module\.weight_hh_l0_raw")
+_W_HH_DROPPED_V1 = re.compile(r"rnns\.\d+\.module\.weight_hh_l0")
 
 
 class UnsafeCheckpointError(ValueError):
@@ -51,65 +53,23 @@ class UnsafeCheckpointError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class FastaiCheckpoint:
-    """A fastai file normalised to canonical fastai v2 keys.
+    """A fastai file normalised to canonical fastai v2 keys, in fastai's order.
 
     `kind` is `KIND_LM`, `KIND_ENCODER` (keys `encoder.weight`, ..., as `save_encoder` writes
-    them) or `KIND_CLASSIFIER`; `layout` is "v2", "v1" or "2018"; `source` names the file.
+    them) or `KIND_CLASSIFIER`; `layout` is "v2", "v1" or "2018"; `source` names the file;
+    `sizes` are read from the shapes.
     """
 
     state_dict: dict[str, np.ndarray]
     kind: str
     layout: str
     source: str
+    sizes: LayoutSizes
 
     @property
     def vocab_size(self) -> int:
         """Rows of the embedding matrix."""
-        return int(self.state_dict[_embedding_key(self.kind)].shape[0])
-
-
-# ---------------------------------------------------------------------------- canonical keys
-
-
-def lm_keys(n_layers: int) -> list[str]:
-    """fastai v2's 16 (for 3 layers) language-model keys in `state_dict()` order."""
-    return [*encoder_keys(n_layers, prefix="0."), "1.decoder.weight", "1.decoder.bias"]
-
-
-def encoder_keys(n_layers: int, prefix: str = "") -> list[str]:
-    """The AWD-LSTM encoder's keys in fastai order, each prefixed with `prefix`."""
-    keys = [f"{prefix}encoder.weight", f"{prefix}encoder_dp.emb.weight"]
-    for layer in range(n_layers):
-        keys += [f"{prefix}rnns.{layer}.{name}" for name in _LAYER_KEYS]
-    return keys
-
-
-def classifier_keys(n_layers: int, linear_index: Sequence[int]) -> list[str]:
-    """fastai v2 text classifier keys (`0.module.` encoder, `1.layers.` head) in order.
-
-    `linear_index[k]` is where block k's Linear sits: 2, or 1 when that block has no Dropout.
-    """
-    keys = encoder_keys(n_layers, prefix="0.module.")
-    for block, index in enumerate(linear_index):
-        keys += [f"1.layers.{block}.0.{name}" for name in _BN_KEYS]
-        keys.append(f"1.layers.{block}.{index}.weight")
-    return keys
-
-
-def _prefix(kind: str) -> str:
-    return {KIND_LM: "0.", KIND_ENCODER: "", KIND_CLASSIFIER: "0.module."}[kind]
-
-
-def _embedding_key(kind: str) -> str:
-    return _prefix(kind) + "encoder.weight"
-
-
-def _linear_index(sd: Mapping[str, Any]) -> list[int]:
-    index, block = [], 0
-    while f"1.layers.{block}.0.weight" in sd:
-        index.append(1 if f"1.layers.{block}.1.weight" in sd else 2)
-        block += 1
-    return index
+        return self.sizes.vocab
 
 
 # ---------------------------------------------------------------------------- torch I/O
@@ -239,45 +199,16 @@ def detect_layout(encoder_sd: Mapping[str, np.ndarray]) -> str:
     return "v2"
 
 
-def _split_prefix(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-def _n_layers(encoder_sd: Mapping[str, np.ndarray], source: str) -> int:
-    layers = {int(m.group(1)) for k in encoder_sd if (m := re.match(r"rnns\.(\d+)\.", k))}
-    if not layers or layers != set(range(max(layers) + 1)):
-        raise ValueError(f"{source}: LSTM layers must be numbered 0..n-1, found {sorted(layers)}")
-    return max(layers) + 1
-
-
-def _normalise_encoder(enc: Mapping[str, np.ndarray], source: str, prefix: str) -> tuple[dict, str]:
-    """Un-prefixed encoder keys of any layout -> canonical v2 encoder dict with `prefix`."""
-    layout = detect_layout(enc)
-    n_layers = _n_layers(enc, source)
-    dp_key = "encoder_with_dropout.embed.weight" if layout == "2018" else "encoder_dp.emb.weight"
-    renamed = {"encoder.weight": "encoder.weight", "encoder_dp.emb.weight": dp_key}
-    for layer in range(n_layers):
-        for name in _LAYER_KEYS:
-            old = name
-            if layout == "2018" and name == "weight_hh_l0_raw":
-                old = "module.weight_hh_l0_raw"
-            renamed[f"rnns.{layer}.{name}"] = f"rnns.{layer}.{old}"
-    ignored = set()
-    if layout == "v1":  # fastai v1 also saved the dropped-out copy of W_hh: stale, ignore it.
-        ignored = {f"rnns.{layer}.module.weight_hh_l0" for layer in range(n_layers)}
-    _check_keys(set(enc) - ignored, set(renamed.values()), source, prefix)
-    out = {}
-    for new, old in renamed.items():
-        out[prefix + new] = enc[old]
-    return out, layout
-
-
-def _check_keys(found: set[str], expected: set[str], source: str, prefix: str) -> None:
-    missing, extra = sorted(expected - found), sorted(found - expected)
-    if missing:
-        raise ValueError(f"{source}: missing key {prefix}{missing[0]} (missing: {missing})")
-    if extra:
-        raise ValueError(f"{source}: unexpected key {prefix}{extra[0]} (unexpected: {extra})")
+def _v2_encoder_key(key: str, layout_name: str) -> str | None:
+    """The fastai v2 name of an un-prefixed encoder key of `layout_name` (None: drop it)."""
+    if layout_name == "2018":
+        if key in _RENAMED_2018:
+            return _RENAMED_2018[key]
+        if m := _W_HH_2018.fullmatch(key):
+            return f"rnns.{m.group(1)}.weight_hh_l0_raw"
+    if layout_name == "v1" and _W_HH_DROPPED_V1.fullmatch(key):
+        return None  # fastai v1 also saved the dropped-out copy of W_hh: stale, ignore it
+    return key
 
 
 def normalise_state_dict(
@@ -285,110 +216,20 @@ def normalise_state_dict(
 ) -> FastaiCheckpoint:
     """Any supported layout -> `FastaiCheckpoint` with canonical v2 keys, shapes validated."""
     kind = detect_kind(list(sd), source)
-    if kind == KIND_ENCODER:
-        enc = sd if "encoder.weight" in sd else _split_prefix(sd, "0.")
-        out, layout = _normalise_encoder(enc, source, prefix="")
-    elif kind == KIND_LM:
-        out, layout = _normalise_encoder(_split_prefix(sd, "0."), source, prefix="0.")
-        out.update(_normalise_decoder(sd, out, source, layout))
-    else:
-        out, layout = _normalise_encoder(_split_prefix(sd, "0.module."), source, "0.module.")
-        out.update(_normalise_head(sd, source))
-    ckpt = FastaiCheckpoint({k: np.asarray(v) for k, v in out.items()}, kind, layout, source)
-    validate_shapes(ckpt)
-    return ckpt
-
-
-def _normalise_decoder(sd: Mapping, enc: Mapping, source: str, layout: str) -> dict:
-    extra = sorted(k for k in sd if k.startswith("1.") and k not in {"1.decoder.weight",
-                                                                      "1.decoder.bias"})
-    if extra:
-        raise ValueError(f"{source}: unexpected key {extra[0]} (unexpected: {extra})")
-    if "1.decoder.weight" not in sd:
-        raise ValueError(f"{source}: missing key 1.decoder.weight")
-    bias = sd.get("1.decoder.bias")
-    if bias is None:
-        if layout != "2018":
-            raise ValueError(f"{source}: missing key 1.decoder.bias")
+    # `save_encoder` writes bare keys; an LM's encoder alone keeps the `0.` prefix.
+    in_prefix = "0." if kind == KIND_ENCODER and "encoder.weight" not in sd else PREFIXES[kind]
+    encoder = {k[len(in_prefix):]: v for k, v in sd.items() if k.startswith(in_prefix)}
+    layout_name = detect_layout(encoder)
+    out = {PREFIXES[kind] + new: v for k, v in encoder.items()
+           if (new := _v2_encoder_key(k, layout_name)) is not None}
+    out.update({k: v for k, v in sd.items() if not k.startswith(in_prefix)})
+    if kind == KIND_LM and layout_name == "2018" and "1.decoder.bias" not in out:
         # The 2018 decoder had no bias; zeros give exactly the 2018 model's logits.
-        bias = np.zeros(enc["0.encoder.weight"].shape[:1], enc["0.encoder.weight"].dtype)
-    return {"1.decoder.weight": sd["1.decoder.weight"], "1.decoder.bias": bias}
-
-
-def _normalise_head(sd: Mapping, source: str) -> dict:
-    head = {k: v for k, v in sd.items() if not k.startswith("0.module.")}
-    bad = sorted(k for k in head if not _HEAD_KEY.match(k))
-    if bad:
-        raise ValueError(f"{source}: unexpected key {bad[0]} (unexpected: {bad})")
-    blocks = {int(_HEAD_KEY.match(k).group(1)) for k in head}
-    if not blocks or blocks != set(range(max(blocks) + 1)):
-        raise ValueError(f"{source}: head blocks must be numbered 0..n-1, found {sorted(blocks)}")
-    index = [1 if f"1.layers.{b}.1.weight" in head else 2 for b in range(max(blocks) + 1)]
-    expected = set(classifier_keys(0, index)) - set(encoder_keys(0, "0.module."))
-    _check_keys(set(head), expected, source, "")
-    return head
-
-
-def validate_shapes(ckpt: FastaiCheckpoint) -> None:
-    """Check every tensor's shape against the sizes implied by the embedding and layers."""
-    sd, src = ckpt.state_dict, ckpt.source
-    p = _prefix(ckpt.kind)
-    vocab, emb = _expect_ndim(sd, p + "encoder.weight", 2, src)
-    _expect(sd, p + "encoder_dp.emb.weight", (vocab, emb), src)
-    n_layers = _n_layers(_split_prefix(sd, p), src)
-    n_in = emb
-    for layer in range(n_layers):
-        four_h, hid = _expect_ndim(sd, f"{p}rnns.{layer}.weight_hh_l0_raw", 2, src)
-        if four_h != 4 * hid:
-            raise ValueError(f"{src}: {p}rnns.{layer}.weight_hh_l0_raw has shape "
-                             f"{(four_h, hid)}, expected (4 * hidden, hidden)")
-        _expect(sd, f"{p}rnns.{layer}.module.weight_ih_l0", (4 * hid, n_in), src)
-        _expect(sd, f"{p}rnns.{layer}.module.bias_ih_l0", (4 * hid,), src)
-        _expect(sd, f"{p}rnns.{layer}.module.bias_hh_l0", (4 * hid,), src)
-        n_in = hid
-    if n_in != emb:
-        raise ValueError(f"{src}: the last LSTM layer is {n_in} wide but the embedding is {emb}; "
-                         "the tied decoder needs them equal")
-    _check_tied(sd, p, src)
-    if ckpt.kind == KIND_LM:
-        _expect(sd, "1.decoder.weight", (vocab, emb), src)
-        _expect(sd, "1.decoder.bias", (vocab,), src)
-    elif ckpt.kind == KIND_CLASSIFIER:
-        _validate_head(sd, 3 * emb, src)
-
-
-def _validate_head(sd: Mapping, n_in: int, src: str) -> None:
-    for block, index in enumerate(_linear_index(sd)):
-        bn = f"1.layers.{block}.0."
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            _expect(sd, bn + name, (n_in,), src)
-        _expect(sd, bn + "num_batches_tracked", (), src)
-        linear = f"1.layers.{block}.{index}.weight"
-        n_out, _ = _expect_ndim(sd, linear, 2, src)
-        _expect(sd, linear, (n_out, n_in), src)
-        n_in = n_out
-
-
-def _check_tied(sd: Mapping, p: str, src: str) -> None:
-    # fastai ties these to one tensor; differing copies mean an edited file we can't interpret.
-    emb = sd[p + "encoder.weight"]
-    for key in (p + "encoder_dp.emb.weight", "1.decoder.weight"):
-        if key in sd and not np.array_equal(sd[key], emb):
-            raise ValueError(f"{src}: {key} differs from {p}encoder.weight; fastai ties them")
-
-
-def _expect_ndim(sd: Mapping, key: str, ndim: int, src: str) -> tuple[int, ...]:
-    shape = tuple(np.shape(sd[key]))
-    if len(shape) != ndim:
-        raise ValueError(f"{src}: {key} has shape {shape}, expected {ndim} dimensions")
-    return shape
-
-
-def _expect(sd: Mapping, key: str, shape: tuple[int, ...], src: str) -> None:
-    if key not in sd:
-        raise ValueError(f"{src}: missing key {key}")
-    if tuple(np.shape(sd[key])) != tuple(shape):
-        raise ValueError(f"{src}: {key} has shape {tuple(np.shape(sd[key]))}, expected {shape}")
+        emb = out["0.encoder.weight"]
+        out["1.decoder.bias"] = np.zeros(np.shape(emb)[:1], np.asarray(emb).dtype)
+    sizes = layout.validate(out, kind, source)
+    ordered = {k: np.asarray(out[k]) for k in layout.expected_shapes(kind, sizes)}
+    return FastaiCheckpoint(ordered, kind, layout_name, source, sizes)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -432,7 +273,7 @@ def read_language_model(
 def check_vocab_matches(ckpt: FastaiCheckpoint, itos: Sequence[str], itos_source: str) -> None:
     """ValueError naming both files when the vocab length differs from the embedding rows."""
     if len(itos) != ckpt.vocab_size:
-        key = _embedding_key(ckpt.kind)
+        key = layout.embedding_key(ckpt.kind)
         shape = tuple(ckpt.state_dict[key].shape)
         raise ValueError(
             f"{itos_source} has {len(itos)} tokens but {ckpt.source}: {key} has shape {shape} "
@@ -509,17 +350,16 @@ def save_language_model(
     if ckpt.kind != KIND_LM:
         raise ValueError(f"expected a language-model state dict, got a {ckpt.kind}")
     check_vocab_matches(ckpt, itos, "<vocab to save>")
-    n_layers = _n_layers(_split_prefix(ckpt.state_dict, "0."), ckpt.source)
-    save_torch_state_dict({k: ckpt.state_dict[k] for k in lm_keys(n_layers)}, weights_path)
+    save_torch_state_dict(ckpt.state_dict, weights_path)
     save_itos(itos, itos_path)
 
 
 def save_encoder(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
     """Write the encoder as fastai's `save_encoder` does (keys without the `0.` prefix)."""
     ckpt = normalise_state_dict(state_dict, source="<encoder to save>")
-    p = _prefix(ckpt.kind)
-    n_layers = _n_layers(_split_prefix(ckpt.state_dict, p), ckpt.source)
-    save_torch_state_dict({k: ckpt.state_dict[p + k] for k in encoder_keys(n_layers)}, path)
+    p = PREFIXES[ckpt.kind]
+    keys = layout.encoder_keys(ckpt.sizes.n_layers)
+    save_torch_state_dict({k: ckpt.state_dict[p + k] for k in keys}, path)
 
 
 def save_classifier(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
@@ -531,7 +371,4 @@ def save_classifier(state_dict: Mapping[str, np.ndarray], path: str | os.PathLik
     ckpt = normalise_state_dict(state_dict, source="<classifier to save>")
     if ckpt.kind != KIND_CLASSIFIER:
         raise ValueError(f"expected a classifier state dict, got a {ckpt.kind}")
-    sd = ckpt.state_dict
-    n_layers = _n_layers(_split_prefix(sd, "0.module."), ckpt.source)
-    keys = classifier_keys(n_layers, _linear_index(sd))
-    save_torch_state_dict({k: sd[k] for k in keys}, path)
+    save_torch_state_dict(ckpt.state_dict, path)
