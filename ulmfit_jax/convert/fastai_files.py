@@ -2,7 +2,7 @@
 
 Every file is normalised to the *canonical* fastai v2 state dict (`dict[str, np.ndarray]`,
 the keys and order of a fastai v2 model's `state_dict()`), which `fastai_weights` converts to
-our parameter trees. Layouts read (see ULMFIT.md §7):
+our parameter trees. Layouts read (see docs/fastai_formats.md):
 
 - fastai v2: `rnns.{l}.weight_hh_l0_raw`; taken as is.
 - fastai v1 release: v2 keys plus a dropped copy `rnns.{l}.module.weight_hh_l0`, ignored.
