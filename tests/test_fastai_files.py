@@ -4,8 +4,9 @@ Every fixture file is written at test time by fastai (tiny sizes): a v2 LM learn
 `learn.save` (wrapped with optimizer state) and a bare `torch.save(model.state_dict())`,
 `learn.save_encoder`, and a classifier learner's `learn.save`. The v1-release and 2018
 layouts can't be produced by fastai 2.8, so they are synthesised from the v2 file by key
-renaming exactly as docs/fastai_formats.md describes (v1: an extra stale `module.weight_hh_l0`; 2018:
-`encoder_with_dropout.embed`, `module.weight_hh_l0_raw`, no decoder bias, old specials).
+renaming exactly as docs/fastai_formats.md describes (v1: an extra stale
+`module.weight_hh_l0`; 2018: `encoder_with_dropout.embed`, `module.weight_hh_l0_raw`, no
+decoder bias, old specials).
 """
 
 from __future__ import annotations

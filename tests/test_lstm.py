@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ulmfit_jax.model.lstm import recurrence
+from ulmfit_jax.model.lstm import recurrence_time_major
 
 
 def _reference_recurrence(projected, state, w_hh, step_mask):
@@ -24,6 +24,13 @@ def _reference_recurrence(projected, state, w_hh, step_mask):
 
     (h, c), outputs = jax.lax.scan(step, state, (projected, step_mask.T))
     return jnp.swapaxes(outputs, 0, 1), (h, c)
+
+
+def recurrence(projected, state, w_hh, step_mask):
+    """Ours, batch-major outputs like the reference: [batch, time, hid]."""
+    masks_tm = None if step_mask is None else step_mask.T
+    outputs, final = recurrence_time_major(projected, state, w_hh, masks_tm)
+    return jnp.swapaxes(outputs, 0, 1), final
 
 
 @pytest.mark.parametrize("with_skips", [False, True])

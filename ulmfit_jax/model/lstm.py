@@ -38,33 +38,6 @@ class LSTMLayer(nnx.Module):
         b_hh = _uniform(rngs.params(), (4 * n_hidden,), bound)
         self.bias = nnx.Param(b_ih + b_hh)
 
-    def __call__(
-        self,
-        x: jax.Array,
-        state: LSTMState,
-        weight_mask: jax.Array | None = None,
-        step_mask: jax.Array | None = None,
-        compute_dtype: Any = jnp.float32,
-    ) -> tuple[jax.Array, LSTMState]:
-        """Run the window.
-
-        x [batch, time, in]; state (h, c) each [batch, hid]; weight_mask [hid, 4*hid] DropConnect
-        mask (None = no dropout); step_mask [batch, time] bool, False keeps the state unchanged
-        (used for leading padding). Returns outputs [batch, time, hid] and the final state.
-        """
-        w_hh = self.w_hh[...]
-        if weight_mask is not None:
-            w_hh = w_hh * weight_mask
-        projected = input_projection(x, self.w_ih[...], self.bias[...], compute_dtype)
-        return recurrence(projected, state, w_hh, step_mask, compute_dtype)
-
-
-def input_projection(
-    x: jax.Array, w_ih: jax.Array, bias: jax.Array, compute_dtype: Any = jnp.float32
-) -> jax.Array:
-    """x [batch, time, in] @ w_ih [in, 4*hid] + bias -> time-major [time, batch, 4*hid]."""
-    return input_projection_time_major(jnp.swapaxes(x, 0, 1), w_ih, bias, compute_dtype)
-
 
 def input_projection_time_major(
     x_tm: jax.Array, w_ih: jax.Array, bias: jax.Array, compute_dtype: Any = jnp.float32
@@ -76,23 +49,6 @@ def input_projection_time_major(
     return out + bias
 
 
-def recurrence(
-    projected: jax.Array,
-    state: LSTMState,
-    w_hh: jax.Array,
-    step_mask: jax.Array | None = None,
-    compute_dtype: Any = jnp.float32,
-) -> tuple[jax.Array, LSTMState]:
-    """Scan the LSTM cell over time.
-
-    projected [time, batch, 4*hid] (input projection + bias); w_hh [hid, 4*hid] (already
-    dropped); step_mask [batch, time] bool or None. Returns [batch, time, hid] and (h, c).
-    """
-    masks_tm = None if step_mask is None else jnp.swapaxes(step_mask, 0, 1)
-    outputs, final = recurrence_time_major(projected, state, w_hh, masks_tm, compute_dtype)
-    return jnp.swapaxes(outputs, 0, 1), final
-
-
 def recurrence_time_major(
     projected: jax.Array,
     state: LSTMState,
@@ -100,8 +56,9 @@ def recurrence_time_major(
     step_mask: jax.Array | None = None,
     compute_dtype: Any = jnp.float32,
 ) -> tuple[jax.Array, LSTMState]:
-    """`recurrence` without the layout changes: projected [time, batch, 4*hid], step_mask
-    [time, batch] bool or None -> outputs [time, batch, hid] and the final (h, c)."""
+    """Scan the LSTM cell over time: projected [time, batch, 4*hid] (input projection + bias),
+    w_hh [hid, 4*hid] (already dropped), step_mask [time, batch] bool or None (False keeps the
+    state unchanged: leading padding) -> outputs [time, batch, hid] and the final (h, c)."""
     h0, c0 = state
     dtype = jnp.dtype(compute_dtype)
     if step_mask is None:

@@ -112,15 +112,3 @@ def jit_sharded_step(
         out_shardings=(s_state, rep),
         donate_argnums=(0,),
     )
-
-
-def jit_sharded_eval(
-    eval_fn: Callable[..., Any], mesh: Mesh, n_replicated_args: int = 1
-) -> Callable[..., Any]:
-    """`jax.jit` an eval function `(replicated..., batch) -> metrics` (nothing donated)."""
-    rep = replicated_sharding(mesh)
-    return jax.jit(
-        eval_fn,
-        in_shardings=(*([rep] * n_replicated_args), batch_sharding(mesh)),
-        out_shardings=rep,
-    )
