@@ -1,5 +1,7 @@
 """train.py end to end on configs/tiny.py, and the config typo error."""
 
+import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -8,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from ulmfit_jax.trainer.data import prepare_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,10 +35,19 @@ def test_all_stages_forward_and_backward_end_to_end(tmp_path):
     proc = run_train("--workdir", str(tmp_path), "--stage", "all", "--config.lm.backward=True")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == {"lm_fwd", "lm_bwd", "classifier_fwd", "classifier_bwd", "ensemble"}
+    vocab_size = len(json.loads((tmp_path / "vocab.json").read_text())["itos"])
     for name in ("lm_fwd", "lm_bwd"):
-        assert 0 < metrics[name]["accuracy"] < 1 and metrics[name]["perplexity"] > 1
-    for name in ("classifier_fwd", "classifier_bwd", "ensemble"):
-        assert 0 <= metrics[name]["accuracy"] <= 1 and 0 <= metrics[name]["macro_f1"] <= 1
+        losses = logged(tmp_path, name, "train", "loss")
+        assert len(losses) >= 5 and losses[-1] < 0.8 * losses[0], losses  # the LM learns
+        # far better than guessing uniformly over the vocab (perplexity = vocab size)
+        assert metrics[name]["perplexity"] < vocab_size / 4
+        assert metrics[name]["perplexity"] == pytest.approx(np.exp(metrics[name]["loss"]))
+    labels = np.asarray(prepare_data(tiny_config(), tmp_path).clf_valid.labels)
+    probs = {name: np.load(tmp_path / "models" / name / "valid_probs.npy")
+             for name in ("classifier_fwd", "classifier_bwd")}
+    probs["ensemble"] = (probs["classifier_fwd"] + probs["classifier_bwd"]) / 2
+    for name, p in probs.items():  # reported figures are those of the saved probabilities
+        assert metrics[name]["accuracy"] == pytest.approx(np.mean(p.argmax(-1) == labels))
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000
     assert list((tmp_path / "tensorboard" / "lm_fwd").glob("events.out.tfevents.*"))
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
@@ -48,6 +61,20 @@ def test_all_stages_forward_and_backward_end_to_end(tmp_path):
     clf = TextClassifier.load(tmp_path / "models" / "classifier_fwd")
     logits = np.asarray(clf(np.array([[2, 10, 11, 12]], np.int32)))
     assert logits.shape == (1, 2) and np.all(np.isfinite(logits))
+
+
+def logged(workdir: Path, stage: str, split: str, name: str) -> list[float]:
+    """Values of one metric in metrics.csv, in step order."""
+    with (workdir / "metrics.csv").open() as f:
+        return [float(r["value"]) for r in csv.DictReader(f)
+                if (r["stage"], r["split"], r["name"]) == (stage, split, name)]
+
+
+def tiny_config():
+    spec = importlib.util.spec_from_file_location("tiny", ROOT / "configs" / "tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def test_unknown_config_key_is_an_error_naming_it(tmp_path):
