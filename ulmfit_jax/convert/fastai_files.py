@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ulmfit_jax.convert.safe_pickle import load_itos, save_itos
+from ulmfit_jax.errors import MissingFileError, ModelFileError
 
 KIND_LM = "language_model"
 KIND_ENCODER = "encoder"
@@ -45,7 +46,7 @@ _HEAD_KEY = re.compile(r"^1\.layers\.(\d+)\.(0\.(weight|bias|running_mean|runnin
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(ModelFileError):
     """torch's `weights_only` loader refused the file: it needs full (unsafe) unpickling."""
 
 
@@ -163,7 +164,7 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     torch = _import_torch()
     source = os.fspath(path)
     if not os.path.isfile(source):
-        raise FileNotFoundError(f"no such checkpoint file: {source}")
+        raise MissingFileError(f"no such checkpoint file: {source}")
     try:
         with torch.serialization.safe_globals(_optimizer_state_globals()):
             obj = torch.load(source, map_location="cpu", weights_only=True)
@@ -176,17 +177,17 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 f"other than tensors and plain containers ({what}). If you trust it, re-save "
                 "the weights alone (fastai: learn.save(name, with_opt=False))"
             ) from e
-        raise ValueError(
+        raise ModelFileError(
             f"{source}: not a readable torch checkpoint ({type(e).__name__}: {e})"
         ) from e
     if isinstance(obj, Mapping) and set(obj) == {"model", "opt"}:
         obj = obj["model"]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{source}: expected a state dict, got {type(obj).__name__}")
+        raise ModelFileError(f"{source}: expected a state dict, got {type(obj).__name__}")
     out = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{source}: {key!r} is {type(value).__name__}, expected a tensor")
+            raise ModelFileError(f"{source}: {key!r} is {type(value).__name__}, expected a tensor")
         out[str(key)] = value.detach().cpu().numpy()
     return out
 
@@ -222,7 +223,7 @@ def detect_kind(keys: Sequence[str], source: str) -> str:
     # `save_encoder` writes bare keys; an LM's encoder alone keeps the `0.` prefix.
     if "encoder.weight" in keys or "0.encoder.weight" in keys:
         return KIND_ENCODER
-    raise ValueError(
+    raise ModelFileError(
         f"{source}: not a fastai AWD-LSTM checkpoint (no 'encoder.weight', '0.encoder.weight' "
         f"or '0.module.encoder.weight' key; keys: {sorted(keys)[:6]}...)"
     )
@@ -246,7 +247,8 @@ def _split_prefix(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.nda
 def _n_layers(encoder_sd: Mapping[str, np.ndarray], source: str) -> int:
     layers = {int(m.group(1)) for k in encoder_sd if (m := re.match(r"rnns\.(\d+)\.", k))}
     if not layers or layers != set(range(max(layers) + 1)):
-        raise ValueError(f"{source}: LSTM layers must be numbered 0..n-1, found {sorted(layers)}")
+        raise ModelFileError(
+            f"{source}: LSTM layers must be numbered 0..n-1, found {sorted(layers)}")
     return max(layers) + 1
 
 
@@ -275,9 +277,9 @@ def _normalise_encoder(enc: Mapping[str, np.ndarray], source: str, prefix: str) 
 def _check_keys(found: set[str], expected: set[str], source: str, prefix: str) -> None:
     missing, extra = sorted(expected - found), sorted(found - expected)
     if missing:
-        raise ValueError(f"{source}: missing key {prefix}{missing[0]} (missing: {missing})")
+        raise ModelFileError(f"{source}: missing key {prefix}{missing[0]} (missing: {missing})")
     if extra:
-        raise ValueError(f"{source}: unexpected key {prefix}{extra[0]} (unexpected: {extra})")
+        raise ModelFileError(f"{source}: unexpected key {prefix}{extra[0]} (unexpected: {extra})")
 
 
 def normalise_state_dict(
@@ -303,13 +305,13 @@ def _normalise_decoder(sd: Mapping, enc: Mapping, source: str, layout: str) -> d
     extra = sorted(k for k in sd if k.startswith("1.") and k not in {"1.decoder.weight",
                                                                       "1.decoder.bias"})
     if extra:
-        raise ValueError(f"{source}: unexpected key {extra[0]} (unexpected: {extra})")
+        raise ModelFileError(f"{source}: unexpected key {extra[0]} (unexpected: {extra})")
     if "1.decoder.weight" not in sd:
-        raise ValueError(f"{source}: missing key 1.decoder.weight")
+        raise ModelFileError(f"{source}: missing key 1.decoder.weight")
     bias = sd.get("1.decoder.bias")
     if bias is None:
         if layout != "2018":
-            raise ValueError(f"{source}: missing key 1.decoder.bias")
+            raise ModelFileError(f"{source}: missing key 1.decoder.bias")
         # The 2018 decoder had no bias; zeros give exactly the 2018 model's logits.
         bias = np.zeros(enc["0.encoder.weight"].shape[:1], enc["0.encoder.weight"].dtype)
     return {"1.decoder.weight": sd["1.decoder.weight"], "1.decoder.bias": bias}
@@ -319,10 +321,11 @@ def _normalise_head(sd: Mapping, source: str) -> dict:
     head = {k: v for k, v in sd.items() if not k.startswith("0.module.")}
     bad = sorted(k for k in head if not _HEAD_KEY.match(k))
     if bad:
-        raise ValueError(f"{source}: unexpected key {bad[0]} (unexpected: {bad})")
+        raise ModelFileError(f"{source}: unexpected key {bad[0]} (unexpected: {bad})")
     blocks = {int(_HEAD_KEY.match(k).group(1)) for k in head}
     if not blocks or blocks != set(range(max(blocks) + 1)):
-        raise ValueError(f"{source}: head blocks must be numbered 0..n-1, found {sorted(blocks)}")
+        raise ModelFileError(
+            f"{source}: head blocks must be numbered 0..n-1, found {sorted(blocks)}")
     index = [1 if f"1.layers.{b}.1.weight" in head else 2 for b in range(max(blocks) + 1)]
     expected = set(classifier_keys(0, index)) - set(encoder_keys(0, "0.module."))
     _check_keys(set(head), expected, source, "")
@@ -340,15 +343,15 @@ def validate_shapes(ckpt: FastaiCheckpoint) -> None:
     for layer in range(n_layers):
         four_h, hid = _expect_ndim(sd, f"{p}rnns.{layer}.weight_hh_l0_raw", 2, src)
         if four_h != 4 * hid:
-            raise ValueError(f"{src}: {p}rnns.{layer}.weight_hh_l0_raw has shape "
+            raise ModelFileError(f"{src}: {p}rnns.{layer}.weight_hh_l0_raw has shape "
                              f"{(four_h, hid)}, expected (4 * hidden, hidden)")
         _expect(sd, f"{p}rnns.{layer}.module.weight_ih_l0", (4 * hid, n_in), src)
         _expect(sd, f"{p}rnns.{layer}.module.bias_ih_l0", (4 * hid,), src)
         _expect(sd, f"{p}rnns.{layer}.module.bias_hh_l0", (4 * hid,), src)
         n_in = hid
     if n_in != emb:
-        raise ValueError(f"{src}: the last LSTM layer is {n_in} wide but the embedding is {emb}; "
-                         "the tied decoder needs them equal")
+        raise ModelFileError(f"{src}: the last LSTM layer is {n_in} wide but the embedding is "
+                             f"{emb}; the tied decoder needs them equal")
     _check_tied(sd, p, src)
     if ckpt.kind == KIND_LM:
         _expect(sd, "1.decoder.weight", (vocab, emb), src)
@@ -374,21 +377,21 @@ def _check_tied(sd: Mapping, p: str, src: str) -> None:
     emb = sd[p + "encoder.weight"]
     for key in (p + "encoder_dp.emb.weight", "1.decoder.weight"):
         if key in sd and not np.array_equal(sd[key], emb):
-            raise ValueError(f"{src}: {key} differs from {p}encoder.weight; fastai ties them")
+            raise ModelFileError(f"{src}: {key} differs from {p}encoder.weight; fastai ties them")
 
 
 def _expect_ndim(sd: Mapping, key: str, ndim: int, src: str) -> tuple[int, ...]:
     shape = tuple(np.shape(sd[key]))
     if len(shape) != ndim:
-        raise ValueError(f"{src}: {key} has shape {shape}, expected {ndim} dimensions")
+        raise ModelFileError(f"{src}: {key} has shape {shape}, expected {ndim} dimensions")
     return shape
 
 
 def _expect(sd: Mapping, key: str, shape: tuple[int, ...], src: str) -> None:
     if key not in sd:
-        raise ValueError(f"{src}: missing key {key}")
+        raise ModelFileError(f"{src}: missing key {key}")
     if tuple(np.shape(sd[key])) != tuple(shape):
-        raise ValueError(f"{src}: {key} has shape {tuple(np.shape(sd[key]))}, expected {shape}")
+        raise ModelFileError(f"{src}: {key} has shape {tuple(np.shape(sd[key]))}, expected {shape}")
 
 
 # ---------------------------------------------------------------------------- reading
@@ -434,7 +437,7 @@ def check_vocab_matches(ckpt: FastaiCheckpoint, itos: Sequence[str], itos_source
     if len(itos) != ckpt.vocab_size:
         key = _embedding_key(ckpt.kind)
         shape = tuple(ckpt.state_dict[key].shape)
-        raise ValueError(
+        raise ModelFileError(
             f"{itos_source} has {len(itos)} tokens but {ckpt.source}: {key} has shape {shape} "
             f"({ckpt.vocab_size} rows); the vocab must be the one the weights were trained with"
         )
@@ -452,7 +455,7 @@ def remap_rows(
     as in fastai's `match_embeds`.
     """
     if len(old) != len(old_itos):
-        raise ValueError(f"{len(old_itos)} tokens for a matrix of shape {tuple(old.shape)}")
+        raise ModelFileError(f"{len(old_itos)} tokens for a matrix of shape {tuple(old.shape)}")
     index = {tok: i for i, tok in enumerate(old_itos)}
     pos = np.array([index.get(t, -1) for t in new_itos], dtype=np.int64)
     out = np.empty((len(new_itos), *old.shape[1:]), dtype=old.dtype)
@@ -507,7 +510,7 @@ def save_language_model(
     """
     ckpt = normalise_state_dict(state_dict, source="<language model to save>")
     if ckpt.kind != KIND_LM:
-        raise ValueError(f"expected a language-model state dict, got a {ckpt.kind}")
+        raise ModelFileError(f"expected a language-model state dict, got a {ckpt.kind}")
     check_vocab_matches(ckpt, itos, "<vocab to save>")
     n_layers = _n_layers(_split_prefix(ckpt.state_dict, "0."), ckpt.source)
     save_torch_state_dict({k: ckpt.state_dict[k] for k in lm_keys(n_layers)}, weights_path)
@@ -530,7 +533,7 @@ def save_classifier(state_dict: Mapping[str, np.ndarray], path: str | os.PathLik
     """
     ckpt = normalise_state_dict(state_dict, source="<classifier to save>")
     if ckpt.kind != KIND_CLASSIFIER:
-        raise ValueError(f"expected a classifier state dict, got a {ckpt.kind}")
+        raise ModelFileError(f"expected a classifier state dict, got a {ckpt.kind}")
     sd = ckpt.state_dict
     n_layers = _n_layers(_split_prefix(sd, "0.module."), ckpt.source)
     keys = classifier_keys(n_layers, _linear_index(sd))

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ulmfit_jax.errors import ModelFileError
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 
 StateDict = Mapping[str, np.ndarray]
@@ -41,7 +42,7 @@ def _n_layers(state_dict: StateDict, prefix: str) -> int:
     while f"{prefix}rnns.{n}.weight_hh_l0_raw" in state_dict:
         n += 1
     if n == 0:
-        raise ValueError(
+        raise ModelFileError(
             f"missing key '{prefix}rnns.0.weight_hh_l0_raw': not an AWD-LSTM state dict"
         )
     return n
@@ -51,7 +52,7 @@ def _encoder_config(state_dict: StateDict, prefix: str) -> AWDLSTMConfig:
     """Sizes from the shapes of the embedding and the first LSTM layer."""
     key = f"{prefix}encoder.weight"
     if key not in state_dict:
-        raise ValueError(f"missing key '{key}' (expected shape [vocab, emb])")
+        raise ModelFileError(f"missing key '{key}' (expected shape [vocab, emb])")
     vocab, emb = np.shape(state_dict[key])
     n_layers = _n_layers(state_dict, prefix)
     hidden = np.shape(state_dict[f"{prefix}rnns.0.weight_hh_l0_raw"])[1] if n_layers > 1 else emb
@@ -78,13 +79,13 @@ def _check_keys(state_dict: StateDict, shapes: Mapping[str, tuple[int, ...]]) ->
     """Strict comparison of a state dict against the expected keys and shapes."""
     for key, shape in shapes.items():
         if key not in state_dict:
-            raise ValueError(f"missing key '{key}' (expected shape {shape})")
+            raise ModelFileError(f"missing key '{key}' (expected shape {shape})")
         got = tuple(np.shape(state_dict[key]))
         if got != tuple(shape):
-            raise ValueError(f"wrong shape for key '{key}': expected {tuple(shape)}, got {got}")
+            raise ModelFileError(f"wrong shape for key '{key}': expected {tuple(shape)}, got {got}")
     for key in state_dict:
         if key not in shapes and not key.endswith(_IGNORED_SUFFIX):
-            raise ValueError(
+            raise ModelFileError(
                 f"unexpected key '{key}' with shape {tuple(np.shape(state_dict[key]))}"
             )
 
@@ -92,7 +93,7 @@ def _check_keys(state_dict: StateDict, shapes: Mapping[str, tuple[int, ...]]) ->
 def _check_tied(state_dict: StateDict, source: str, copies: list[str]) -> None:
     for key in copies:
         if not np.array_equal(_f32(state_dict[key]), _f32(state_dict[source])):
-            raise ValueError(f"key '{key}' must equal the tied weight '{source}' but differs")
+            raise ModelFileError(f"key '{key}' must equal the tied weight '{source}' but differs")
 
 
 def _encoder_params(state_dict: StateDict, config: AWDLSTMConfig, prefix: str) -> dict:
@@ -178,12 +179,12 @@ def _head_layout(state_dict: StateDict) -> list[tuple[int, int, int]]:
         index = 2 if f"1.layers.{k}.2.weight" in state_dict else 1
         key = f"1.layers.{k}.{index}.weight"
         if key not in state_dict:
-            raise ValueError(f"missing key '1.layers.{k}.2.weight' (Linear of head block {k})")
+            raise ModelFileError(f"missing key '1.layers.{k}.2.weight' (Linear of head block {k})")
         n_out, n_in = np.shape(state_dict[key])
         blocks.append((int(n_in), int(n_out), index))
         k += 1
     if not blocks:
-        raise ValueError("missing key '1.layers.0.0.weight': no classifier head in state dict")
+        raise ModelFileError("missing key '1.layers.0.0.weight': no classifier head in state dict")
     return blocks
 
 
@@ -216,7 +217,7 @@ def classifier_params_from_fastai(
     _check_keys(state_dict, shapes)
     _check_tied(state_dict, "0.module.encoder.weight", ["0.module.encoder_dp.emb.weight"])
     if blocks[0][0] != 3 * enc_config.emb_size:
-        raise ValueError(
+        raise ModelFileError(
             f"wrong shape for key '1.layers.0.0.weight': expected ({3 * enc_config.emb_size},), "
             f"got ({blocks[0][0]},)"
         )

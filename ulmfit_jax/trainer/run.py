@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from ulmfit_jax.api import TextClassifier
+from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.text.classifier_batches import bucket_chunks, pad_chunks
 from ulmfit_jax.trainer import sharding
 from ulmfit_jax.trainer.classifier_stage import (
@@ -85,7 +86,7 @@ def train_and_evaluate(
 ) -> dict:
     """Run `stage` ("lm", "classifier" or "all") in `workdir`; return `metrics.json`'s content."""
     if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     # Tokenizer worker processes are forked before JAX starts its threads.
