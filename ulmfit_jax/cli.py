@@ -55,12 +55,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
     verbose = "--verbose" in argv
     try:
         rest = flags.FLAGS(argv)
-        for name in flags.FLAGS:
-            flag = flags.FLAGS[name]
-            if isinstance(flag.parser, config_flags.ConfigFileFlagParser) and flag.present:
-                flag.value.keys()  # a config file that failed to load raises its error here
-    except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as e:
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
         _fail(_flag_message(e), verbose)
+    for name in flags.FLAGS:
+        flag = flags.FLAGS[name]
+        if isinstance(flag.parser, config_flags.config_flags.ConfigFileFlagParser) and flag.present:
+            try:
+                flag.value.keys()  # a config file that failed to load raises its OSError here
+            except OSError as e:
+                _fail(f"--{name}: {e.__cause__ or e}", verbose)
     return rest
 
 
