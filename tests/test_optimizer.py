@@ -6,6 +6,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 from fastai.optimizer import Adam as FastaiAdam
@@ -332,3 +333,26 @@ def test_update_without_params_is_a_clear_error():
     tx, _ = opt.ulmfit_adam(params, spec_for("lm"))
     with pytest.raises(ValueError, match="needs `params`"):
         tx.update(params, tx.init(params), None, lr=1e-3, mom=0.9)
+
+
+def test_freezing_and_lr_scales_reach_the_adam_state_inside_a_chain():
+    params = jax.tree.map(jnp.asarray, make_params("lm"))
+    adam, _ = opt.ulmfit_adam(params, spec_for("lm"))
+    chained = optax.chain(optax.scale(1.0), adam)
+    grads = jax.tree.map(jnp.ones_like, params)
+    plain_state = opt.set_lr_scale(opt.freeze(adam.init(params)), [0.1, 0.2, 0.5, 1.0])
+    chain_state = opt.set_lr_scale(opt.freeze(chained.init(params)), [0.1, 0.2, 0.5, 1.0])
+    assert isinstance(chain_state, tuple) and opt.n_groups(chain_state) == 4
+    np.testing.assert_array_equal(opt.adam_state(chain_state).trainable, [0, 0, 0, 1])
+    plain, _ = adam.update(grads, plain_state, params, lr=1e-2, mom=0.8)
+    wrapped, _ = chained.update(grads, chain_state, params, lr=1e-2, mom=0.8)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(wrapped), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert np.all(np.asarray(wrapped["encoder"]["layers"][0]["w_ih"]) == 0)  # frozen group
+    assert np.all(np.asarray(wrapped["encoder"]["embedding"]) != 0)
+
+
+def test_optimizer_functions_refuse_a_state_without_fastai_adam():
+    params = jax.tree.map(jnp.asarray, make_params("lm"))
+    with pytest.raises(ValueError, match="exactly one FastaiAdamState, found 0"):
+        opt.freeze(optax.adam(1e-3).init(params))

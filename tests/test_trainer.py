@@ -15,6 +15,7 @@ import pytest
 
 from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.text.classifier_batches import bucket_chunks, repad
+from ulmfit_jax.text.resumable import ResumableBatches
 from ulmfit_jax.trainer.checkpointing import Checkpointer, NonFiniteLossError
 from ulmfit_jax.trainer.loop import Phase, Stage, run_stage
 from ulmfit_jax.trainer.metric_logger import MetricLogger
@@ -22,26 +23,20 @@ from ulmfit_jax.trainer.metric_logger import MetricLogger
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class CountingIterator:
-    """A resumable iterator of `n` empty batches per epoch (the shape of LMStream's API)."""
+class CountingIterator(ResumableBatches):
+    """`n` empty batches per epoch, resumable like LMStream and ClassifierBatches."""
 
     def __init__(self, n: int):
         self.n, self.epoch, self.step = n, 0, 0
 
+    def batch(self, epoch, step):
+        return {}
+
     def num_batches(self, epoch=None):
         return self.n
 
-    def get_state(self):
-        return {"epoch": self.epoch, "step": self.step}
-
-    def set_state(self, state):
-        self.epoch, self.step = state["epoch"], state["step"]
-
-    def __iter__(self):
-        while self.step < self.n:
-            self.step += 1
-            yield {}
-        self.epoch, self.step = self.epoch + 1, 0
+    def identity(self):
+        return {}
 
 
 @jax.jit
@@ -74,6 +69,39 @@ def test_nan_loss_stops_with_stage_and_step_and_keeps_last_good_checkpoint(tmp_p
     assert np.all(np.isfinite(np.asarray(restored["params"]["w"])))
     assert meta["data"] == {"epoch": 1, "step": 1}
     ckpt.close()
+
+
+@jax.jit
+def counting_step(state, batch, rng, hp):
+    """Every step adds 1 to the parameter: its value tells which step a state is from."""
+    new = {**state, "params": {"w": state["params"]["w"] + 1.0}, "step": state["step"] + 1}
+    return new, {"loss_sum": jnp.float32(1), "correct": jnp.float32(0), "count": jnp.float32(1)}
+
+
+@pytest.mark.parametrize("restore_best", [False, True])
+def test_best_checkpoint_is_kept_and_restored_when_asked(tmp_path, restore_best):
+    from ulmfit_jax.trainer.config import base_config
+    from ulmfit_jax.trainer.loop import run_stage_with_checkpoints
+
+    accuracy_after_epoch = {3: 0.5, 6: 0.9, 9: 0.7}  # the best epoch is the second
+    params = {"w": jnp.zeros(())}
+    tx, _ = opt.ulmfit_adam(params, (("all", "w"),))
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
+    stage = Stage(
+        name="clf", phases=[Phase(epochs=3, lr_max=0.1)], iterator=CountingIterator(3),
+        step_fn=counting_step, to_device=lambda b: (b, 1),
+        evaluate=lambda s: {"loss": 0.0, "accuracy": accuracy_after_epoch[int(s["step"])]},
+        summarize=lambda sums: {"loss": sums["loss_sum"] / sums["count"]}, schedule="constant",
+    )
+    config = base_config()
+    config.checkpoint.keep, config.checkpoint.async_save = 1, False
+    config.checkpoint.restore_best, config.progress = restore_best, False
+    final, valid = run_stage_with_checkpoints(stage, state, config, tmp_path,
+                                              MetricLogger(tmp_path, False), seed_offset=0)
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "clf").iterdir())
+    assert kept == [6, 9]  # the last one and the best one
+    assert float(final["params"]["w"]) == (6.0 if restore_best else 9.0)
+    assert valid["accuracy"] == (0.9 if restore_best else 0.7)
 
 
 def test_repad_keeps_documents_and_buckets_width():

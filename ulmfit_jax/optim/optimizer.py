@@ -380,30 +380,67 @@ def clear_state(state: FastaiAdamState) -> FastaiAdamState:
     )
 
 
-def freeze_to(state: FastaiAdamState, n: int, *, reset_moments: bool = True) -> FastaiAdamState:
+def _adam_states(opt_state: PyTree) -> list[FastaiAdamState]:
+    leaves = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, FastaiAdamState))
+    return [x for x in leaves if isinstance(x, FastaiAdamState)]
+
+
+def _replace_adam_state(opt_state: PyTree, fn: Any) -> PyTree:
+    """`opt_state` with its one `FastaiAdamState` replaced by `fn(it)`. The state may be
+    wrapped (e.g. `optax.chain(optax.add_noise(...), fastai_adam(...))`), so it is found by
+    type wherever it sits."""
+    adam_state(opt_state)  # exactly one
+    return jax.tree.map(lambda x: fn(x) if isinstance(x, FastaiAdamState) else x, opt_state,
+                        is_leaf=lambda x: isinstance(x, FastaiAdamState))
+
+
+def adam_state(opt_state: PyTree) -> FastaiAdamState:
+    """The `FastaiAdamState` inside `opt_state` (itself, or inside a chain or wrapper)."""
+    found = _adam_states(opt_state)
+    if len(found) != 1:
+        raise ValueError(f"the optimizer state must hold exactly one FastaiAdamState, "
+                         f"found {len(found)}")
+    return found[0]
+
+
+def n_groups(opt_state: PyTree) -> int:
+    """Number of layer groups of the fastai Adam inside `opt_state`."""
+    return int(adam_state(opt_state).lr_scale.shape[0])
+
+
+def freeze_to(opt_state: PyTree, n: int, *, reset_moments: bool = True) -> PyTree:
     """fastai's `Learner.freeze_to(n)`: train groups [n:] only (negative n counts from the end).
 
     `Learner.freeze_to` also clears the whole optimizer state (moments and step counts);
-    `reset_moments=False` gives the bare `Optimizer.freeze_to`, which keeps them.
+    `reset_moments=False` gives the bare `Optimizer.freeze_to`, which keeps them. `opt_state`
+    is a `FastaiAdamState` or any optax state holding one (the same structure comes back).
     """
-    mask = trainable_groups(state.trainable.shape[0], n)
-    state = state._replace(trainable=jnp.asarray(mask, jnp.float32))
-    return clear_state(state) if reset_moments else state
+    def apply(state: FastaiAdamState) -> FastaiAdamState:
+        mask = trainable_groups(state.trainable.shape[0], n)
+        state = state._replace(trainable=jnp.asarray(mask, jnp.float32))
+        return clear_state(state) if reset_moments else state
+
+    return _replace_adam_state(opt_state, apply)
 
 
-def freeze(state: FastaiAdamState, *, reset_moments: bool = True) -> FastaiAdamState:
+def freeze(opt_state: PyTree, *, reset_moments: bool = True) -> PyTree:
     """fastai's `freeze`: train only the last group."""
-    return freeze_to(state, -1, reset_moments=reset_moments)
+    return freeze_to(opt_state, -1, reset_moments=reset_moments)
 
 
-def unfreeze(state: FastaiAdamState, *, reset_moments: bool = True) -> FastaiAdamState:
+def unfreeze(opt_state: PyTree, *, reset_moments: bool = True) -> PyTree:
     """fastai's `unfreeze`: train every group."""
-    return freeze_to(state, 0, reset_moments=reset_moments)
+    return freeze_to(opt_state, 0, reset_moments=reset_moments)
 
 
-def set_lr_scale(state: FastaiAdamState, scale: Sequence[float] | np.ndarray) -> FastaiAdamState:
-    """Sets the per-group LR multipliers [n_groups] (e.g. the second output of `lr_scales`)."""
+def set_lr_scale(opt_state: PyTree, scale: Sequence[float] | np.ndarray) -> PyTree:
+    """Sets the per-group LR multipliers [n_groups] (e.g. the second output of `lr_scales`)
+    of the fastai Adam inside `opt_state`."""
     scale = jnp.asarray(scale, jnp.float32)
-    if scale.shape != state.lr_scale.shape:
-        raise ValueError(f"lr scale shape {scale.shape} != groups {state.lr_scale.shape}")
-    return state._replace(lr_scale=scale)
+
+    def apply(state: FastaiAdamState) -> FastaiAdamState:
+        if scale.shape != state.lr_scale.shape:
+            raise ValueError(f"lr scale shape {scale.shape} != groups {state.lr_scale.shape}")
+        return state._replace(lr_scale=scale)
+
+    return _replace_adam_state(opt_state, apply)

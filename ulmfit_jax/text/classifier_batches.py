@@ -30,14 +30,13 @@ because each epoch's order is recomputed from `(seed, epoch)`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
+from ulmfit_jax.text.resumable import Batch, ResumableBatches
 from ulmfit_jax.text.token_cache import TokenizedCorpus
-
-Batch = dict[str, np.ndarray]
 
 # fastai's SortedDL sorts chunks of 50 batches.
 SORTISH_CHUNK_BATCHES = 50
@@ -127,7 +126,7 @@ def restore_order(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return out
 
 
-class ClassifierBatches:
+class ClassifierBatches(ResumableBatches):
     """Padded, length-sorted classifier batches over a `TokenizedCorpus` (see module doc)."""
 
     def __init__(self, corpus: TokenizedCorpus, batch_size: int, *, bptt: int = 72,
@@ -151,19 +150,10 @@ class ClassifierBatches:
         self.epoch, self.step = 0, 0
         self._order_epoch, self._order = -1, None
 
-    def get_state(self) -> dict:
-        """JSON-serialisable position: the next batch is batch `step` of epoch `epoch`."""
-        return {"epoch": self.epoch, "step": self.step, "seed": self.seed,
-                "batch_size": self.batch_size, "num_docs": self.corpus.num_docs}
-
-    def set_state(self, state: dict) -> None:
-        """Resumes at `state` (from `get_state`); refuses a state from another iterator."""
-        mine = self.get_state()
-        for key in ("seed", "batch_size", "num_docs"):
-            if key in state and state[key] != mine[key]:
-                raise ValueError(f"iterator state {key}={state[key]!r} does not match this "
-                                 f"iterator ({key}={mine[key]!r})")
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+    def identity(self) -> dict:
+        """Seed, batch size and corpus size: a saved state must match them."""
+        return {"seed": self.seed, "batch_size": self.batch_size,
+                "num_docs": self.corpus.num_docs}
 
     def order(self, epoch: int) -> np.ndarray:
         """Document indices of `epoch` in batch order, `[n_docs]`."""
@@ -174,12 +164,10 @@ class ClassifierBatches:
             self._order_epoch = epoch
         return self._order
 
-    def num_batches(self) -> int:
+    def num_batches(self, epoch: int | None = None) -> int:
+        """Batches per epoch (the same every epoch; `epoch` is accepted for the protocol)."""
         n = self.corpus.num_docs
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __len__(self) -> int:
-        return self.num_batches()
 
     def batch(self, epoch: int, step: int) -> Batch:
         """Batch `step` of `epoch`, this host's rows (see module doc for the keys)."""
@@ -204,14 +192,6 @@ class ClassifierBatches:
         if self.max_tokens is not None and len(doc) > self.max_tokens:
             doc = doc[-self.max_tokens:] if self.keep == "last" else doc[:self.max_tokens]
         return doc
-
-    def __iter__(self) -> Iterator[Batch]:
-        """The rest of the current epoch; afterwards the state points at the next epoch."""
-        while self.step < self.num_batches():
-            batch = self.batch(self.epoch, self.step)
-            self.step += 1
-            yield batch
-        self.epoch, self.step = self.epoch + 1, 0
 
 
 def _check_args(corpus: TokenizedCorpus, batch_size: int, max_tokens: int | None, keep: str,

@@ -35,13 +35,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 
 import numpy as np
 
+from ulmfit_jax.text.resumable import Batch, ResumableBatches
 from ulmfit_jax.text.token_cache import TokenizedCorpus
-
-Batch = dict[str, np.ndarray]
 
 # The 2018 fastai loader: P(full bptt), standard deviation of the length, minimum length.
 FULL_BPTT_PROB = 0.95
@@ -74,7 +72,7 @@ def sample_window_length(rng: np.random.Generator, bptt: int, buckets: tuple[int
     return buckets[int(np.argmin(np.abs(np.asarray(buckets) - raw)))]
 
 
-class LMStream:
+class LMStream(ResumableBatches):
     """Batches `{"inputs", "targets"}` int32 `[local_rows, time]` for LM training/eval."""
 
     def __init__(self, corpus: TokenizedCorpus, batch_size: int, bptt: int = 72, *,
@@ -101,18 +99,10 @@ class LMStream:
 
     # ---------------------------------------------------------------- state
 
-    def get_state(self) -> dict:
-        """JSON-serialisable position: the next batch is batch `step` of epoch `epoch`."""
-        return {"epoch": self.epoch, "step": self.step, "seed": self.seed,
-                "batch_size": self.batch_size, "num_tokens": int(len(self.corpus.ids))}
-
-    def set_state(self, state: dict) -> None:
-        """Resumes at `state` (from `get_state`); refuses a state from another stream."""
-        for key in ("seed", "batch_size", "num_tokens"):
-            if key in state and state[key] != self.get_state()[key]:
-                raise ValueError(f"iterator state {key}={state[key]!r} does not match this "
-                                 f"stream ({key}={self.get_state()[key]!r})")
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+    def identity(self) -> dict:
+        """Seed, batch size and corpus size: a saved state must match them."""
+        return {"seed": self.seed, "batch_size": self.batch_size,
+                "num_tokens": int(len(self.corpus.ids))}
 
     # ---------------------------------------------------------------- epochs
 
@@ -150,9 +140,6 @@ class LMStream:
         """Batches in `epoch` (default: the current one)."""
         return len(self.plan(self.epoch if epoch is None else epoch).windows)
 
-    def __len__(self) -> int:
-        return self.num_batches()
-
     def possible_lengths(self) -> tuple[int, ...]:
         """Every window length this stream can ever yield (the shapes jit will see)."""
         if not self.variable_length:
@@ -186,14 +173,6 @@ class LMStream:
         offsets = self.corpus.offsets
         flat = offsets[doc + 1] - 1 - within if self.backward else offsets[doc] + within
         return np.asarray(self.corpus.ids[flat.ravel()], dtype=np.int32).reshape(flat.shape)
-
-    def __iter__(self) -> Iterator[Batch]:
-        """The rest of the current epoch; afterwards the state points at the next epoch."""
-        while self.step < self.num_batches():
-            batch = self.batch(self.epoch, self.step)
-            self.step += 1
-            yield batch
-        self.epoch, self.step = self.epoch + 1, 0
 
 
 def _check_args(batch_size: int, bptt: int, last_window: str, length_step: int,

@@ -12,11 +12,13 @@ Saves are atomic: orbax writes into a temporary directory and renames it once co
 run killed at any moment leaves only whole checkpoints (`latest_step` never sees a partial one).
 We keep the last `keep` checkpoints plus the best one by `best_metric`.
 
-Resume order (the only place this is written down; the trainer follows it):
+Resume order (the only place this is written down; `trainer.loop.run_stage` follows it):
   1. build the config, mesh, model and optimizer exactly as for a fresh run (same seed);
   2. create the data iterators, untouched;
   3. `restore_latest` -> (state, meta): the train state with its shardings, then
-     `iterator.set_state(meta["data"])`, `rng = key_from_list(meta["rng"])`;
+     `rng = key_from_list(meta["rng"])` (the stage's base key; each step folds its step
+     number in), `iterator.set_state(meta["data"])` and the metric accumulators of the
+     current epoch and log interval from `meta["metrics"]`;
   4. truncate the host logs to rows with step <= meta["step"] (later rows are replayed);
   5. continue the loop at step `meta["step"]`; learning rates and unfreezing phases are pure
      functions of the step, so nothing else needs saving.

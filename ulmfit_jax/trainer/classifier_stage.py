@@ -87,6 +87,10 @@ def _classifier(config, data: PreparedData, workdir: Path, backward: bool) -> Te
     )
 
 
+def _step(state: dict) -> int:
+    return int(jax.device_get(state["step"]))
+
+
 def train_classifier(
     config: ml_collections.ConfigDict, data: PreparedData, workdir: Path, mesh, log: MetricLogger,
     backward: bool = False,
@@ -122,9 +126,16 @@ def train_classifier(
         del host["weights"]
         return sharding.shard_batch(host, mesh), int(batch["lengths"].sum())
 
+    validated: dict[int, np.ndarray] = {}  # step -> validation probabilities at that step
+
+    def valid_probs(state: dict) -> tuple[np.ndarray, dict[str, float]]:
+        return predict_probs(mesh, graphdef, state, valid, c.eval_batch_size, c.bptt, pad_id,
+                             max_tokens, evaluate_batch)
+
     def evaluate(state: dict) -> dict[str, float]:
-        probs, summary = predict_probs(mesh, graphdef, state, valid, c.eval_batch_size, c.bptt,
-                                       pad_id, max_tokens, evaluate_batch)
+        probs, summary = valid_probs(state)
+        validated.clear()
+        validated[_step(state)] = probs
         return {**summary, **classification_report(np.asarray(valid.labels), probs)}
 
     phases = [Phase(int(e), float(lr), float(div), int(f)) for f, e, lr, div in c.phases]
@@ -136,8 +147,11 @@ def train_classifier(
     trained = TextClassifier.from_params(clf.config, jax.device_get(state["params"]), clf.vocab,
                                          jax.device_get(state["batch_stats"]))
     trained.save(out_dir, overwrite=True)
-    probs, _ = predict_probs(mesh, graphdef, state, valid, c.eval_batch_size, c.bptt, pad_id,
-                             max_tokens, evaluate_batch)
+    # The last epoch's validation already computed them, unless this run resumed after it or
+    # restored an earlier best epoch.
+    probs = validated.get(_step(state))
+    if probs is None:
+        probs, _ = valid_probs(state)
     np.save(out_dir / VALID_PROBS, probs)
     log.write_summary({name: final})
     return out_dir

@@ -37,9 +37,14 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.lm = _lm_config()
     c.classifier = _classifier_config()
-    c.checkpoint = ml_collections.ConfigDict(
-        {"every_steps": 500, "keep": 2, "async_save": True}
-    )
+    c.checkpoint = ml_collections.ConfigDict({
+        "every_steps": 500,
+        "keep": 2,  # the last N checkpoints; the best epoch's is kept as well
+        "async_save": True,
+        # End each stage with its best epoch (by validation accuracy) instead of its last, as
+        # fastai's SaveModelCallback does; off by default, as fastai's fit.
+        "restore_best": False,
+    })
     # `--stage lr_find`: fastai's LR finder on the LM stage (exponential sweep).
     c.lr_find = ml_collections.ConfigDict({"start_lr": 1e-7, "end_lr": 10.0, "num_it": 100})
     c.log_every_steps = 50

@@ -25,7 +25,13 @@ from tqdm.auto import tqdm
 
 from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.optim.schedules import make_schedule
-from ulmfit_jax.trainer.checkpointing import Checkpointer, check_finite_loss, key_to_list
+from ulmfit_jax.text.resumable import ResumableBatches
+from ulmfit_jax.trainer.checkpointing import (
+    Checkpointer,
+    check_finite_loss,
+    key_from_list,
+    key_to_list,
+)
 from ulmfit_jax.trainer.metric_logger import MetricLogger
 from ulmfit_jax.trainer.metrics import SumAccumulator
 
@@ -52,11 +58,14 @@ class Stage:
     to_device: host batch -> (device batch, number of tokens in it).
     evaluate: train state -> validation metrics (host floats; must contain "loss").
     on_epoch_start: train state -> train state, run at step 0 of every epoch (LM: zero state).
+    best_metric, best_mode: the validation metric that ranks checkpoints ("max": higher is
+    better); the best checkpoint is kept, and restored at the end when the run asks for it
+    (fastai's `SaveModelCallback`).
     """
 
     name: str
     phases: list[Phase]
-    iterator: Any  # LMStream or ClassifierBatches: get_state/set_state, epoch, step
+    iterator: ResumableBatches
     step_fn: Callable[..., tuple[dict, dict]]
     to_device: Callable[[dict], tuple[dict, int]]
     evaluate: Callable[[dict], dict[str, float]]
@@ -65,6 +74,7 @@ class Stage:
     moms: tuple[float, float, float] = (0.8, 0.7, 0.8)
     on_epoch_start: Callable[[dict], dict] | None = None
     best_metric: str = "accuracy"
+    best_mode: str = "max"
 
 
 @jax.jit
@@ -78,19 +88,12 @@ def _keep_shardings(new: Any, old: Any) -> Any:
     return jax.tree.map(lambda n, o: jax.device_put(n, o.sharding), new, old)
 
 
-def _epoch_len(iterator: Any, epoch: int) -> int:
-    try:
-        return iterator.num_batches(epoch)
-    except TypeError:  # classifier batches: the same count every epoch
-        return iterator.num_batches()
-
-
 class _Plan:
     """Phase of every epoch and the global step at which each epoch and phase starts."""
 
     def __init__(self, stage: Stage):
         self.phase_of_epoch = [k for k, p in enumerate(stage.phases) for _ in range(p.epochs)]
-        lengths = [_epoch_len(stage.iterator, e) for e in range(len(self.phase_of_epoch))]
+        lengths = [stage.iterator.num_batches(e) for e in range(len(self.phase_of_epoch))]
         self.epoch_start = np.concatenate([[0], np.cumsum(lengths)]).astype(int).tolist()
         self.phase_first_epoch = [self.phase_of_epoch.index(k) for k in range(len(stage.phases))]
 
@@ -110,8 +113,8 @@ def start_phase(state: dict, phase: Phase) -> dict:
     opt_state = state["opt_state"]
     if phase.freeze_to is not None:
         opt_state = opt.freeze_to(opt_state, phase.freeze_to)
-    n_groups = opt_state.lr_scale.shape[0]
-    lrs = opt.group_lrs(slice(phase.lr_max / phase.lr_div, phase.lr_max), n_groups)
+    lrs = opt.group_lrs(slice(phase.lr_max / phase.lr_div, phase.lr_max),
+                        opt.n_groups(opt_state))
     return {**state, "opt_state": opt.set_lr_scale(opt_state, lrs / phase.lr_max)}
 
 
@@ -222,6 +225,7 @@ def run_stage(
     saved_metrics, valid = None, {}
     if restored is not None:
         state, meta = restored
+        rng = key_from_list(meta["rng"])
         stage.iterator.set_state(meta["data"])
         saved_metrics, valid = meta["metrics"], meta.get("valid") or {}
         log.resume(stage.name, int(meta["step"]))
@@ -251,18 +255,33 @@ def run_stage_with_checkpoints(
     stage: Stage, state: dict, config: Any, workdir: Any, log: MetricLogger, seed_offset: int
 ) -> tuple[dict, dict[str, float]]:
     """`run_stage` with the run's checkpoint policy: `<workdir>/checkpoints/<stage name>`, keep
-    the last `config.checkpoint.keep` and the best by accuracy; the stage's rng is
-    `PRNGKey(config.seed + seed_offset)`."""
+    the last `config.checkpoint.keep` and the best by `stage.best_metric`; with
+    `config.checkpoint.restore_best` the best epoch's state and metrics are returned instead of
+    the last one's. A fresh stage's rng is `PRNGKey(config.seed + seed_offset)`."""
     ckpt = Checkpointer(workdir / "checkpoints" / stage.name, keep=config.checkpoint.keep,
-                        best_metric="accuracy", async_save=config.checkpoint.async_save)
+                        best_metric=stage.best_metric, best_mode=stage.best_mode,
+                        async_save=config.checkpoint.async_save)
     try:
-        return run_stage(
+        state, valid = run_stage(
             stage, state, jax.random.PRNGKey(config.seed + seed_offset), ckpt, log,
             every_steps=config.checkpoint.every_steps, log_every=config.log_every_steps,
             config_dict=config.to_dict(), progress=config.progress,
         )
+        if config.checkpoint.restore_best:
+            state, valid = restore_best(ckpt, state, valid)
+        return state, valid
     finally:
         ckpt.close()
+
+
+def restore_best(ckpt: Checkpointer, state: dict, valid: dict) -> tuple[dict, dict]:
+    """The best checkpoint's state and validation metrics (the given ones if it is the last)."""
+    best = ckpt.best_step()
+    if best is None or best == ckpt.latest_step():
+        return state, valid
+    state, meta = ckpt.restore(best, state)
+    tqdm.write(f"restored the best checkpoint (step {best}): {_fmt(meta['valid'])}")
+    return state, meta["valid"]
 
 
 def _sched_kwargs(stage: Stage) -> dict:
@@ -277,8 +296,8 @@ def _update_bar(bar: tqdm, metrics: _Metrics, tok_per_s: float, stage: Stage) ->
     bar.update(1)
     if metrics.epoch.sums and bar.n % 10 == 0:
         s = stage.summarize(metrics.epoch.sums)
-        bar.set_postfix(loss=f"{s['loss']:.3f}", acc=f"{s['accuracy']:.3f}",
-                        tok_s=f"{tok_per_s:.0f}")
+        shown = {k: f"{s[k]:.3f}" for k in ("loss", stage.best_metric) if k in s}
+        bar.set_postfix(**shown, tok_s=f"{tok_per_s:.0f}")
 
 
 def _fmt(values: dict[str, float]) -> str:
