@@ -9,11 +9,13 @@ bad config value, missing file, busy workdir...; see `ulmfit_jax.errors`) and a 
 (an unknown `--config.key`, a value of the wrong type, a config file that does not load) are
 printed as one line `error: <message>` on stderr with exit code 2; `--verbose` adds the
 traceback. `Preempted` prints its one-line resume hint and exits with `128 + signal`
-(143 for SIGTERM, 130 for SIGINT). Anything else is a bug and keeps its traceback.
+(143 for SIGTERM, 130 for SIGINT); Ctrl-C elsewhere prints `interrupted`, exit 130. Anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -76,6 +78,11 @@ def _guarded(main: Callable[[list[str]], object]) -> Callable[[list[str]], None]
         except Preempted as e:
             print(one_line(str(e)), file=sys.stderr)
             sys.exit(128 + e.signum)
+        except KeyboardInterrupt:  # Ctrl-C outside training (e.g. tokenizing): nothing to save
+            if _VERBOSE.value:
+                traceback.print_exc()
+            print("interrupted", file=sys.stderr)
+            sys.exit(128 + signal.SIGINT)
 
     return run
 
