@@ -212,6 +212,16 @@ def test_single_class_corpus_is_refused_before_any_training_and_leaves_no_run(tm
     assert left == [".lock", "cache"]  # no checkpoints, vocab or run config for a corrected rerun
 
 
+def test_refused_data_never_deletes_an_earlier_runs_results(tmp_path):
+    from ulmfit_jax.trainer import train_and_evaluate
+
+    (tmp_path / "w" / "models" / "lm_fwd").mkdir(parents=True)  # made before run_config.json
+    path = write_csv(tmp_path / "one.csv", [("pos", f"a fine film number {i}") for i in range(30)])
+    with pytest.raises(DataError, match="fewer than two classes"):
+        train_and_evaluate(csv_config(path), tmp_path / "w", "all")
+    assert (tmp_path / "w" / "models" / "lm_fwd").is_dir()
+
+
 # ------------------------------------------------------------------------- workdir
 
 

@@ -73,8 +73,8 @@ def differing_keys(stored: dict, current: dict, scope: tuple[str, ...] | None) -
     return [k for k in keys if stored.get(k, "<unset>") != current.get(k, "<unset>")]
 
 
-def _check_run_config(workdir: Path, config: ml_collections.ConfigDict, stage: str) -> bool:
-    """Refuse a differing config; store the config; True when this run is the workdir's first."""
+def _check_run_config(workdir: Path, config: ml_collections.ConfigDict, stage: str) -> None:
+    """Refuse a config that differs from the stored one; store it if there is none yet."""
     path = workdir / RUN_CONFIG
     current = flat_config(config)
     data_only = stage == "lr_find"
@@ -94,10 +94,8 @@ def _check_run_config(workdir: Path, config: ml_collections.ConfigDict, stage: s
                 f"{workdir} holds a run with a different config ({shown}); use another "
                 "--workdir, the same config, or --fresh to start over in this one")
         if data_only or not stored_data_only:
-            return False
-    new = not path.exists()
+            return
     _write_atomically(path, json.dumps({"data_only": data_only, "config": current}, indent=1))
-    return new
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -136,7 +134,7 @@ def _lock(workdir: Path) -> int:
 def claim(workdir: str | Path, config: ml_collections.ConfigDict, stage: str,
           fresh: bool = False) -> Iterator[bool]:
     """Hold `workdir` for one run of `config` (see the module docstring); yields True when
-    this run is the first in it (its config was just stored)."""
+    the workdir held nothing of an earlier run (so `forget_run` removes only this run's files)."""
     workdir = Path(workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +146,8 @@ def claim(workdir: str | Path, config: ml_collections.ConfigDict, stage: str,
             forget_run(workdir)
             logger.warning("%s: starting afresh (checkpoints, models, vocab, metrics removed)",
                            workdir)
-        yield _check_run_config(workdir, config, stage)
+        first_run = not any(any(workdir.glob(pattern)) for pattern in FRESH_REMOVES)
+        _check_run_config(workdir, config, stage)
+        yield first_run
     finally:
         os.close(fd)  # closing the only descriptor releases the lock
