@@ -4,12 +4,16 @@
     python train.py --config configs/tiny.py --config.lm.epochs=2 --workdir /tmp/t --stage lm
 
 Any config key can be overridden with `--config.<key>=<value>`; an unknown key is an error.
-Rerunning the same command resumes from the latest checkpoint in `--workdir`.
+Rerunning the same command resumes from the latest checkpoint in `--workdir`; a workdir
+belongs to the config that started it (`--fresh` starts over in it). A user error prints one
+line and exits with 2 (`--verbose`: with its traceback); SIGTERM/Ctrl-C save a checkpoint and
+exit with 143/130 (see README, "What happens when things go wrong").
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ulmfit_jax.cli import run_cli
 from ulmfit_jax.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -20,6 +24,10 @@ _STAGE = flags.DEFINE_enum(
     "stage", "all", ["lm", "classifier", "all", "lr_find"],
     "Which ULMFiT stage(s) to run (lr_find: LR finder plot for the LM)."
 )
+_FRESH = flags.DEFINE_bool(
+    "fresh", False, "Start afresh in --workdir: delete its checkpoints, models, vocab and "
+    "metrics (the token cache is kept) instead of resuming."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,8 +35,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STAGE.value)
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STAGE.value, fresh=_FRESH.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_cli(main)

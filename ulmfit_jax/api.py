@@ -35,6 +35,7 @@ from flax import nnx
 
 from ulmfit_jax.convert import fastai_files, fastai_weights
 from ulmfit_jax.convert.safe_pickle import save_itos
+from ulmfit_jax.errors import MissingFileError, ModelFileError, disk_full_is_clear
 from ulmfit_jax.model.classifier import AWDLSTMClassifier
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.encoder import EncoderState, zero_state
@@ -181,15 +182,16 @@ def _write_directory(
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex}")
     try:
-        os.makedirs(tmp)
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(os.path.join(tmp, STATE_DIR), state)
-            ckptr.wait_until_finished()
-        Vocab(vocab).save(os.path.join(tmp, VOCAB_FILE))
-        # config.json last: its presence marks a complete directory.
-        _write_json(os.path.join(tmp, CONFIG_FILE),
-                    {"format_version": FORMAT_VERSION, "kind": kind, "config": config})
-        _swap_into_place(tmp, final)
+        with disk_full_is_clear(f"the model {final}"):
+            os.makedirs(tmp)
+            with ocp.StandardCheckpointer() as ckptr:
+                ckptr.save(os.path.join(tmp, STATE_DIR), state)
+                ckptr.wait_until_finished()
+            Vocab(vocab).save(os.path.join(tmp, VOCAB_FILE))
+            # config.json last: its presence marks a complete directory.
+            _write_json(os.path.join(tmp, CONFIG_FILE),
+                        {"format_version": FORMAT_VERSION, "kind": kind, "config": config})
+            _swap_into_place(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -215,19 +217,23 @@ def _read_directory(directory: str | os.PathLike, kind: str) -> tuple[dict, list
     """config dict, vocab and the orbax state path of a saved model directory."""
     root = os.path.abspath(os.fspath(directory))
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: no such model directory")
+        raise MissingFileError(f"{root}: no such model directory")
     for name in (CONFIG_FILE, VOCAB_FILE, STATE_DIR):
         if not os.path.exists(os.path.join(root, name)):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{root} is not a saved {kind} directory: missing {os.path.join(root, name)}"
             )
-    with open(os.path.join(root, CONFIG_FILE), encoding="utf-8") as f:
-        meta = json.load(f)
+    try:
+        with open(os.path.join(root, CONFIG_FILE), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{root}/{CONFIG_FILE}: not readable JSON ({e})") from e
     if meta.get("kind") != kind:
-        raise ValueError(f"{root}/{CONFIG_FILE}: holds a {meta.get('kind')!r}, expected {kind!r}")
+        raise ModelFileError(
+            f"{root}/{CONFIG_FILE}: holds a {meta.get('kind')!r}, expected {kind!r}")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{root}/{CONFIG_FILE}: unsupported format_version "
-                         f"{meta.get('format_version')!r} (expected {FORMAT_VERSION})")
+        raise ModelFileError(f"{root}/{CONFIG_FILE}: unsupported format_version "
+                             f"{meta.get('format_version')!r} (expected {FORMAT_VERSION})")
     vocab = Vocab.load(os.path.join(root, VOCAB_FILE)).itos
     return meta["config"], vocab, os.path.join(root, STATE_DIR)
 
@@ -241,8 +247,8 @@ def _restore_state(module: nnx.Module, state_path: str) -> None:
         with ocp.StandardCheckpointer() as ckptr:
             restored = ckptr.restore(state_path, target)
     except Exception as e:
-        raise ValueError(f"{state_path}: cannot restore the saved parameters into a model built "
-                         f"from config.json ({type(e).__name__}: {str(e)[:300]})") from e
+        raise ModelFileError(f"{state_path}: cannot restore the saved parameters into a model "
+                             f"built from config.json ({type(e).__name__}: {str(e)[:300]})") from e
     _set_state(module, restored, state_path)
 
 
@@ -311,7 +317,7 @@ class LanguageModel:
         """
         ckpt, vocab = fastai_files.read_language_model(weights_path, itos_path, _itos(new_vocab))
         if ckpt.kind != fastai_files.KIND_LM:
-            raise ValueError(f"{ckpt.source}: file kind {ckpt.kind!r}, not a language model")
+            raise ModelFileError(f"{ckpt.source}: file kind {ckpt.kind!r}, not a language model")
         config, params = fastai_weights.lm_params_from_fastai(ckpt.state_dict)
         return cls.from_params(dataclasses.replace(config, **config_overrides), params, vocab)
 
@@ -460,8 +466,8 @@ class TextClassifier:
             return cls._from_classifier_file(ckpt, vocab, n_classes, drop_mult,
                                              **classifier_options)
         if n_classes is None:
-            raise ValueError(f"{ckpt.source}: file kind {ckpt.kind!r}, not a classifier; pass "
-                             "n_classes to start a classifier on its encoder")
+            raise ModelFileError(f"{ckpt.source}: file kind {ckpt.kind!r}, not a classifier; "
+                                 "pass n_classes to start a classifier on its encoder")
         if ckpt.kind == fastai_files.KIND_LM:
             config, params = fastai_weights.lm_params_from_fastai(ckpt.state_dict)
             encoder = params["encoder"]
@@ -477,8 +483,8 @@ class TextClassifier:
     ) -> TextClassifier:
         config, state = fastai_weights.classifier_params_from_fastai(ckpt.state_dict)
         if n_classes is not None and n_classes != config.n_classes:
-            raise ValueError(f"{ckpt.source}: the head has {config.n_classes} classes, "
-                             f"n_classes={n_classes} was requested")
+            raise ModelFileError(f"{ckpt.source}: the head has {config.n_classes} classes, "
+                                 f"n_classes={n_classes} was requested")
         encoder = dataclasses.replace(config.encoder, drop_mult=drop_mult)
         config = dataclasses.replace(config, encoder=encoder, **classifier_options)
         module = nnx.eval_shape(lambda: AWDLSTMClassifier(config, rngs=nnx.Rngs(0)))

@@ -38,6 +38,7 @@ from ulmfit_jax.convert.fastai_layout import (
     LayoutSizes,
 )
 from ulmfit_jax.convert.safe_pickle import load_itos, save_itos
+from ulmfit_jax.errors import MissingFileError, ModelFileError
 
 # 2018 vocab specials -> fastai v2 names.
 OLD_SPECIAL_TOKENS = {"_unk_": "xxunk", "_pad_": "xxpad", "xbos": "xxbos", "xfld": "xxfld"}
@@ -47,7 +48,7 @@ _W_HH_2018 = re.compile(r"rnns\.(\d+)\.module\.weight_hh_l0_raw")
 _W_HH_DROPPED_V1 = re.compile(r"rnns\.\d+\.module\.weight_hh_l0")
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(ModelFileError):
     """torch's `weights_only` loader refused the file: it needs full (unsafe) unpickling."""
 
 
@@ -123,7 +124,7 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     torch = _import_torch()
     source = os.fspath(path)
     if not os.path.isfile(source):
-        raise FileNotFoundError(f"no such checkpoint file: {source}")
+        raise MissingFileError(f"no such checkpoint file: {source}")
     try:
         with torch.serialization.safe_globals(_optimizer_state_globals()):
             obj = torch.load(source, map_location="cpu", weights_only=True)
@@ -136,17 +137,17 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 f"other than tensors and plain containers ({what}). If you trust it, re-save "
                 "the weights alone (fastai: learn.save(name, with_opt=False))"
             ) from e
-        raise ValueError(
+        raise ModelFileError(
             f"{source}: not a readable torch checkpoint ({type(e).__name__}: {e})"
         ) from e
     if isinstance(obj, Mapping) and set(obj) == {"model", "opt"}:
         obj = obj["model"]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{source}: expected a state dict, got {type(obj).__name__}")
+        raise ModelFileError(f"{source}: expected a state dict, got {type(obj).__name__}")
     out = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{source}: {key!r} is {type(value).__name__}, expected a tensor")
+            raise ModelFileError(f"{source}: {key!r} is {type(value).__name__}, expected a tensor")
         out[str(key)] = value.detach().cpu().numpy()
     return out
 
@@ -182,7 +183,7 @@ def detect_kind(keys: Sequence[str], source: str) -> str:
     # `save_encoder` writes bare keys; an LM's encoder alone keeps the `0.` prefix.
     if "encoder.weight" in keys or "0.encoder.weight" in keys:
         return KIND_ENCODER
-    raise ValueError(
+    raise ModelFileError(
         f"{source}: not a fastai AWD-LSTM checkpoint (no 'encoder.weight', '0.encoder.weight' "
         f"or '0.module.encoder.weight' key; keys: {sorted(keys)[:6]}...)"
     )
@@ -275,7 +276,7 @@ def check_vocab_matches(ckpt: FastaiCheckpoint, itos: Sequence[str], itos_source
     if len(itos) != ckpt.vocab_size:
         key = layout.embedding_key(ckpt.kind)
         shape = tuple(ckpt.state_dict[key].shape)
-        raise ValueError(
+        raise ModelFileError(
             f"{itos_source} has {len(itos)} tokens but {ckpt.source}: {key} has shape {shape} "
             f"({ckpt.vocab_size} rows); the vocab must be the one the weights were trained with"
         )
@@ -293,7 +294,7 @@ def remap_rows(
     as in fastai's `match_embeds`.
     """
     if len(old) != len(old_itos):
-        raise ValueError(f"{len(old_itos)} tokens for a matrix of shape {tuple(old.shape)}")
+        raise ModelFileError(f"{len(old_itos)} tokens for a matrix of shape {tuple(old.shape)}")
     index = {tok: i for i, tok in enumerate(old_itos)}
     pos = np.array([index.get(t, -1) for t in new_itos], dtype=np.int64)
     out = np.empty((len(new_itos), *old.shape[1:]), dtype=old.dtype)
@@ -348,7 +349,7 @@ def save_language_model(
     """
     ckpt = normalise_state_dict(state_dict, source="<language model to save>")
     if ckpt.kind != KIND_LM:
-        raise ValueError(f"expected a language-model state dict, got a {ckpt.kind}")
+        raise ModelFileError(f"expected a language-model state dict, got a {ckpt.kind}")
     check_vocab_matches(ckpt, itos, "<vocab to save>")
     save_torch_state_dict(ckpt.state_dict, weights_path)
     save_itos(itos, itos_path)
@@ -370,5 +371,5 @@ def save_classifier(state_dict: Mapping[str, np.ndarray], path: str | os.PathLik
     """
     ckpt = normalise_state_dict(state_dict, source="<classifier to save>")
     if ckpt.kind != KIND_CLASSIFIER:
-        raise ValueError(f"expected a classifier state dict, got a {ckpt.kind}")
+        raise ModelFileError(f"expected a classifier state dict, got a {ckpt.kind}")
     save_torch_state_dict(ckpt.state_dict, path)

@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ulmfit_jax.errors import ModelFileError
+
 KIND_LM = "language_model"
 KIND_ENCODER = "encoder"
 KIND_CLASSIFIER = "classifier"
@@ -111,10 +113,11 @@ def count_layers(state_dict: Mapping[str, object], prefix: str, source: str) -> 
     pattern = re.compile(re.escape(prefix) + r"rnns\.(\d+)\.")
     layers = {int(m.group(1)) for k in state_dict if (m := pattern.match(k))}
     if not layers:
-        raise ValueError(f"{source}: missing key '{prefix}rnns.0.weight_hh_l0_raw': "
+        raise ModelFileError(f"{source}: missing key '{prefix}rnns.0.weight_hh_l0_raw': "
                          "not an AWD-LSTM state dict")
     if layers != set(range(max(layers) + 1)):
-        raise ValueError(f"{source}: LSTM layers must be numbered 0..n-1, found {sorted(layers)}")
+        raise ModelFileError(
+            f"{source}: LSTM layers must be numbered 0..n-1, found {sorted(layers)}")
     return max(layers) + 1
 
 
@@ -141,7 +144,7 @@ def read_sizes(state_dict: Mapping[str, np.ndarray], kind: str, source: str) -> 
         head = tuple((_shape(state_dict, f"1.layers.{k}.{i}.weight", "[n_out, n_in]", source,
                              ndim=2)[0], i) for k, i in enumerate(linear_index(state_dict)))
         if not head:
-            raise ValueError(f"{source}: missing key '1.layers.0.0.weight': no classifier head")
+            raise ModelFileError(f"{source}: missing key '1.layers.0.0.weight': no classifier head")
     return LayoutSizes(vocab, emb, hidden, n_layers, head)
 
 
@@ -152,13 +155,13 @@ def validate(state_dict: Mapping[str, np.ndarray], kind: str, source: str) -> La
     shapes = expected_shapes(kind, sizes)
     for key, shape in shapes.items():
         if key not in state_dict:
-            raise ValueError(f"{source}: missing key '{key}' (expected shape {shape})")
+            raise ModelFileError(f"{source}: missing key '{key}' (expected shape {shape})")
         got = tuple(np.shape(state_dict[key]))
         if got != shape:
-            raise ValueError(f"{source}: '{key}' has shape {got}, expected {shape}")
+            raise ModelFileError(f"{source}: '{key}' has shape {got}, expected {shape}")
     for key in state_dict:
         if key not in shapes and not _V1_DROPPED_COPY.fullmatch(key):
-            raise ValueError(f"{source}: unexpected key '{key}' with shape "
+            raise ModelFileError(f"{source}: unexpected key '{key}' with shape "
                              f"{tuple(np.shape(state_dict[key]))}")
     check_tied(state_dict, kind, source)
     return sizes
@@ -172,14 +175,14 @@ def check_tied(state_dict: Mapping[str, np.ndarray], kind: str, source: str) -> 
                                                           if kind == KIND_LM else [])
     for key in copies:
         if not np.array_equal(state_dict[key], state_dict[emb_key]):
-            raise ValueError(f"{source}: '{key}' differs from '{emb_key}'; fastai ties them")
+            raise ModelFileError(f"{source}: '{key}' differs from '{emb_key}'; fastai ties them")
 
 
 def _shape(state_dict: Mapping[str, np.ndarray], key: str, expected: str, source: str,
            ndim: int) -> tuple[int, ...]:
     if key not in state_dict:
-        raise ValueError(f"{source}: missing key '{key}' (expected shape {expected})")
+        raise ModelFileError(f"{source}: missing key '{key}' (expected shape {expected})")
     shape = tuple(int(n) for n in np.shape(state_dict[key]))
     if len(shape) != ndim:
-        raise ValueError(f"{source}: '{key}' has shape {shape}, expected {expected}")
+        raise ModelFileError(f"{source}: '{key}' has shape {shape}, expected {expected}")
     return shape

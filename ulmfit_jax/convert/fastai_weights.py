@@ -85,7 +85,8 @@ def lm_params_from_fastai(
 ) -> tuple[AWDLSTMConfig, dict]:
     """fastai v2 LM state dict -> (AWDLSTMConfig with LM dropouts, params pure dict).
 
-    Sizes come from the shapes; raises ValueError on a missing, unexpected or mis-shaped key.
+    Sizes come from the shapes; raises ModelFileError (a ValueError) on a missing, unexpected
+    or mis-shaped key.
     """
     sizes = layout.validate(state_dict, KIND_LM, source)
     params = {

@@ -13,11 +13,13 @@ import os
 import pickle
 from collections.abc import Sequence
 
+from ulmfit_jax.errors import ModelFileError
+
 # fastai writes its pickles with protocol 2 (`save_pickle`); 2 also reads back on every Python 3.
 ITOS_PICKLE_PROTOCOL = 2
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(ModelFileError, pickle.UnpicklingError):
     """The pickle names a global (a class or function); it was refused, nothing ran."""
 
 
@@ -42,7 +44,8 @@ def loads_itos(data: bytes, source: str = "<bytes>") -> list[str]:
     except UnsafePickleError:
         raise
     except Exception as e:  # truncated or corrupt pickles raise many different types
-        raise ValueError(f"{source}: not a readable vocab pickle ({type(e).__name__}: {e})") from e
+        raise ModelFileError(
+            f"{source}: not a readable vocab pickle ({type(e).__name__}: {e})") from e
     return _check_itos(obj, source)
 
 
@@ -77,12 +80,12 @@ def save_itos(itos: Sequence[str], path: str | os.PathLike) -> None:
 def _check_itos(obj: object, source: str) -> list[str]:
     if not isinstance(obj, list):
         kind = type(obj).__name__
-        raise ValueError(f"{source}: a vocab pickle must hold a list of str, got {kind}")
+        raise ModelFileError(f"{source}: a vocab pickle must hold a list of str, got {kind}")
     for i, tok in enumerate(obj):
         if not isinstance(tok, str):
-            raise ValueError(
+            raise ModelFileError(
                 f"{source}: vocab entry {i} is {type(tok).__name__} ({tok!r}), expected str"
             )
     if not obj:
-        raise ValueError(f"{source}: the vocab is empty")
+        raise ModelFileError(f"{source}: the vocab is empty")
     return obj

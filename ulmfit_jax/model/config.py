@@ -11,6 +11,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from ulmfit_jax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class AWDLSTMConfig:
@@ -32,13 +34,13 @@ class AWDLSTMConfig:
 
     def __post_init__(self) -> None:
         if self.vocab_size <= 0 or self.emb_size <= 0 or self.hidden_size <= 0:
-            raise ValueError(f"sizes must be positive, got {self}")
+            raise ConfigError(f"sizes must be positive, got {self}")
         if self.n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, got {self.n_layers}")
+            raise ConfigError(f"n_layers must be >= 1, got {self.n_layers}")
         for name in ("embed_p", "input_p", "weight_p", "hidden_p", "output_p"):
             p = getattr(self, name) * self.drop_mult
             if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} * drop_mult = {p} must be in [0, 1)")
+                raise ConfigError(f"{name} * drop_mult = {p} must be in [0, 1)")
 
     @classmethod
     def lm_defaults(
@@ -105,7 +107,7 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         if self.n_classes < 1 or self.bptt < 1 or self.max_len < 1:
-            raise ValueError(f"n_classes, bptt and max_len must be positive, got {self}")
+            raise ConfigError(f"n_classes, bptt and max_len must be positive, got {self}")
         if self.head_ps is not None and len(self.head_ps) != len(self.head_sizes):
             raise ValueError(
                 f"head_ps has {len(self.head_ps)} entries, head_sizes {len(self.head_sizes)}"

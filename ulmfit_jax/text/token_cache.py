@@ -27,6 +27,10 @@ vocab-<fp>.npy   int32 [n_tokens]   vocab ids for one vocab, added on demand
 A cache directory appears only complete: it is written into `<key>.tmp-<pid>-<rand>` beside
 it, fsynced, then renamed into place. An interrupted build (exception, Ctrl-C, killed process)
 leaves at most a temp directory, which the next build removes once its process is gone.
+`meta.json` holds a manifest (size and sha256 of every other file) and each `vocab-<fp>.npy`
+has its sha256 in `vocab-<fp>.sha256`; a cache whose files no longer match (truncated or
+garbled on disk) is never used: `build_token_cache` logs it and rebuilds, `numericalize`
+rewrites a damaged vocab file. Running out of disk space raises `DiskFullError`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -49,7 +54,12 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-CACHE_FORMAT_VERSION = 1
+from ulmfit_jax.errors import disk_full_is_clear
+from ulmfit_jax.text.sources.core import sha256_file
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 2  # 2: meta.json holds a manifest of file sizes and checksums
 _TMP_MARKER = ".tmp-"
 
 
@@ -119,19 +129,49 @@ class TokenizedCorpus:
         return TokenizedCorpus(ids, np.asarray(self.offsets), self.labels)
 
 
+class DamagedCacheError(ValueError):
+    """A cache file is missing, truncated or garbled (it no longer matches the manifest)."""
+
+
+def _manifest(directory: Path) -> dict[str, list]:
+    """`{file name: [size, sha256]}` of every file in `directory` but meta.json."""
+    return {f.name: [f.stat().st_size, sha256_file(f)] for f in sorted(directory.iterdir())
+            if f.name != "meta.json"}
+
+
+def _read_meta(meta_file: Path) -> dict:
+    try:
+        meta = json.loads(meta_file.read_text("utf-8"))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{meta_file}: not a token cache (no meta.json)") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DamagedCacheError(f"{meta_file}: not readable JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format_version") != CACHE_FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise DamagedCacheError(f"{meta_file}: format_version {version}, this code reads "
+                                f"{CACHE_FORMAT_VERSION}")
+    return meta
+
+
+def _verify(directory: Path, manifest: dict[str, list]) -> None:
+    """Raise `DamagedCacheError` unless every manifest file has its recorded size and hash."""
+    for name, (size, digest) in manifest.items():
+        f = directory / name
+        if not f.is_file() or f.stat().st_size != size:
+            raise DamagedCacheError(f"{f}: missing or not {size} bytes long")
+        if sha256_file(f) != digest:
+            raise DamagedCacheError(f"{f}: checksum differs from meta.json's manifest")
+
+
 class TokenCache:
-    """A complete cache directory, opened read-only (arrays are memory-mapped)."""
+    """A complete cache directory, opened read-only (arrays are memory-mapped).
+
+    Opening checks every file against the manifest in meta.json (`DamagedCacheError`)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        meta_file = self.path / "meta.json"
-        try:
-            self.meta = json.loads(meta_file.read_text())
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{meta_file}: not a token cache (no meta.json)") from e
-        if self.meta.get("format_version") != CACHE_FORMAT_VERSION:
-            raise ValueError(f"{meta_file}: format_version {self.meta.get('format_version')}, "
-                             f"this code reads {CACHE_FORMAT_VERSION}")
+        self.meta = _read_meta(self.path / "meta.json")
+        _verify(self.path, self.meta.get("files", {}))
         n_tokens = int(self.meta["n_tokens"])
         # np.memmap refuses empty files; an empty corpus gets an empty in-memory array.
         self.raw_ids = (np.memmap(self.path / "raw_ids.bin", dtype="<i4", mode="r",
@@ -172,7 +212,7 @@ class TokenCache:
         """
         vocab_fp = hashlib.sha256(json.dumps(list(vocab.itos)).encode()).hexdigest()[:16]
         target = self.path / f"vocab-{vocab_fp}.npy"
-        if not target.exists():
+        if not _intact(target):
             lookup = np.asarray(vocab.numericalize(self.raw_itos), dtype=np.int32)
             if lookup.shape != (len(self.raw_itos),):
                 raise ValueError(f"vocab.numericalize returned shape {lookup.shape} for "
@@ -181,17 +221,44 @@ class TokenCache:
         return TokenizedCorpus(np.load(target, mmap_mode="r"), self.offsets, self.labels)
 
 
+def _checksum_file(target: Path) -> Path:
+    return target.with_suffix(".sha256")
+
+
+def _intact(target: Path) -> bool:
+    """`target` exists and matches the checksum written beside it (else: rewrite it)."""
+    check = _checksum_file(target)
+    if not (target.exists() and check.exists()):
+        return False
+    if sha256_file(target) == check.read_text().strip():
+        return True
+    logger.warning("%s: damaged (checksum differs); rewriting it", target)
+    return False
+
+
 def _write_mapped_ids(target: Path, raw_ids: np.ndarray, lookup: np.ndarray,
                       chunk_tokens: int) -> None:
-    """Writes `lookup[raw_ids]` to `target` (.npy) atomically."""
+    """Writes `lookup[raw_ids]` to `target` (.npy) and its checksum, each atomically."""
+    with disk_full_is_clear(f"the token cache file {target}"):
+        # Written with write() rather than a memmap: a full disk is then an OSError, not SIGBUS.
+        header = {"descr": "<i4", "fortran_order": False, "shape": (len(raw_ids),)}
+        with _atomic_file(target) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for start in range(0, len(raw_ids), chunk_tokens):
+                f.write(lookup[raw_ids[start:start + chunk_tokens]].astype("<i4").tobytes())
+        with _atomic_file(_checksum_file(target)) as f:
+            f.write(sha256_file(target).encode())
+
+
+@contextlib.contextmanager
+def _atomic_file(target: Path) -> Iterator[Any]:
+    """A binary file written to a temp name, fsynced and renamed to `target` when complete."""
     tmp = target.with_name(f"{target.name}{_TMP_MARKER}{_owner_tag()}")
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(len(raw_ids),))
-        for start in range(0, len(raw_ids), chunk_tokens):
-            out[start:start + chunk_tokens] = lookup[raw_ids[start:start + chunk_tokens]]
-        out.flush()
-        del out
-        _fsync_path(tmp)
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, target)
         _fsync_path(target.parent)
     finally:
@@ -299,7 +366,8 @@ class _RawWriter:
         label_array = _labels_array(labels)
         if label_array is not None:
             _save_npy(self.tmp_dir / "labels.npy", label_array)
-        meta = dict(meta, n_docs=len(lengths), n_tokens=self.n_tokens, n_raw=len(self.stoi))
+        meta = dict(meta, n_docs=len(lengths), n_tokens=self.n_tokens, n_raw=len(self.stoi),
+                    files=_manifest(self.tmp_dir))
         _write_text(self.tmp_dir / "meta.json", json.dumps(meta, indent=1))
         _fsync_path(self.tmp_dir)
 
@@ -390,8 +458,12 @@ def build_token_cache(source: Iterable[Any], tokenizer: Tokenizer,
     corpus_fp = corpus_fingerprint(source) if corpus_fp is None else corpus_fp
     key = cache_key(corpus_fp, tokenizer.fingerprint())
     final = cache_root / key
-    if (final / "meta.json").exists():
-        return TokenCache(final)
+    if final.exists():
+        try:
+            return TokenCache(final)
+        except (FileNotFoundError, DamagedCacheError) as e:
+            logger.warning("token cache %s is damaged (%s); rebuilding it", final, e)
+            _discard(final)
     cache_root.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_dirs(cache_root)
     workers = (os.cpu_count() or 1) if workers is None else workers
@@ -400,12 +472,20 @@ def build_token_cache(source: Iterable[Any], tokenizer: Tokenizer,
             "tokenizer_fingerprint": tokenizer.fingerprint()}
     tmp = Path(tempfile.mkdtemp(prefix=f"{key}{_TMP_MARKER}{_owner_tag()}-", dir=cache_root))
     try:
-        _build_into(tmp, source, tokenizer, meta, workers=workers, chunk_size=chunk_size,
-                    max_in_flight=max_in_flight, progress=progress, mp_context=mp_context)
-        _publish(tmp, final)
+        with disk_full_is_clear(f"the token cache {final}"):
+            _build_into(tmp, source, tokenizer, meta, workers=workers, chunk_size=chunk_size,
+                        max_in_flight=max_in_flight, progress=progress, mp_context=mp_context)
+            _publish(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return TokenCache(final)
+
+
+def _discard(directory: Path) -> None:
+    """Move a damaged cache out of the way (atomically), then delete it."""
+    aside = directory.with_name(f"{directory.name}{_TMP_MARKER}{_owner_tag()}-damaged")
+    os.rename(directory, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _build_into(tmp: Path, source: Iterable[Any], tokenizer: Tokenizer, meta: dict[str, Any],

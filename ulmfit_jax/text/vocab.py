@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ulmfit_jax.errors import ModelFileError
 from ulmfit_jax.text.fastai_tokenizer import SPECIAL_TOKENS
 
 FAKE_TOKEN = "xxfake"
@@ -114,20 +115,24 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
-        """Read a file written by `save`; bad files raise ValueError naming file, line or key."""
+        """Read a file written by `save`; bad files raise ModelFileError (a ValueError) naming
+        file, line or key."""
         path = Path(path)
         try:
             doc = json.loads(path.read_text("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ModelFileError(f"{path}: not UTF-8 text ({err.reason})") from err
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from err
+            raise ModelFileError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from err
         if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-            raise ValueError(f"{path}: key 'format' is not {_FORMAT!r}")
+            raise ModelFileError(f"{path}: key 'format' is not {_FORMAT!r}")
         if doc.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"{path}: key 'version' is {doc.get('version')!r}, expected 1")
+            raise ModelFileError(f"{path}: key 'version' is {doc.get('version')!r}, expected 1")
         itos = doc.get("itos")
         if not isinstance(itos, list):
-            raise ValueError(f"{path}: key 'itos' must be a list of strings")
+            raise ModelFileError(f"{path}: key 'itos' must be a list of strings")
         for i, tok in enumerate(itos):
             if not isinstance(tok, str):
-                raise ValueError(f"{path}: key 'itos' entry {i} is {type(tok).__name__}, not str")
+                raise ModelFileError(
+                    f"{path}: key 'itos' entry {i} is {type(tok).__name__}, not str")
         return cls(itos)

@@ -10,7 +10,11 @@ composite of
 
 Saves are atomic: orbax writes into a temporary directory and renames it once complete, so a
 run killed at any moment leaves only whole checkpoints (`latest_step` never sees a partial one).
-We keep the last `keep` checkpoints plus the best one by `best_metric`.
+We keep the last `keep` checkpoints plus the best one by `best_metric`. A checkpoint damaged on
+disk afterwards (truncated or garbled files) is skipped by `restore_latest`, which logs its
+step, restores the newest intact one and moves the bad ones to `<stage>.damaged/`; with none
+readable it raises `WorkdirError` suggesting `--fresh`. A full disk raises `DiskFullError`,
+leaving the earlier checkpoints intact.
 
 Resume order (the only place this is written down; `trainer.loop.run_stage` follows it):
   1. build the config, mesh, model and optimizer exactly as for a fresh run (same seed);
@@ -30,7 +34,10 @@ checkpoint is never replaced by a diverged one.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +45,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
+
+from ulmfit_jax.errors import WorkdirError, disk_full_is_clear
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -114,7 +125,8 @@ class Checkpointer:
         """Save `state` (arrays) and `meta` (JSON) as checkpoint `step` (asynchronously)."""
         meta = {**meta, "step": int(step)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self._manager.save(step, args=args, metrics=metrics, force=True)
+        with disk_full_is_clear(f"checkpoint step {step} in {self.directory}"):
+            self._manager.save(step, args=args, metrics=metrics, force=True)
 
     def restore(self, step: int, state_template: dict) -> tuple[dict, dict]:
         """Restore checkpoint `step` with the shapes, dtypes and shardings of `state_template`."""
@@ -128,9 +140,36 @@ class Checkpointer:
         return restored["state"], restored["meta"]
 
     def restore_latest(self, state_template: dict) -> tuple[dict, dict] | None:
-        """`restore` of the newest checkpoint, or None when there is none."""
-        step = self.latest_step()
-        return None if step is None else self.restore(step, state_template)
+        """`restore` of the newest readable checkpoint, or None when there is none.
+
+        A checkpoint that cannot be read (truncated or garbled files) is logged and the next
+        older one is tried; once one restores, the unreadable newer ones are moved to
+        `<directory>.damaged/` so training can write those steps again. When none can be read,
+        `WorkdirError` (nothing is moved)."""
+        bad: list[int] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                restored = self.restore(step, state_template)
+            except Exception as e:  # orbax, tensorstore and json raise many types here
+                logger.warning("checkpoint %s/%d cannot be read (%s: %s); trying an older one",
+                               self.directory, step, type(e).__name__, str(e)[:200])
+                bad.append(step)
+                continue
+            self._set_aside(bad)
+            return restored
+        if bad:
+            raise WorkdirError(f"{self.directory}: no checkpoint can be read (steps {bad}); "
+                               "rerun with --fresh to start this run over")
+        return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        aside = self.directory.with_name(self.directory.name + ".damaged")
+        for step in steps:
+            aside.mkdir(exist_ok=True)
+            os.replace(self.directory / str(step), aside / f"{step}-{uuid.uuid4().hex[:8]}")
+            logger.warning("moved unreadable checkpoint step %d to %s", step, aside)
+        if steps:
+            self._manager.reload()
 
     def best_step(self) -> int | None:
         """The kept step with the best metric (None without metrics)."""
@@ -138,9 +177,12 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
+        with disk_full_is_clear(f"a checkpoint in {self.directory}"):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Finish pending saves and release the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from ulmfit_jax.api import LanguageModel, TextClassifier
+from ulmfit_jax.errors import MissingFileError
 from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.text.classifier_batches import ClassifierBatches, repad, restore_order
 from ulmfit_jax.text.token_cache import TokenizedCorpus
@@ -76,7 +77,7 @@ def predict_probs(
 def _classifier(config, data: PreparedData, workdir: Path, backward: bool) -> TextClassifier:
     lm_dir = workdir / "models" / lm_name(backward)
     if not (lm_dir / "config.json").exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{lm_dir}: no fine-tuned language model; run `--stage lm` (or `--stage all`) first"
         )
     lm = LanguageModel.load(lm_dir)

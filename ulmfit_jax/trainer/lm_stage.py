@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from ulmfit_jax.api import LanguageModel
+from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.encoder import zero_state
 from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.text.lm_stream import LMStream
@@ -39,7 +40,7 @@ def _initial_model(
     c = config.lm
     init_from = c.init_from_backward if backward else c.init_from
     if backward and c.init_from and not c.init_from_backward:
-        raise ValueError("config.lm.backward with init_from needs config.lm.init_from_backward "
+        raise ConfigError("config.lm.backward with init_from needs config.lm.init_from_backward "
                          "(the backward pretrained weights, e.g. wt103-bwd)")
     unfrozen = Phase(c.epochs, c.lr, 1.0, freeze_to=0)
     if not init_from:

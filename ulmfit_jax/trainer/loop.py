@@ -9,6 +9,7 @@ uninterrupted one does (see `checkpointing` for the resume order):
   * the LM's carried state is reset at the start of every epoch and restored mid-epoch;
   * the metric accumulators of the current epoch and log interval are saved in the checkpoint.
 Metrics of step t are read after step t+1 is dispatched, so logging never stalls the device.
+SIGTERM / SIGINT save a checkpoint after the current step and stop the stage (`preemption`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.optim.schedules import make_schedule
 from ulmfit_jax.text.resumable import ResumableBatches
+from ulmfit_jax.trainer import preemption
 from ulmfit_jax.trainer.checkpointing import (
     Checkpointer,
     check_finite_loss,
@@ -197,8 +199,9 @@ def _train_epoch(
         metrics.push(step, step_metrics)
         tokens += n_tokens
         _update_bar(bar, metrics, tokens / (time.perf_counter() - t0), stage)
-        if step % every_steps == 0 and step < end:
+        if step < end and (step % every_steps == 0 or preemption.requested()):
             save(state, step, None)
+            preemption.stop_if_requested(stage.name, step)
     bar.close()
     metrics.flush()
     return state, step
@@ -247,6 +250,7 @@ def run_stage(
         log.log(stage.name, step, "epoch_train", train)
         tqdm.write(f"{stage.name} epoch {epoch + 1}: train {_fmt(train)} | valid {_fmt(valid)}")
         save(state, step, valid)
+        preemption.stop_if_requested(stage.name, step)
     ckpt.wait()
     return state, valid
 
@@ -262,11 +266,12 @@ def run_stage_with_checkpoints(
                         best_metric=stage.best_metric, best_mode=stage.best_mode,
                         async_save=config.checkpoint.async_save)
     try:
-        state, valid = run_stage(
-            stage, state, jax.random.PRNGKey(config.seed + seed_offset), ckpt, log,
-            every_steps=config.checkpoint.every_steps, log_every=config.log_every_steps,
-            config_dict=config.to_dict(), progress=config.progress,
-        )
+        with preemption.handle_preemption():
+            state, valid = run_stage(
+                stage, state, jax.random.PRNGKey(config.seed + seed_offset), ckpt, log,
+                every_steps=config.checkpoint.every_steps, log_every=config.log_every_steps,
+                config_dict=config.to_dict(), progress=config.progress,
+            )
         if config.checkpoint.restore_best:
             state, valid = restore_best(ckpt, state, valid)
         return state, valid

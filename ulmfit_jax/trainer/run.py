@@ -6,9 +6,10 @@ predictions), `lr_find` (fastai's LR finder on the LM stage: a plot and suggesti
 Every stage resumes from its latest checkpoint, and a finished stage is skipped,
 so rerunning the same command after a crash continues where it stopped.
 
-Workdir layout: `vocab.json`, `cache/` (token cache), `checkpoints/<stage>/`,
-`models/{lm,classifier}_{fwd,bwd}/` (`LanguageModel` / `TextClassifier` directories),
-`metrics.csv`, `metrics.json`, `tensorboard/`, `loss_curve.png`.
+Workdir layout: `run_config.json` and `.lock` (see `workdir`), `vocab.json`, `cache/` (token
+cache), `checkpoints/<stage>/`, `models/{lm,classifier}_{fwd,bwd}/` (`LanguageModel` /
+`TextClassifier` directories), `metrics.csv`, `metrics.json`, `tensorboard/`,
+`loss_curve.png`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from ulmfit_jax.api import TextClassifier
+from ulmfit_jax.errors import ConfigError, UserError
 from ulmfit_jax.text.classifier_batches import bucket_chunks, pad_chunks
 from ulmfit_jax.trainer import sharding
 from ulmfit_jax.trainer.classifier_stage import (
@@ -28,12 +30,14 @@ from ulmfit_jax.trainer.classifier_stage import (
     classifier_name,
     train_classifier,
 )
-from ulmfit_jax.trainer.config import base_config
+from ulmfit_jax.trainer.config import base_config, check_config
 from ulmfit_jax.trainer.data import PreparedData, prepare_data
 from ulmfit_jax.trainer.lm_stage import train_language_model
 from ulmfit_jax.trainer.lr_find_stage import find_lm_lr
 from ulmfit_jax.trainer.metric_logger import MetricLogger
 from ulmfit_jax.trainer.metrics import classification_report
+from ulmfit_jax.trainer.validate_data import check_classifier_data, check_lm_data
+from ulmfit_jax.trainer.workdir import claim, forget_run
 
 __all__ = ["EXAMPLE_REVIEWS", "base_config", "predict_texts", "train_and_evaluate"]
 
@@ -81,15 +85,38 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | Path, stage: str = "all"
+    config: ml_collections.ConfigDict, workdir: str | Path, stage: str = "all",
+    fresh: bool = False,
 ) -> dict:
-    """Run `stage` ("lm", "classifier" or "all") in `workdir`; return `metrics.json`'s content."""
+    """Run `stage` ("lm", "classifier", "all" or "lr_find") in `workdir`; return
+    `metrics.json`'s content. The workdir is locked for the run and must hold no run of
+    another config (see `trainer.workdir`); `fresh` first deletes what earlier runs wrote."""
     if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
+    check_config(config)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    # Tokenizer worker processes are forked before JAX starts its threads.
-    data = prepare_data(config, workdir)
+    with claim(workdir, config, stage, fresh) as first_run:
+        try:
+            # Tokenizer worker processes are forked before JAX starts its threads.
+            data = prepare_data(config, workdir)
+            _check_data(data, config, stage)
+        except UserError:
+            if first_run:  # nothing trained: a corrected rerun must not find this vocab/config
+                forget_run(workdir)
+            raise
+        return _train_and_evaluate(config, data, workdir, stage)
+
+
+def _check_data(data: PreparedData, config: ml_collections.ConfigDict, stage: str) -> None:
+    if stage in ("classifier", "all"):
+        check_classifier_data(data, config)
+    if stage != "classifier":
+        check_lm_data(data, config)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, data: PreparedData, workdir: Path, stage: str
+) -> dict:
     sharding.initialize_distributed(config.distributed)
     mesh = sharding.make_data_mesh()
     log = MetricLogger(workdir, tensorboard=config.tensorboard)

@@ -19,6 +19,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from ulmfit_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -52,7 +54,7 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     """Raise a clear error when the global batch does not split evenly over the devices."""
     n = mesh.devices.size
     if batch_size % n:
-        raise ValueError(
+        raise ConfigError(
             f"batch size {batch_size} is not divisible by the {n} devices of the `data` mesh; "
             f"choose a multiple of {n}"
         )

@@ -24,6 +24,8 @@ from typing import Literal
 
 import numpy as np
 
+from ulmfit_jax.errors import ConfigError, DataError
+
 logger = logging.getLogger("ulmfit_jax.text.sources")
 
 Label = str | tuple[str, ...] | None
@@ -37,10 +39,6 @@ DecodeErrors = Literal["strict", "replace"]
 FIELD_MARK = "xxfld"
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file (and line, example or key) at fault."""
-
-
 @dataclass(frozen=True)
 class Document:
     """One document: its text and its label (see `Label`)."""
@@ -52,9 +50,9 @@ class Document:
 def check_policies(empty: str, errors: str) -> None:
     """Reject unknown `empty` / `errors` policy names early, before any file is read."""
     if empty not in ("skip", "error"):
-        raise ValueError(f"empty must be 'skip' or 'error', got {empty!r}")
+        raise ConfigError(f"empty must be 'skip' or 'error', got {empty!r}")
     if errors not in ("strict", "replace"):
-        raise ValueError(f"errors must be 'strict' or 'replace', got {errors!r}")
+        raise ConfigError(f"errors must be 'strict' or 'replace', got {errors!r}")
 
 
 def check_file(path: str | os.PathLike) -> Path:
@@ -337,7 +335,7 @@ def stratified_valid_mask(s: _Scan, valid_fraction: float, seed: int) -> np.ndar
     source, and puts identical texts (when not deduplicated) into the same split.
     """
     if not 0.0 <= valid_fraction < 1.0:
-        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+        raise ConfigError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
     key = seed.to_bytes(16, "little", signed=True)
     ranks = np.array([int.from_bytes(hashlib.blake2b(d.tobytes(), digest_size=8, key=key)
                                      .digest(), "little") for d in s.digests], dtype=np.uint64)

@@ -1,0 +1,393 @@
+"""Faults and bad input: one-line user errors, data refused before training, a workdir owned by
+one config and one process, damaged token caches, disk full (see README, "What happens when
+things go wrong"). Damaged checkpoints and preemption: tests/test_preemption.py."""
+
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_token_cache import (
+    ListVocab,
+    Source,
+    WhitespaceTokenizer,
+    make_docs,
+    visible_entries,
+)
+from ulmfit_jax.errors import (
+    ConfigError,
+    DataError,
+    DiskFullError,
+    ModelFileError,
+    UserError,
+    WorkdirError,
+)
+from ulmfit_jax.text import token_cache
+from ulmfit_jax.text.token_cache import TokenizedCorpus, build_token_cache
+from ulmfit_jax.trainer.config import base_config, check_config
+from ulmfit_jax.trainer.data import PreparedData
+from ulmfit_jax.trainer.validate_data import check_classifier_data, check_lm_data
+from ulmfit_jax.trainer.workdir import claim
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+
+
+def tiny_config():
+    sys.path.insert(0, str(ROOT / "configs"))
+    try:
+        import tiny
+    finally:
+        sys.path.pop(0)
+    return tiny.get_config()
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def run_train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", "--config", "configs/tiny.py", *args],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------------------------------- one-line errors
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--config.lm.lrr=0.1"], ["'lrr'", 'Did you mean "lr"']),
+    (["--config.lm.lr=abc"], ["--config.lm.lr=abc", "could not convert"]),
+    (["--config=configs/nope.py"], ["--config", "configs/nope.py"]),
+    (["--config.data.source=csv", "--config.data.path=/nonexistent/train.csv"],
+     ["/nonexistent/train.csv: not found"]),
+    (["--config.lm.schedule=cosine"], ["config.lm.schedule='cosine'", "one_cycle"]),
+])
+def test_user_errors_are_one_line_exit_2_and_leave_no_run(tmp_path, args, needles):
+    proc = run_train("--workdir", str(tmp_path / "w"), *args)
+    assert_one_line_error(proc, *needles)
+    assert not (tmp_path / "w" / "run_config.json").exists()
+
+
+def test_verbose_adds_the_traceback(tmp_path):
+    proc = run_train("--workdir", str(tmp_path), "--verbose", "--config.data.source=csv",
+                     "--config.data.path=/nonexistent/train.csv")
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr and "DataError" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "error: /nonexistent/train.csv: not found"
+
+
+def test_run_cli_prints_user_errors_in_one_line_and_keeps_tracebacks_of_bugs():
+    code = """
+        import sys
+        from ulmfit_jax.cli import run_cli
+        from ulmfit_jax.errors import ModelFileError
+        def main(argv):
+            if sys.argv[-1] == "user":
+                raise ModelFileError("m.pth: not a readable torch checkpoint")
+            raise RuntimeError("a bug")
+        run_cli(main)
+    """
+    assert_one_line_error(run_python(code, "user"), "m.pth: not a readable torch checkpoint")
+    bug = run_python(code, "bug")
+    assert bug.returncode == 1 and "Traceback" in bug.stderr and "RuntimeError: a bug" in bug.stderr
+
+
+def test_error_types_keep_the_builtins_callers_catch():
+    assert issubclass(DataError, ValueError) and issubclass(ConfigError, ValueError)
+    assert issubclass(ModelFileError, ValueError) and issubclass(DiskFullError, OSError)
+    from ulmfit_jax.convert.safe_pickle import UnsafePickleError
+    from ulmfit_jax.text.sources import DataError as SourcesDataError
+
+    assert SourcesDataError is DataError and issubclass(UnsafePickleError, UserError)
+
+
+def test_check_config_names_key_value_and_what_is_allowed():
+    config = base_config()
+    check_config(config)
+    config.classifier.phases = ((-9, 1, 1e-2, 1.0),)
+    with pytest.raises(ConfigError, match=r"config\.classifier\.phases=\(-9, 1, .*freeze_to in "
+                                          r"\[-5, 5\]"):
+        check_config(config)
+
+
+# ------------------------------------------------------------------------- data refused
+
+
+def prepared(train_docs, train_labels, valid_docs, valid_labels, lm_docs=None,
+             class_names=("neg", "pos")):
+    lm = TokenizedCorpus.from_lists(lm_docs if lm_docs is not None else train_docs)
+    return PreparedData(
+        vocab=None, tokenizer=None, class_names=list(class_names),
+        clf_train=TokenizedCorpus.from_lists(train_docs, train_labels),
+        clf_valid=TokenizedCorpus.from_lists(valid_docs, valid_labels),
+        lm_train=lm, lm_valid=lm,
+    )
+
+
+def small_config(batch_size=2):
+    config = base_config()
+    config.data.update(source="csv", path="reviews.csv")
+    config.lm.batch_size = config.classifier.batch_size = batch_size
+    return config
+
+
+DOCS = [[2, 5, 6, 7]] * 40
+
+
+@pytest.mark.parametrize("data, message", [
+    (prepared([], [], DOCS[:4], [0, 1, 0, 1]), r"'csv' \(reviews.csv\), train split: no documents"),
+    (prepared([[]] * 4, [0, 1, 0, 1], DOCS[:4], [0, 1, 0, 1]), "train split: 4 documents but no "
+     "tokens"),
+    (prepared(DOCS[:6], [1] * 6, DOCS[:2], [1, 1]), r"fewer than two classes \(\['pos'\]\)"),
+    (prepared(DOCS[:6], [0, 1, 0, 1, 0, 1], DOCS[:3], [0, 1, 2], class_names=("a", "b", "c")),
+     r"validation split: classes \['c'\] never occur in the train split"),
+    (prepared(DOCS[:6], [0, 1] * 3, DOCS[:2], [0, 1]), None),
+])
+def test_classifier_data_that_cannot_train_is_refused(data, message):
+    config = small_config()
+    if message is None:  # six training documents cannot fill a batch of eight
+        config.classifier.batch_size = 8
+        message = r"6 documents cannot fill one batch of config.classifier.batch_size=8"
+    with pytest.raises(DataError, match=message):
+        check_classifier_data(data, config)
+
+
+def test_lm_batch_size_larger_than_the_corpus_is_refused():
+    config = small_config(batch_size=16)
+    data = prepared(DOCS[:8], [0, 1] * 4, DOCS[:2], [0, 1], lm_docs=[[2, 3, 4]] * 3)
+    with pytest.raises(DataError, match=r"LM training documents: 9 tokens cannot fill "
+                                        r"config.lm.batch_size=16 rows; lower .* to 8"):
+        check_lm_data(data, config)
+    config.lm.batch_size = 8
+    check_lm_data(data, config)
+
+
+def test_few_documents_and_imbalance_are_warnings(caplog):
+    data = prepared(DOCS[:24], [0] * 22 + [1] * 2, DOCS[:5], [0, 1, 0, 0, 0])
+    with caplog.at_level(logging.WARNING, logger="ulmfit_jax.trainer.validate_data"):
+        check_classifier_data(data, small_config())
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("validation split: only 5 documents" in m for m in messages), messages
+    assert any("strongly imbalanced classes (neg: 22, pos: 2)" in m for m in messages), messages
+    assert not any("train split: only" in m for m in messages)
+
+
+def write_csv(path: Path, rows) -> Path:
+    path.write_text("".join(f'{label},"{text}"\n' for label, text in rows))
+    return path
+
+
+def csv_config(path: Path):
+    config = tiny_config()
+    config.data.update(source="csv", path=str(path), max_train_docs=0, max_valid_docs=0)
+    return config
+
+
+def test_single_class_corpus_is_refused_before_any_training_and_leaves_no_run(tmp_path):
+    from ulmfit_jax.trainer import train_and_evaluate
+
+    path = write_csv(tmp_path / "one.csv", [("pos", f"a fine film number {i}") for i in range(30)])
+    with pytest.raises(DataError, match="one.csv.*train split: fewer than two classes"):
+        train_and_evaluate(csv_config(path), tmp_path / "w", "all")
+    left = sorted(p.name for p in (tmp_path / "w").iterdir())
+    assert left == [".lock", "cache"]  # no checkpoints, vocab or run config for a corrected rerun
+
+
+def test_refused_data_never_deletes_an_earlier_runs_results(tmp_path):
+    from ulmfit_jax.trainer import train_and_evaluate
+
+    (tmp_path / "w" / "models" / "lm_fwd").mkdir(parents=True)  # made before run_config.json
+    path = write_csv(tmp_path / "one.csv", [("pos", f"a fine film number {i}") for i in range(30)])
+    with pytest.raises(DataError, match="fewer than two classes"):
+        train_and_evaluate(csv_config(path), tmp_path / "w", "all")
+    assert (tmp_path / "w" / "models" / "lm_fwd").is_dir()
+
+
+# ------------------------------------------------------------------------- workdir
+
+
+def test_a_workdir_refuses_a_config_that_changes_results_and_lists_the_keys(tmp_path):
+    a = base_config()
+    with claim(tmp_path, a, "all") as first:
+        assert first
+    b = base_config()
+    b.update(progress=False, log_every_steps=7, tensorboard=False)  # may differ
+    b.checkpoint.keep = 5
+    with claim(tmp_path, b, "all") as first:
+        assert not first
+    b.model.hidden_size, b.lm.lr = 64, 0.5
+    with pytest.raises(WorkdirError) as e, claim(tmp_path, b, "all"):
+        pass
+    assert "lm.lr: 0.002 -> 0.5; model.hidden_size: 1152 -> 64" in str(e.value)
+    assert "--fresh" in str(e.value) and "progress" not in str(e.value)
+
+
+def test_lr_find_fixes_only_the_data_keys(tmp_path):
+    finder = base_config()
+    with claim(tmp_path, finder, "lr_find"):
+        pass
+    train = base_config()
+    train.lm.lr = 0.01  # chosen after the LR finder
+    with claim(tmp_path, train, "all"):
+        pass
+    train.data.max_train_docs = 10
+    with pytest.raises(WorkdirError, match="data.max_train_docs: 0 -> 10"), \
+            claim(tmp_path, train, "lr_find"):
+        pass
+
+
+def test_fresh_removes_the_old_run_but_keeps_the_token_cache(tmp_path):
+    with claim(tmp_path, base_config(), "all"):
+        for name in ("checkpoints/lm_fwd/20", "models/lm_fwd", "cache/abc", "tensorboard/x"):
+            (tmp_path / name).mkdir(parents=True)
+        for name in ("vocab.json", "metrics.csv", "metrics.json", "lr_find_lm_fwd.png"):
+            (tmp_path / name).write_text("x")
+    other = base_config()
+    other.model.n_layers = 2
+    with claim(tmp_path, other, "all", fresh=True) as first:
+        assert first
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "cache", "run_config.json"]
+    assert (tmp_path / "cache" / "abc").is_dir()
+    assert json.loads((tmp_path / "run_config.json").read_text())["config"]["model.n_layers"] == 2
+
+
+def test_cli_rerun_with_another_model_size_is_refused_in_one_line(tmp_path):
+    with claim(tmp_path, tiny_config(), "all"):
+        pass
+    proc = run_train("--workdir", str(tmp_path), "--config.model.hidden_size=48")
+    assert_one_line_error(proc, "model.hidden_size: 32 -> 48", "--fresh")
+
+
+HOLD_LOCK = """
+    import sys, time
+    from ulmfit_jax.trainer.config import base_config
+    from ulmfit_jax.trainer.workdir import claim
+    with claim(sys.argv[1], base_config(), "all"):
+        print("held", flush=True)
+        time.sleep(120)
+"""
+
+
+def test_a_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLD_LOCK), str(tmp_path)],
+                              cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = f"workdir {tmp_path} is in use by pid {holder.pid} on host {socket.gethostname()}"
+        with pytest.raises(WorkdirError, match=busy), claim(tmp_path, base_config(), "all"):
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with claim(tmp_path, base_config(), "all") as first:  # the dead holder's lock is gone
+        assert not first
+    assert (tmp_path / ".lock").read_text().split() == [str(os.getpid()), socket.gethostname()]
+
+
+# ------------------------------------------------------------------------- token cache
+
+
+class CountingTokenizer(WhitespaceTokenizer):
+    calls = 0
+
+    def tokenize(self, texts):
+        CountingTokenizer.calls += 1
+        return super().tokenize(texts)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-5])
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("raw_ids.bin", _truncate), ("raw_ids.bin", _flip_byte), ("offsets.npy", _flip_byte),
+    ("raw_itos.json", _truncate), ("meta.json", _flip_byte), ("labels.npy", Path.unlink),
+])
+def test_a_damaged_token_cache_is_detected_and_rebuilt(tmp_path, caplog, name, damage):
+    docs = make_docs()
+    first = build_token_cache(Source(docs), CountingTokenizer(), tmp_path, workers=0,
+                              progress=False)
+    expected = [first.doc_tokens(i) for i in range(first.num_docs)]
+    damage(first.path / name)
+    CountingTokenizer.calls = 0
+    with caplog.at_level(logging.WARNING, logger="ulmfit_jax.text.token_cache"):
+        again = build_token_cache(Source(docs), CountingTokenizer(), tmp_path, workers=0,
+                                  progress=False)
+    assert CountingTokenizer.calls > 0 and "damaged" in caplog.text and name in caplog.text
+    assert [again.doc_tokens(i) for i in range(again.num_docs)] == expected
+    np.testing.assert_array_equal(again.labels, [label for _, label in docs])
+    assert visible_entries(tmp_path) == [again.path.name]
+
+
+def test_a_damaged_vocab_id_file_is_rewritten(tmp_path):
+    cache = build_token_cache(Source(make_docs()), WhitespaceTokenizer(), tmp_path, workers=0,
+                              progress=False)
+    vocab = ListVocab(["xxunk", "xxpad", "xxbos"] + [f"w{i}" for i in range(0, 40, 2)])
+    expected = np.asarray(cache.numericalize(vocab).ids).copy()
+    (target,) = cache.path.glob("vocab-*.npy")
+    _flip_byte(target)
+    np.testing.assert_array_equal(np.asarray(cache.numericalize(vocab).ids), expected)
+
+
+# ------------------------------------------------------------------------- disk full
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_while_writing_the_token_cache_keeps_the_other_caches(tmp_path, monkeypatch):
+    kept = build_token_cache(Source(make_docs(10), fp="kept"), WhitespaceTokenizer(), tmp_path,
+                             workers=0, progress=False)
+    monkeypatch.setattr(token_cache, "_save_npy", _no_space)
+    with pytest.raises(DiskFullError, match="no space left on device while writing the token "
+                                            "cache .*; the previous files are intact") as e:
+        build_token_cache(Source(make_docs(), fp="new"), WhitespaceTokenizer(), tmp_path,
+                          workers=0, progress=False)
+    assert e.value.errno == errno.ENOSPC and "\n" not in str(e.value)
+    assert visible_entries(tmp_path) == [kept.path.name]
+    assert token_cache.TokenCache(kept.path).num_docs == 10
+
+
+def test_disk_full_while_saving_a_model_keeps_the_previous_model(tmp_path, monkeypatch):
+    import jax
+
+    from ulmfit_jax import api
+    from ulmfit_jax.model.config import AWDLSTMConfig
+
+    itos = ["xxunk", "xxpad", "xxbos"] + [f"w{i}" for i in range(13)]
+    config = AWDLSTMConfig(vocab_size=len(itos), emb_size=8, hidden_size=8, n_layers=1)
+    old, new = (api.LanguageModel.create(config, itos, seed=s) for s in (1, 2))
+    old.save(tmp_path / "lm")
+    monkeypatch.setattr(api, "_write_json", _no_space)
+    with pytest.raises(DiskFullError, match=f"while writing the model {tmp_path / 'lm'}"):
+        new.save(tmp_path / "lm", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm"]
+    loaded = api.LanguageModel.load(tmp_path / "lm")
+    for a, b in zip(jax.tree.leaves(old.params), jax.tree.leaves(loaded.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,0 +1,194 @@
+"""Preemption (SIGTERM/SIGINT -> checkpoint at the next step, then exit), damaged checkpoints
+(fall back to the newest intact one) and a full disk while checkpointing: each ends with
+bitwise the result of an uninterrupted run."""
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.test_trainer import ROOT, CountingIterator, _env, _final_state, _train_cmd
+from ulmfit_jax.errors import DiskFullError, Preempted, WorkdirError
+from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.trainer.checkpointing import Checkpointer
+from ulmfit_jax.trainer.config import base_config
+from ulmfit_jax.trainer.loop import Phase, Stage, run_stage_with_checkpoints
+from ulmfit_jax.trainer.metric_logger import MetricLogger
+
+
+class SignallingIterator(CountingIterator):
+    """Sends `signum` to this process while handing out global batch `at` (once)."""
+
+    def __init__(self, n: int, at: int, signum: int):
+        super().__init__(n)
+        self.at, self.signum, self.handed = at, signum, 0
+
+    def batch(self, epoch, step):
+        self.handed += 1
+        if self.handed == self.at:
+            os.kill(os.getpid(), self.signum)
+        return {}
+
+
+@jax.jit
+def noisy_step(state, batch, rng, hp):
+    """Parameters and loss depend on the step's rng, the LR and every earlier step."""
+    noise = jax.random.uniform(jax.random.fold_in(rng, state["step"]), (3,))
+    w = state["params"]["w"] * 0.9 + hp["lr"] * noise
+    new = {**state, "params": {"w": w}, "step": state["step"] + 1}
+    return new, {"loss_sum": jnp.sum(w), "correct": jnp.float32(0), "count": jnp.float32(1)}
+
+
+def train(workdir: Path, iterator=None) -> dict:
+    """Two epochs of five steps, a checkpoint every two steps (keep 2 + the best)."""
+    params = {"w": jnp.zeros(3)}
+    tx, _ = opt.ulmfit_adam(params, (("all", "w"),))
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
+    stage = Stage(
+        name="lm_fwd", phases=[Phase(epochs=2, lr_max=0.1)],
+        iterator=iterator or CountingIterator(5), step_fn=noisy_step, to_device=lambda b: (b, 1),
+        evaluate=lambda s: {"loss": float(jnp.sum(s["params"]["w"])), "accuracy": 0.5},
+        summarize=lambda sums: {"loss": sums["loss_sum"] / sums["count"]}, schedule="one_cycle",
+    )
+    config = base_config()
+    config.checkpoint.update(every_steps=2, keep=2, async_save=False)
+    config.update(progress=False, log_every_steps=1)
+    log = MetricLogger(workdir, tensorboard=False)
+    try:
+        final, _ = run_stage_with_checkpoints(stage, state, config, workdir, log, seed_offset=0)
+    finally:
+        log.close()
+    return jax.device_get(final)
+
+
+def assert_same_run(a: Path, b: Path, final_a: dict, final_b: dict) -> None:
+    for x, y in zip(jax.tree.leaves(final_a), jax.tree.leaves(final_b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
+
+
+def steps_on_disk(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints" / "lm_fwd").iterdir()
+                  if p.name.isdigit())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_at_the_next_step_and_the_rerun_resumes_bitwise(tmp_path, signum):
+    straight = train(tmp_path / "straight")
+    with pytest.raises(Preempted, match="checkpoint at step 7; rerun the same command") as e:
+        train(tmp_path / "resumed", SignallingIterator(5, at=7, signum=signum))
+    assert e.value.signum == signum
+    assert steps_on_disk(tmp_path / "resumed")[-1] == 7  # not a multiple of every_steps
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed", straight,
+                    train(tmp_path / "resumed"))
+
+
+def _truncate_largest_state_file(step_dir: Path) -> None:
+    largest = max((p for p in (step_dir / "state").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+
+
+def _garble_meta(step_dir: Path) -> None:
+    for f in (step_dir / "meta").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"\xff\xfe garbage \x00" * 3)
+
+
+@pytest.mark.parametrize("damage", [_truncate_largest_state_file, _garble_meta])
+def test_a_damaged_newest_checkpoint_falls_back_and_ends_bitwise_equal(tmp_path, caplog, damage):
+    straight = train(tmp_path / "straight")
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Preempted):
+        train(resumed, SignallingIterator(5, at=7, signum=signal.SIGTERM))
+    assert steps_on_disk(resumed) == [5, 6, 7]  # the last two and the best (end of epoch 1)
+    damage(resumed / "checkpoints" / "lm_fwd" / "7")
+    with caplog.at_level(logging.WARNING, logger="ulmfit_jax.trainer.checkpointing"):
+        final = train(resumed)
+    assert "lm_fwd/7 cannot be read" in caplog.text
+    assert len(list((resumed / "checkpoints" / "lm_fwd.damaged").iterdir())) == 1
+    assert_same_run(tmp_path / "straight", resumed, straight, final)
+
+
+def test_no_readable_checkpoint_is_a_clear_error_suggesting_fresh(tmp_path):
+    with pytest.raises(Preempted):
+        train(tmp_path, SignallingIterator(5, at=3, signum=signal.SIGTERM))
+    for step in steps_on_disk(tmp_path):
+        _garble_meta(tmp_path / "checkpoints" / "lm_fwd" / str(step))
+    with pytest.raises(WorkdirError, match=r"no checkpoint can be read \(steps \[3, 2\]\); "
+                                           r"rerun with --fresh"):
+        train(tmp_path)
+    assert steps_on_disk(tmp_path) == [2, 3]  # nothing moved or deleted
+
+
+def test_disk_full_while_checkpointing_keeps_the_earlier_checkpoints(tmp_path, monkeypatch):
+    ckpt = Checkpointer(tmp_path / "ck", keep=3, async_save=False)
+    state = {"w": jnp.arange(3.0)}
+    ckpt.save(1, state, {"rng": [0]})
+    ckpt.wait()
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt._manager, "save", no_space)
+    with pytest.raises(DiskFullError, match=r"while writing checkpoint step 2 in .*ck; the "
+                                            r"previous files are intact"):
+        ckpt.save(2, {"w": jnp.zeros(3)}, {"rng": [0]})
+    monkeypatch.undo()
+    restored, meta = ckpt.restore_latest(state)
+    ckpt.close()
+    assert meta["step"] == 1
+    np.testing.assert_array_equal(np.asarray(restored["w"]), [0.0, 1.0, 2.0])
+
+
+# --------------------------------------------------------------------------- train.py
+
+
+def _signal_after_checkpoint(workdir: Path, stage: str, signum: int) -> subprocess.Popen:
+    """Start train.py, send `signum` once a checkpoint of `stage` appears, wait for the exit."""
+    ckpt_dir = workdir / "checkpoints" / stage
+    before = {p.name for p in ckpt_dir.iterdir()} if ckpt_dir.exists() else set()
+    proc = subprocess.Popen(_train_cmd(workdir), cwd=ROOT, env=_env(), text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (ckpt_dir.exists() and {p.name for p in ckpt_dir.iterdir()
+                                      if p.name.isdigit()} - before):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"train.py ended (rc {proc.returncode}) before a {stage} checkpoint")
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    proc.wait(timeout=300)
+    return proc
+
+
+@pytest.mark.slow
+def test_train_py_sigterm_and_sigint_save_exit_with_a_hint_and_resume_bitwise(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    reference = subprocess.Popen(_train_cmd(straight), cwd=ROOT, env=_env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for stage, signum in (("lm_fwd", signal.SIGTERM), ("classifier_fwd", signal.SIGINT)):
+        proc = _signal_after_checkpoint(resumed, stage, signum)
+        assert proc.returncode == 128 + signum, proc.stderr.read()[-3000:]
+        last = proc.stderr.read().strip().splitlines()[-1]
+        assert last.startswith(f"stopped by {signal.Signals(signum).name}: stage {stage} saved")
+        assert "rerun the same command to resume" in last
+    subprocess.run(_train_cmd(resumed), cwd=ROOT, env=_env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, out.decode()[-3000:]
+    a, b = _final_state(straight), _final_state(resumed)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b),
+                            strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+    assert (straight / "metrics.csv").read_text() == (resumed / "metrics.csv").read_text()
+    assert (straight / "metrics.json").read_text() == (resumed / "metrics.json").read_text()

@@ -1,0 +1,92 @@
+"""What every command-line entry point shares: user errors as one line, bugs as tracebacks.
+
+    from ulmfit_jax.cli import run_cli
+    if __name__ == "__main__":
+        run_cli(main)          # instead of absl's app.run(main)
+
+`run_cli` runs an absl `main(argv)` and defines the `--verbose` flag. A `UserError` (bad data,
+bad config value, missing file, busy workdir...; see `ulmfit_jax.errors`) and a bad flag
+(an unknown `--config.key`, a value of the wrong type, a config file that does not load) are
+printed as one line `error: <message>` on stderr with exit code 2; `--verbose` adds the
+traceback. `Preempted` prints its one-line resume hint and exits with `128 + signal`
+(143 for SIGTERM, 130 for SIGINT); Ctrl-C elsewhere prints `interrupted`, exit 130. Anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from ulmfit_jax.errors import Preempted, UserError
+
+USER_ERROR_EXIT_CODE = 2
+
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of user errors too.")
+
+
+def one_line(text: str) -> str:
+    """`text` with every run of whitespace (newlines included) as one space."""
+    return " ".join(str(text).split())
+
+
+def _fail(message: str, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exc()
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def _flag_message(e: BaseException) -> str:
+    """ml_collections reports an unknown key as a KeyError wrapped in an AttributeError."""
+    while isinstance(e, KeyError | AttributeError) and e.args and isinstance(e.args[0],
+                                                                             BaseException):
+        e = e.args[0]
+    if isinstance(e, KeyError | AttributeError):
+        return f"unknown config key {e.args[0] if e.args else e}"
+    return str(e)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every flag error (config keys included) as one line."""
+    verbose = "--verbose" in argv
+    try:
+        rest = flags.FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+        _fail(_flag_message(e), verbose)
+    for name in flags.FLAGS:
+        flag = flags.FLAGS[name]
+        if isinstance(flag.parser, config_flags.config_flags.ConfigFileFlagParser) and flag.present:
+            try:
+                flag.value.keys()  # a config file that failed to load raises its OSError here
+            except OSError as e:
+                _fail(f"--{name}: {e.__cause__ or e}", verbose)
+    return rest
+
+
+def _guarded(main: Callable[[list[str]], object]) -> Callable[[list[str]], None]:
+    def run(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except UserError as e:
+            _fail(str(e), _VERBOSE.value)
+        except Preempted as e:
+            print(one_line(str(e)), file=sys.stderr)
+            sys.exit(128 + e.signum)
+        except KeyboardInterrupt:  # Ctrl-C outside training (e.g. tokenizing): nothing to save
+            if _VERBOSE.value:
+                traceback.print_exc()
+            print("interrupted", file=sys.stderr)
+            sys.exit(128 + signal.SIGINT)
+
+    return run
+
+
+def run_cli(main: Callable[[list[str]], object]) -> None:
+    """`absl.app.run(main)` with user errors and bad flags as one line, exit code 2."""
+    app.run(_guarded(main), flags_parser=_parse_flags)

@@ -1,0 +1,65 @@
+"""SIGTERM and SIGINT during training: finish the step, save a checkpoint, stop with a hint.
+
+Colab, preemptible TPU VMs and batch schedulers send SIGTERM shortly before they kill a job;
+Ctrl-C sends SIGINT. Inside `handle_preemption()` (held by the training loop while a stage
+trains) either signal only sets a flag. The loop checks it after every step: it saves a
+checkpoint of that step and `stop_if_requested` raises `Preempted`, which the CLI prints as
+one line and turns into exit code 128 + signal (143 for SIGTERM, 130 for SIGINT). Rerunning
+the same command resumes from that checkpoint exactly. A second signal stops at once
+(`KeyboardInterrupt`), for a user who does not want to wait for the step and the save.
+Handlers are only installed from the main thread (Python's rule); elsewhere this is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+from ulmfit_jax.errors import Preempted
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_requested: int | None = None  # the signal received, if any
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    global _requested
+    if _requested is not None:
+        raise KeyboardInterrupt
+    _requested = signum
+    print(f"{signal.Signals(signum).name} received: saving a checkpoint after this step "
+          "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+
+def requested() -> int | None:
+    """The signal received since `handle_preemption` started, or None."""
+    return _requested
+
+
+@contextlib.contextmanager
+def handle_preemption() -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT set the flag instead of ending the process."""
+    global _requested
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    _requested = None
+    for s in SIGNALS:
+        signal.signal(s, _on_signal)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _requested = None
+
+
+def stop_if_requested(stage: str, step: int) -> None:
+    """Raise `Preempted` when a signal arrived; call it once checkpoint `step` is saved."""
+    if _requested is not None:
+        name = signal.Signals(_requested).name
+        raise Preempted(f"stopped by {name}: stage {stage} saved a checkpoint at step {step}; "
+                        "rerun the same command to resume from it", _requested)
