@@ -31,12 +31,20 @@ class AWDLSTMConfig:
     drop_mult: float = 1.0
     # Parameters stay float32; matmuls run in this dtype (bfloat16 on accelerators later).
     compute_dtype: Any = jnp.float32
+    # "scan" (lax.scan, any backend), "cudnn" (cuDNN's fused LSTM, CUDA, float32) or "auto"
+    # (cuDNN where it can run, else the scan).
+    lstm_impl: str = "auto"
 
     def __post_init__(self) -> None:
         if self.vocab_size <= 0 or self.emb_size <= 0 or self.hidden_size <= 0:
             raise ConfigError(f"sizes must be positive, got {self}")
         if self.n_layers < 1:
             raise ConfigError(f"n_layers must be >= 1, got {self.n_layers}")
+        if self.lstm_impl not in ("auto", "scan", "cudnn"):
+            raise ConfigError(f"lstm_impl={self.lstm_impl!r}; expected auto, scan or cudnn")
+        if self.lstm_impl == "cudnn" and jnp.dtype(self.compute_dtype) != jnp.float32:
+            raise ConfigError("lstm_impl='cudnn' runs in float32 only (cuDNN's LSTM in jax has "
+                              f"no {jnp.dtype(self.compute_dtype).name}); use 'scan' or 'auto'")
         for name in ("embed_p", "input_p", "weight_p", "hidden_p", "output_p"):
             p = getattr(self, name) * self.drop_mult
             if not 0.0 <= p < 1.0:

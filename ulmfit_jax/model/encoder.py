@@ -6,13 +6,14 @@ gradient-free prefix without touching module state.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from ulmfit_jax.model.config import AWDLSTMConfig
+from ulmfit_jax.model.cudnn_lstm import cudnn_layer, resolve_lstm_impl
 from ulmfit_jax.model.lstm import (
     LSTMLayer,
     LSTMState,
@@ -121,9 +122,7 @@ def encode(
     new_state = []
     last = len(weights.layers) - 1
     for layer, (w_ih, w_hh, bias) in enumerate(weights.layers):
-        x, layer_state = _run_layer(
-            x, state[layer], w_ih, w_hh, bias, masks, layer, steps, config.compute_dtype
-        )
+        x, layer_state = _run_layer(x, state[layer], w_ih, w_hh, bias, masks, layer, steps, config)
         new_state.append(layer_state)
         if masks is not None and layer != last:
             x = x * masks.hidden[layer][None, :, :]
@@ -139,13 +138,15 @@ def _run_layer(
     masks: EncoderMasks | None,
     layer: int,
     step_mask: jax.Array | None,
-    compute_dtype: Any,
+    config: AWDLSTMConfig,
 ) -> tuple[jax.Array, LSTMState]:
     """One layer, time-major: x [time, batch, in], step_mask [time, batch] -> [time, batch, hid]."""
     if masks is not None:
-        w_hh = w_hh * masks.weight[layer]
-    projected = input_projection_time_major(x, w_ih, bias, compute_dtype)
-    return recurrence_time_major(projected, state, w_hh, step_mask, compute_dtype)
+        w_hh = w_hh * masks.weight[layer]  # DropConnect before any kernel sees W_hh
+    if resolve_lstm_impl(config.lstm_impl, config.compute_dtype) == "cudnn":
+        return cudnn_layer(x, state, w_ih, w_hh, bias, step_mask)
+    projected = input_projection_time_major(x, w_ih, bias, config.compute_dtype)
+    return recurrence_time_major(projected, state, w_hh, step_mask, config.compute_dtype)
 
 
 def stop_gradient_weights(weights: EncoderWeights) -> EncoderWeights:
