@@ -133,3 +133,18 @@ def test_auto_is_the_scan_off_cuda_and_cudnn_refuses_bfloat16():
         AWDLSTMConfig(vocab_size=10, lstm_impl="cudnn", compute_dtype=jnp.bfloat16)
     with pytest.raises(ConfigError, match="lstm_impl='cuda'"):
         AWDLSTMConfig(vocab_size=10, lstm_impl="cuda")
+
+
+def test_run_config_names_bad_kernel_settings():
+    from ulmfit_jax.trainer.config import base_config, check_config, lm_model_config
+
+    config = base_config()
+    config.model.update(compute_dtype="bfloat16", lstm_impl="scan")
+    model = lm_model_config(config, vocab_size=16)
+    assert (jnp.dtype(model.compute_dtype), model.lstm_impl) == (jnp.bfloat16, "scan")
+    config.model.compute_dtype = "float16"
+    with pytest.raises(ConfigError, match=r"model\.compute_dtype.*float16.*bfloat16"):
+        check_config(config)
+    config.model.update(compute_dtype="float32", lstm_impl="cuda")
+    with pytest.raises(ConfigError, match=r"model\.lstm_impl.*cuda"):
+        check_config(config)

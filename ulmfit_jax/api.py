@@ -427,6 +427,7 @@ class TextClassifier:
             encoder_config.vocab_size, drop_mult=drop_mult, emb_size=encoder_config.emb_size,
             hidden_size=encoder_config.hidden_size, n_layers=encoder_config.n_layers,
             pad_id=encoder_config.pad_id, compute_dtype=encoder_config.compute_dtype,
+            lstm_impl=encoder_config.lstm_impl,
         )
         config = ClassifierConfig(encoder=enc, n_classes=n_classes, **classifier_options)
         clf = cls.create(config, vocab, seed)

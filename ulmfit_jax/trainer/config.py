@@ -8,12 +8,15 @@ The model's part becomes frozen dataclasses at the boundary (`lm_model_config`,
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import ml_collections
 
 from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.config import AWDLSTMConfig
+from ulmfit_jax.model.cudnn_lstm import LSTM_IMPLS
 
 SCHEDULES = ("one_cycle", "stlr", "constant")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 # fastai's IMDb recipe for gradual unfreezing: (freeze_to, epochs, lr_max, lr_div), where the
 # lowest group gets lr_max / lr_div and groups in between are spaced geometrically (fastai's
@@ -32,9 +35,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.distributed = False  # call jax.distributed.initialize() (multi-host)
     c.data = _data_config()
-    c.model = ml_collections.ConfigDict(
-        {"emb_size": 400, "hidden_size": 1152, "n_layers": 3, "max_vocab": 60000, "min_freq": 3}
-    )
+    c.model = ml_collections.ConfigDict({
+        "emb_size": 400, "hidden_size": 1152, "n_layers": 3, "max_vocab": 60000, "min_freq": 3,
+        # Matmuls in bfloat16 (parameters, optimizer state, LSTM cell state, softmax and loss
+        # stay float32) or float32.
+        "compute_dtype": "float32",
+        # LSTM kernel: "auto" (cuDNN on CUDA with float32, else the scan), "scan" or "cudnn".
+        "lstm_impl": "auto",
+    })
     c.lm = _lm_config()
     c.classifier = _classifier_config()
     c.checkpoint = ml_collections.ConfigDict({
@@ -122,8 +130,15 @@ def lm_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> AWDLS
     m = config.model
     return AWDLSTMConfig.lm_defaults(
         vocab_size, drop_mult=config.lm.drop_mult, emb_size=m.emb_size,
-        hidden_size=m.hidden_size, n_layers=m.n_layers,
+        hidden_size=m.hidden_size, n_layers=m.n_layers, **kernel_options(config),
     )
+
+
+def kernel_options(config: ml_collections.ConfigDict) -> dict:
+    """How the model computes (`compute_dtype`, `lstm_impl`), for any `AWDLSTMConfig`; sizes
+    aside, they also apply to models converted from fastai files."""
+    return {"compute_dtype": getattr(jnp, config.model.compute_dtype),
+            "lstm_impl": config.model.lstm_impl}
 
 
 def classifier_options(config: ml_collections.ConfigDict) -> dict:
@@ -153,6 +168,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _require(0 < config.lr_find.start_lr < config.lr_find.end_lr, "lr_find.start_lr",
              config.lr_find.start_lr, f"0 < start_lr < end_lr ({config.lr_find.end_lr})")
     _check_phases(config.classifier.phases, config.model.n_layers)
+    _require(config.model.compute_dtype in COMPUTE_DTYPES, "model.compute_dtype",
+             config.model.compute_dtype, f"one of {COMPUTE_DTYPES}")
+    _require(config.model.lstm_impl in LSTM_IMPLS, "model.lstm_impl", config.model.lstm_impl,
+             f"one of {LSTM_IMPLS}")
 
 
 def _check_phases(phases: tuple, n_layers: int) -> None:

@@ -22,7 +22,7 @@ from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.text.lm_stream import LMStream
 from ulmfit_jax.trainer import sharding
 from ulmfit_jax.trainer import steps as train_step
-from ulmfit_jax.trainer.config import lm_model_config
+from ulmfit_jax.trainer.config import kernel_options, lm_model_config
 from ulmfit_jax.trainer.data import PreparedData
 from ulmfit_jax.trainer.loop import Phase, Stage, run_stage_with_checkpoints
 from ulmfit_jax.trainer.metric_logger import MetricLogger
@@ -48,7 +48,7 @@ def _initial_model(
         return LanguageModel.create(model_config, data.vocab.itos, seed=config.seed), [unfrozen]
     itos = c.init_itos_backward if backward else c.init_itos
     lm = LanguageModel.from_fastai(init_from, itos, new_vocab=data.vocab.itos,
-                                   drop_mult=c.drop_mult)
+                                   drop_mult=c.drop_mult, **kernel_options(config))
     phases = [Phase(c.frozen_epochs, c.frozen_lr, 1.0, freeze_to=-1)] if c.frozen_epochs else []
     return lm, phases + [unfrozen]
 
