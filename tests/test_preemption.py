@@ -15,7 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_trainer import ROOT, CountingIterator, _env, _final_state, _train_cmd
+from tests.test_trainer import (
+    ROOT,
+    CountingIterator,
+    _env,
+    _train_cmd,
+    assert_bitwise_same_result,
+)
 from ulmfit_jax.errors import DiskFullError, Preempted, WorkdirError
 from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.trainer.checkpointing import Checkpointer
@@ -186,9 +192,4 @@ def test_train_py_sigterm_and_sigint_save_exit_with_a_hint_and_resume_bitwise(tm
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, out.decode()[-3000:]
-    a, b = _final_state(straight), _final_state(resumed)
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b),
-                            strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
-    assert (straight / "metrics.csv").read_text() == (resumed / "metrics.csv").read_text()
-    assert (straight / "metrics.json").read_text() == (resumed / "metrics.json").read_text()
+    assert_bitwise_same_result(straight, resumed)

@@ -1,6 +1,5 @@
 """Trainer: NaN guard keeps the last good checkpoint; SIGKILL + rerun == uninterrupted run."""
 
-import json
 import os
 import signal
 import subprocess
@@ -172,13 +171,17 @@ def test_sigkill_and_rerun_gives_bitwise_the_uninterrupted_result(tmp_path):
     out, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, out.decode()[-3000:]
 
+    assert_bitwise_same_result(straight, resumed)
+
+
+def assert_bitwise_same_result(straight: Path, resumed: Path) -> None:
+    """Two train.py workdirs ended with identical parameters, metrics and logs."""
     a, b = _final_state(straight), _final_state(resumed)
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b),
                             strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
-    assert json.loads((straight / "metrics.json").read_text()) == json.loads(
-        (resumed / "metrics.json").read_text())
-    assert (straight / "metrics.csv").read_text() == (resumed / "metrics.csv").read_text()
+    for name in ("metrics.json", "metrics.csv"):
+        assert (straight / name).read_text() == (resumed / name).read_text(), name
 
 
 # --------------------------------------------------------------------------- init_from
