@@ -56,11 +56,18 @@ def test_all_stages_forward_and_backward_end_to_end(tmp_path):
     assert len(predictions) == 3, proc.stdout
     assert "classifier_fwd: validation accuracy" in proc.stdout
 
-    from ulmfit_jax.api import TextClassifier
+    from ulmfit_jax.api import LanguageModel, TextClassifier
 
     clf = TextClassifier.load(tmp_path / "models" / "classifier_fwd")
     logits = np.asarray(clf(np.array([[2, 10, 11, 12]], np.int32)))
     assert logits.shape == (1, 2) and np.all(np.isfinite(logits))
+    # The saved directories are complete: raw text in, class names out, direction kept.
+    assert clf.class_names == ["neg", "pos"] and not clf.backward
+    probs = clf.predict_proba(["A fine film.", ""])
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1.0)
+    assert TextClassifier.load(tmp_path / "models" / "classifier_bwd").backward
+    lm = LanguageModel.load(tmp_path / "models" / "lm_bwd")
+    assert lm.backward and lm.generate("A fine film.", n_words=3)
 
 
 def logged(workdir: Path, stage: str, split: str, name: str) -> list[float]:

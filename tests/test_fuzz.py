@@ -1,9 +1,9 @@
 """Property-based fuzzing: random bytes and unicode into every reader of user input.
 
 Readers (CSV, aclImdb-style text folders, vocab JSON, fastai vocab pickles and weight files)
-may only raise their documented `UserError` subclasses; the tokenizer and `predict_texts`
-never raise on any string. Examples are few and small, each with a deadline, so the module
-stays fast and a hang fails instead of stalling the suite.
+may only raise their documented `UserError` subclasses; the tokenizer and a saved classifier's
+`predict_proba` / `predict` never raise on any string. Examples are few and small, each with a
+deadline, so the module stays fast and a hang fails instead of stalling the suite.
 """
 
 import contextlib
@@ -109,8 +109,6 @@ def test_fastai_weights_reader_only_raises_model_file_errors(data):
 def saved_classifier(tmp_path_factory, tokenizer):
     from ulmfit_jax.api import TextClassifier
     from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
-    from ulmfit_jax.text.token_cache import TokenizedCorpus
-    from ulmfit_jax.trainer.data import PreparedData
 
     itos = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj",
             "the", "a", "film", ".", ","]
@@ -118,18 +116,15 @@ def saved_classifier(tmp_path_factory, tokenizer):
     config = ClassifierConfig(encoder=encoder, n_classes=2, bptt=8, max_len=32,
                               head_sizes=(8,))
     path = tmp_path_factory.mktemp("clf") / "classifier"
-    TextClassifier.create(config, itos, seed=0).save(path)
-    empty = TokenizedCorpus.from_lists([])
-    data = PreparedData(Vocab(itos), tokenizer, ["neg", "pos"], empty, empty, empty, empty)
-    return path, data
+    TextClassifier.create(config, itos, seed=0).with_tokenizer(tokenizer, ["neg", "pos"]).save(
+        path)
+    return TextClassifier.load(path)
 
 
 @FUZZ
 @given(texts=st.lists(st.text(max_size=80), min_size=1, max_size=2))
-def test_predict_gives_a_class_and_probability_for_any_text(saved_classifier, texts):
-    from ulmfit_jax.trainer.run import predict_texts
-
-    path, data = saved_classifier
-    for label, p in predict_texts(path, data, texts):
-        assert label in ("neg", "pos") and 0.5 <= p <= 1.0 and np.isfinite(p)
-
+def test_predict_gives_a_distribution_and_its_label_for_any_text(saved_classifier, texts):
+    probs = saved_classifier.predict_proba(texts)
+    assert probs.shape == (len(texts), 2) and np.all(np.isfinite(probs))
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
+    assert saved_classifier.predict(texts) == [["neg", "pos"][i] for i in probs.argmax(-1)]

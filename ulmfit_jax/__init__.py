@@ -2,12 +2,13 @@
 
 from typing import Any
 
-__all__ = ["LanguageModel", "TextClassifier"]
+__all__ = ["Ensemble", "LanguageModel", "TextClassifier"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy so that `import ulmfit_jax.text` in tokenizer worker processes doesn't pay for jax.
+    # Lazy so that `import ulmfit_jax.text` in tokenizer worker processes (and
+    # `ulmfit_jax.serving`) don't pay for jax and flax.
     if name in __all__:
         from ulmfit_jax import api
 

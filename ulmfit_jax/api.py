@@ -8,13 +8,24 @@ lm.save("my_lm"); lm = LanguageModel.load("my_lm")
 lm.to_fastai("lstm.pth", "itos.pkl")  # fastai's load_pretrained / Learner.load read these
 clf = TextClassifier.from_language_model(lm, n_classes=2)
 logits = clf(ids)                     # padded batch in fastai layout -> [batch, n_classes]
+
+clf = TextClassifier.load("models/classifier_fwd")      # raw text in, as sklearn / fastai
+clf.predict_proba(["A fine film."])   # [n, n_classes]; clf.predict(texts) -> class names
+clf.export("serving/")                # jax.export artifact for `ulmfit_jax.serving.load`
+Ensemble.load("models/classifier_fwd", "models/classifier_bwd").predict(texts)
+lm.generate("The movie", n_words=20, seed=0); lm.predict_next(["The movie"], k=5)
 ```
 
-Each wrapper holds an NNX module (`.module`) and its vocab; training code takes the module or
-its pure parameter dict (`.params`). A saved directory holds `state/` (orbax StandardCheckpointer:
-parameters and BatchNorm statistics), `config.json` and `vocab.json` (`Vocab.save`'s format), and
-is written atomically: everything goes into a hidden temporary sibling directory that is renamed
-into place only when complete (a killed process can leave that sibling, never a partial model).
+Each wrapper holds an NNX module (`.module`), its vocab, the tokenizer it reads raw text with
+(`.tokenizer`, None for a model that only takes ids), its direction (`.backward`: the model
+reads each document's ids reversed, and reverses them itself) and, for a classifier, its class
+names. A saved directory holds `state/` (orbax StandardCheckpointer: parameters and BatchNorm
+statistics), `config.json` (model config, direction, class names), `vocab.json`
+(`Vocab.save`'s format) and the tokenizer spec (`tokenizer.json`, plus `tokenizer.model` for
+SentencePiece; see `text.tokenizer_spec`). It is written atomically: everything goes into a
+hidden temporary sibling directory that is renamed into place only when complete (a killed
+process can leave that sibling, never a partial model). Directories of format version 1
+(no tokenizer, direction or class names) still load, for use on ids.
 """
 
 from __future__ import annotations
@@ -23,8 +34,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,13 +45,26 @@ from flax import nnx
 from ulmfit_jax.convert import fastai_files, fastai_weights
 from ulmfit_jax.convert.safe_pickle import save_itos
 from ulmfit_jax.errors import MissingFileError, ModelFileError, disk_full_is_clear
+from ulmfit_jax.inference.atomic_dir import atomic_directory
+from ulmfit_jax.inference.classify import classifier_probabilities
+from ulmfit_jax.inference.ensemble import Ensemble
+from ulmfit_jax.inference.export import PLATFORMS, export_classifier
+from ulmfit_jax.inference.generate import Generator
 from ulmfit_jax.model.classifier import AWDLSTMClassifier
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.encoder import EncoderState, zero_state
 from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, resize_state
+from ulmfit_jax.text.detokenize import detokenize
+from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
+from ulmfit_jax.text.prediction_batches import best_labels
+from ulmfit_jax.text.tokenizer_spec import Tokenizer, has_tokenizer, load_tokenizer, save_tokenizer
 from ulmfit_jax.text.vocab import Vocab
 
-FORMAT_VERSION = 1
+__all__ = ["Ensemble", "LanguageModel", "TextClassifier"]
+
+# 2: + tokenizer spec, direction and class names. Version 1 directories load for ids-in use.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 STATE_DIR, CONFIG_FILE, VOCAB_FILE = "state", "config.json", "vocab.json"
 # fastai's text_classifier_learner default (get_text_classifier alone uses 1.0).
 CLASSIFIER_DROP_MULT = 0.5
@@ -170,42 +192,25 @@ def _classifier_config_from_json(d: Mapping[str, Any]) -> ClassifierConfig:
 
 def _write_directory(
     directory: str | os.PathLike, kind: str, config: dict, vocab: Sequence[str],
-    state: Mapping[str, Any], overwrite: bool,
+    state: Mapping[str, Any], overwrite: bool, meta: Mapping[str, Any],
+    tokenizer: Tokenizer | None,
 ) -> None:
-    """Write state/config/vocab into a temporary sibling, then rename it to `directory`."""
+    """Write state/config/vocab/tokenizer into a temporary sibling, then rename it into place.
+
+    `meta` (direction, class names) goes into config.json beside the model config."""
     import orbax.checkpoint as ocp
 
-    final = os.path.abspath(os.fspath(directory))
-    if os.path.exists(final) and not overwrite:
-        raise FileExistsError(f"{final} already exists (pass overwrite=True to replace it)")
-    parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex}")
-    try:
-        with disk_full_is_clear(f"the model {final}"):
-            os.makedirs(tmp)
-            with ocp.StandardCheckpointer() as ckptr:
-                ckptr.save(os.path.join(tmp, STATE_DIR), state)
-                ckptr.wait_until_finished()
-            Vocab(vocab).save(os.path.join(tmp, VOCAB_FILE))
-            # config.json last: its presence marks a complete directory.
-            _write_json(os.path.join(tmp, CONFIG_FILE),
-                        {"format_version": FORMAT_VERSION, "kind": kind, "config": config})
-            _swap_into_place(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _swap_into_place(tmp: str, final: str) -> None:
-    # Directory renames are atomic; an old model is moved aside first and removed only after
-    # the new one is in place, so a crash leaves either the old or the new model, never a mix.
-    old = None
-    if os.path.exists(final):
-        old = f"{tmp}.old"
-        os.rename(final, old)
-    os.rename(tmp, final)
-    if old is not None:
-        shutil.rmtree(old)
+    with disk_full_is_clear(f"the model {os.fspath(directory)}"), \
+            atomic_directory(directory, overwrite) as tmp:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(tmp, STATE_DIR), state)
+            ckptr.wait_until_finished()
+        Vocab(vocab).save(os.path.join(tmp, VOCAB_FILE))
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, tmp)
+        # config.json last: its presence marks a complete directory.
+        _write_json(os.path.join(tmp, CONFIG_FILE), {"format_version": FORMAT_VERSION,
+                                                     "kind": kind, **meta, "config": config})
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -213,8 +218,18 @@ def _write_json(path: str, obj: Any) -> None:
         json.dump(obj, f, ensure_ascii=False, indent=1)
 
 
-def _read_directory(directory: str | os.PathLike, kind: str) -> tuple[dict, list[str], str]:
-    """config dict, vocab and the orbax state path of a saved model directory."""
+@dataclasses.dataclass(frozen=True)
+class _SavedDirectory:
+    """What `_read_directory` finds: config.json's content, vocab, state path, tokenizer."""
+
+    meta: dict
+    vocab: list[str]
+    state_path: str
+    tokenizer: Tokenizer | None
+
+
+def _read_directory(directory: str | os.PathLike, kind: str) -> _SavedDirectory:
+    """config.json, vocab, orbax state path and tokenizer of a saved model directory."""
     root = os.path.abspath(os.fspath(directory))
     if not os.path.isdir(root):
         raise MissingFileError(f"{root}: no such model directory")
@@ -231,11 +246,13 @@ def _read_directory(directory: str | os.PathLike, kind: str) -> tuple[dict, list
     if meta.get("kind") != kind:
         raise ModelFileError(
             f"{root}/{CONFIG_FILE}: holds a {meta.get('kind')!r}, expected {kind!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(f"{root}/{CONFIG_FILE}: unsupported format_version "
-                             f"{meta.get('format_version')!r} (expected {FORMAT_VERSION})")
+    if meta.get("format_version") not in READABLE_VERSIONS:
+        raise ModelFileError(
+            f"{root}/{CONFIG_FILE}: unsupported format_version {meta.get('format_version')!r} "
+            f"(expected one of {READABLE_VERSIONS})")
     vocab = Vocab.load(os.path.join(root, VOCAB_FILE)).itos
-    return meta["config"], vocab, os.path.join(root, STATE_DIR)
+    tokenizer = load_tokenizer(root) if has_tokenizer(root) else None
+    return _SavedDirectory(meta, vocab, os.path.join(root, STATE_DIR), tokenizer)
 
 
 def _restore_state(module: nnx.Module, state_path: str) -> None:
@@ -259,6 +276,15 @@ def _itos(vocab: Sequence[str] | Vocab | None) -> list[str] | None:
     return list(vocab.itos) if isinstance(vocab, Vocab) else list(vocab)
 
 
+def _require_tokenizer(tokenizer: Tokenizer | None, kind: str) -> Tokenizer:
+    if tokenizer is None:
+        raise ModelFileError(
+            f"this {kind} has no tokenizer (saved before format version 2, or built without "
+            "one), so it cannot read raw text; add the tokenizer it was trained with and save "
+            "it again: model.with_tokenizer(FastaiTokenizer()).save(directory, overwrite=True)")
+    return tokenizer
+
+
 def _check_vocab(vocab: Sequence[str] | Vocab, vocab_size: int, source: str) -> list[str]:
     vocab = _itos(vocab)
     if len(vocab) != vocab_size:
@@ -271,11 +297,20 @@ def _check_vocab(vocab: Sequence[str] | Vocab, vocab_size: int, source: str) -> 
 
 
 class LanguageModel:
-    """An AWD-LSTM language model with its vocab: fastai files, eval forward, save/load."""
+    """An AWD-LSTM language model with its vocab and tokenizer: fastai files, eval forward,
+    generation, save/load."""
 
-    def __init__(self, module: AWDLSTMLanguageModel, vocab: Sequence[str] | Vocab):
+    def __init__(self, module: AWDLSTMLanguageModel, vocab: Sequence[str] | Vocab,
+                 tokenizer: Tokenizer | None = None, backward: bool = False):
         self.module = module
         self.vocab = _check_vocab(vocab, module.config.vocab_size, "LanguageModel")
+        self.tokenizer, self.backward = tokenizer, bool(backward)
+
+    def with_tokenizer(self, tokenizer: Tokenizer) -> LanguageModel:
+        """Set the tokenizer raw text is read with (e.g. on a format-1 directory); returns
+        self, so `lm.with_tokenizer(FastaiTokenizer()).save(directory, overwrite=True)`."""
+        self.tokenizer = tokenizer
+        return self
 
     @property
     def config(self) -> AWDLSTMConfig:
@@ -288,18 +323,20 @@ class LanguageModel:
         return nnx.to_pure_dict(nnx.state(self.module, nnx.Param))
 
     @classmethod
-    def create(cls, config: AWDLSTMConfig, vocab: Sequence[str], seed: int = 0) -> LanguageModel:
+    def create(cls, config: AWDLSTMConfig, vocab: Sequence[str], seed: int = 0,
+               tokenizer: Tokenizer | None = None, backward: bool = False) -> LanguageModel:
         """A freshly initialised model (fastai's initialisation)."""
-        return cls(AWDLSTMLanguageModel(config, rngs=nnx.Rngs(seed)), vocab)
+        return cls(AWDLSTMLanguageModel(config, rngs=nnx.Rngs(seed)), vocab, tokenizer, backward)
 
     @classmethod
     def from_params(
-        cls, config: AWDLSTMConfig, params: Mapping[str, Any], vocab: Sequence[str]
+        cls, config: AWDLSTMConfig, params: Mapping[str, Any], vocab: Sequence[str],
+        tokenizer: Tokenizer | None = None, backward: bool = False,
     ) -> LanguageModel:
         """Build from a parameter pure dict (shapes checked against `config`)."""
         module = nnx.eval_shape(lambda: AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0)))
         _set_state(module, params, "LanguageModel.from_params")
-        return cls(module, vocab)
+        return cls(module, vocab, tokenizer, backward)
 
     @classmethod
     def from_fastai(
@@ -307,19 +344,23 @@ class LanguageModel:
         weights_path: str | os.PathLike,
         itos_path: str | os.PathLike,
         new_vocab: Sequence[str] | Vocab | None = None,
+        tokenizer: Tokenizer | None = None,
+        backward: bool = False,
         **config_overrides: Any,
     ) -> LanguageModel:
         """Read a fastai LM file (v2, v1 or 2018 layout) and its itos pickle.
 
         With `new_vocab`, rows are remapped: known words keep their row, new ones get the mean.
-        `config_overrides` (e.g. `drop_mult=0.3`) replace fields of the LM config read from
-        the file's shapes.
+        `tokenizer` defaults to fastai's (`FastaiTokenizer()`); `backward` for a backward LM
+        (e.g. wt103-bwd). `config_overrides` (e.g. `drop_mult=0.3`) replace fields of the LM
+        config read from the file's shapes.
         """
         ckpt, vocab = fastai_files.read_language_model(weights_path, itos_path, _itos(new_vocab))
         if ckpt.kind != fastai_files.KIND_LM:
             raise ModelFileError(f"{ckpt.source}: file kind {ckpt.kind!r}, not a language model")
         config, params = fastai_weights.lm_params_from_fastai(ckpt.state_dict)
-        return cls.from_params(dataclasses.replace(config, **config_overrides), params, vocab)
+        return cls.from_params(dataclasses.replace(config, **config_overrides), params, vocab,
+                               tokenizer or FastaiTokenizer(), backward)
 
     def to_fastai(self, weights_path: str | os.PathLike, itos_path: str | os.PathLike) -> None:
         """Write `.pth` + itos pickle for fastai's `load_pretrained` / `Learner.load`."""
@@ -348,30 +389,73 @@ class LanguageModel:
         graphdef, params = nnx.split(self.module)
         return _lm_forward(graphdef, params, ids, state)
 
+    @functools.cached_property
+    def _vocab_table(self) -> Vocab:
+        return Vocab(self.vocab)  # its token -> id map, built once
+
+    def _generator(self) -> Generator:
+        tokenizer = _require_tokenizer(self.tokenizer, "language model")
+        return Generator(self.module, self._vocab_table, tokenizer, self.backward)
+
+    def generate(self, prompt: str, n_words: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> str:
+        """`prompt` and `n_words` sampled words after it, as readable text (fastai's
+        `LMLearner.predict`; see `inference.generate`). A backward LM writes the words
+        before the prompt. Deterministic for a given `seed`."""
+        tokens = self._generator().generate(prompt, n_words, temperature, top_k, top_p, seed)
+        return detokenize(tokens)
+
+    def predict_next(self, texts: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
+        """The `k` most likely next tokens after each text, `(token, probability)` pairs."""
+        return self._generator().predict_next(texts, k)
+
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> None:
-        """Save params (orbax), `config.json` and `vocab.json` to `directory`, atomically."""
+        """Save params (orbax), `config.json`, `vocab.json` and the tokenizer, atomically."""
         _write_directory(directory, "language_model", _config_to_json(self.config), self.vocab,
-                         nnx.to_pure_dict(nnx.state(self.module)), overwrite)
+                         nnx.to_pure_dict(nnx.state(self.module)), overwrite,
+                         {"backward": self.backward}, self.tokenizer)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> LanguageModel:
         """Load a directory written by `save`."""
-        config, vocab, state_path = _read_directory(directory, "language_model")
-        config = _config_from_json(config)
+        saved = _read_directory(directory, "language_model")
+        config = _config_from_json(saved.meta["config"])
         module = nnx.eval_shape(lambda: AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0)))
-        _restore_state(module, state_path)
-        return cls(module, vocab)
+        _restore_state(module, saved.state_path)
+        return cls(module, saved.vocab, saved.tokenizer, saved.meta.get("backward", False))
 
 
 # ---------------------------------------------------------------------------- TextClassifier
 
 
 class TextClassifier:
-    """An AWD-LSTM text classifier with its vocab: fastai files, eval forward, save/load."""
+    """An AWD-LSTM text classifier with its vocab, tokenizer and class names: fastai files,
+    predictions on raw text, save/load, serving export."""
 
-    def __init__(self, module: AWDLSTMClassifier, vocab: Sequence[str] | Vocab):
+    def __init__(self, module: AWDLSTMClassifier, vocab: Sequence[str] | Vocab,
+                 tokenizer: Tokenizer | None = None, class_names: Sequence[str] | None = None,
+                 backward: bool = False):
+        """class_names default to "0", "1", ... (the label indices)."""
         self.module = module
         self.vocab = _check_vocab(vocab, module.config.encoder.vocab_size, "TextClassifier")
+        self.tokenizer, self.backward = tokenizer, bool(backward)
+        self.class_names = self._check_class_names(class_names)
+
+    def _check_class_names(self, names: Sequence[str] | None) -> list[str]:
+        n = self.config.n_classes
+        names = [str(i) for i in range(n)] if names is None else [str(c) for c in names]
+        if len(names) != n:
+            raise ValueError(f"TextClassifier: {len(names)} class names for {n} classes")
+        return names
+
+    def with_tokenizer(self, tokenizer: Tokenizer,
+                       class_names: Sequence[str] | None = None) -> TextClassifier:
+        """Set the tokenizer (and class names) a format-1 directory lacks; returns self, so
+        `clf.with_tokenizer(FastaiTokenizer(), ["neg", "pos"]).save(directory, overwrite=True)`."""
+        self.tokenizer = tokenizer
+        if class_names is not None:
+            self.class_names = self._check_class_names(class_names)
+        return self
 
     @property
     def config(self) -> ClassifierConfig:
@@ -390,21 +474,25 @@ class TextClassifier:
 
     @classmethod
     def create(
-        cls, config: ClassifierConfig, vocab: Sequence[str], seed: int = 0
+        cls, config: ClassifierConfig, vocab: Sequence[str], seed: int = 0,
+        tokenizer: Tokenizer | None = None, class_names: Sequence[str] | None = None,
+        backward: bool = False,
     ) -> TextClassifier:
         """A freshly initialised classifier."""
-        return cls(AWDLSTMClassifier(config, rngs=nnx.Rngs(seed)), vocab)
+        return cls(AWDLSTMClassifier(config, rngs=nnx.Rngs(seed)), vocab, tokenizer,
+                   class_names, backward)
 
     @classmethod
     def from_params(
         cls, config: ClassifierConfig, params: Mapping[str, Any], vocab: Sequence[str],
-        batch_stats: Mapping[str, Any],
+        batch_stats: Mapping[str, Any], tokenizer: Tokenizer | None = None,
+        class_names: Sequence[str] | None = None, backward: bool = False,
     ) -> TextClassifier:
         """Build from a parameter pure dict and the BatchNorm running statistics (the trainer's
         `params` / `batch_stats` trees; shapes checked against `config`)."""
         module = nnx.eval_shape(lambda: AWDLSTMClassifier(config, rngs=nnx.Rngs(0)))
         _set_state(module, _merge_trees(params, batch_stats), "TextClassifier.from_params")
-        return cls(module, vocab)
+        return cls(module, vocab, tokenizer, class_names, backward)
 
     @classmethod
     def from_encoder(
@@ -415,6 +503,10 @@ class TextClassifier:
         n_classes: int,
         drop_mult: float = CLASSIFIER_DROP_MULT,
         seed: int = 0,
+        *,
+        tokenizer: Tokenizer | None = None,
+        class_names: Sequence[str] | None = None,
+        backward: bool = False,
         **classifier_options: Any,
     ) -> TextClassifier:
         """A new classifier (fresh head) on a trained encoder (`encoder/...` params subtree).
@@ -430,7 +522,7 @@ class TextClassifier:
             lstm_impl=encoder_config.lstm_impl,
         )
         config = ClassifierConfig(encoder=enc, n_classes=n_classes, **classifier_options)
-        clf = cls.create(config, vocab, seed)
+        clf = cls.create(config, vocab, seed, tokenizer, class_names, backward)
         state = clf.state
         state["encoder"] = encoder_params
         _set_state(clf.module, state, "TextClassifier.from_encoder")
@@ -439,11 +531,14 @@ class TextClassifier:
     @classmethod
     def from_language_model(
         cls, lm: LanguageModel, n_classes: int, drop_mult: float = CLASSIFIER_DROP_MULT,
-        seed: int = 0, **classifier_options: Any,
+        seed: int = 0, class_names: Sequence[str] | None = None, **classifier_options: Any,
     ) -> TextClassifier:
-        """A new classifier on `lm`'s encoder (ULMFiT stage 3); see `from_encoder`."""
+        """A new classifier on `lm`'s encoder (ULMFiT stage 3), with its tokenizer and
+        direction; see `from_encoder`."""
         return cls.from_encoder(lm.params["encoder"], lm.config, lm.vocab, n_classes,
-                                drop_mult, seed, **classifier_options)
+                                drop_mult, seed, tokenizer=lm.tokenizer,
+                                class_names=class_names, backward=lm.backward,
+                                **classifier_options)
 
     @classmethod
     def from_fastai(
@@ -454,17 +549,24 @@ class TextClassifier:
         new_vocab: Sequence[str] | Vocab | None = None,
         drop_mult: float = CLASSIFIER_DROP_MULT,
         seed: int = 0,
+        *,
+        tokenizer: Tokenizer | None = None,
+        class_names: Sequence[str] | None = None,
+        backward: bool = False,
         **classifier_options: Any,
     ) -> TextClassifier:
         """Read a fastai classifier file, or start one from an LM / `save_encoder` file.
 
         A classifier file gives the whole model (`n_classes`, if given, must agree). An LM or
         encoder-only file needs `n_classes` and gets a fresh head (seeded by `seed`).
-        `classifier_options` (bptt, max_len; head_sizes for a new head) go to `ClassifierConfig`.
+        `tokenizer` defaults to fastai's (`FastaiTokenizer()`). `classifier_options` (bptt,
+        max_len; head_sizes for a new head) go to `ClassifierConfig`.
         """
         ckpt, vocab = fastai_files.read_language_model(weights_path, itos_path, _itos(new_vocab))
+        text = dict(tokenizer=tokenizer or FastaiTokenizer(), class_names=class_names,
+                    backward=backward)
         if ckpt.kind == fastai_files.KIND_CLASSIFIER:
-            return cls._from_classifier_file(ckpt, vocab, n_classes, drop_mult,
+            return cls._from_classifier_file(ckpt, vocab, n_classes, drop_mult, text,
                                              **classifier_options)
         if n_classes is None:
             raise ModelFileError(f"{ckpt.source}: file kind {ckpt.kind!r}, not a classifier; "
@@ -474,13 +576,13 @@ class TextClassifier:
             encoder = params["encoder"]
         else:
             config, encoder = fastai_weights.encoder_params_from_fastai(ckpt.state_dict)
-        return cls.from_encoder(encoder, config, vocab, n_classes, drop_mult, seed,
+        return cls.from_encoder(encoder, config, vocab, n_classes, drop_mult, seed, **text,
                                 **classifier_options)
 
     @classmethod
     def _from_classifier_file(
         cls, ckpt: fastai_files.FastaiCheckpoint, vocab: list[str], n_classes: int | None,
-        drop_mult: float, **classifier_options: Any,
+        drop_mult: float, text: dict[str, Any], **classifier_options: Any,
     ) -> TextClassifier:
         config, state = fastai_weights.classifier_params_from_fastai(ckpt.state_dict)
         if n_classes is not None and n_classes != config.n_classes:
@@ -490,7 +592,7 @@ class TextClassifier:
         config = dataclasses.replace(config, encoder=encoder, **classifier_options)
         module = nnx.eval_shape(lambda: AWDLSTMClassifier(config, rngs=nnx.Rngs(0)))
         _set_state(module, state, ckpt.source)
-        return cls(module, vocab)
+        return cls(module, vocab, **text)
 
     def to_fastai(
         self, weights_path: str | os.PathLike, itos_path: str | os.PathLike | None = None
@@ -508,16 +610,51 @@ class TextClassifier:
         graphdef, state = nnx.split(self.module)
         return _classifier_forward(graphdef, state, ids)
 
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64,
+                      progress: bool | None = None) -> np.ndarray:
+        """Probabilities `[len(texts), n_classes]` of raw texts, in input order.
+
+        Documents are read whole, sorted by length into batches of a few bucketed shapes;
+        a document's result does not depend on its batch. A progress bar is drawn when
+        `progress` is True, or when it is None and there are 1,000 texts or more.
+        """
+        tokenizer = _require_tokenizer(self.tokenizer, "classifier")
+        return classifier_probabilities(self.module, self._vocab_table, tokenizer, texts,
+                                        batch_size, self.backward, progress)
+
+    @functools.cached_property
+    def _vocab_table(self) -> Vocab:
+        return Vocab(self.vocab)  # its token -> id map, built once
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64,
+                progress: bool | None = None) -> list[str]:
+        """The most likely class name of each text (see `predict_proba`)."""
+        probs = self.predict_proba(texts, batch_size=batch_size, progress=progress)
+        return best_labels(probs, self.class_names)
+
+    def export(self, directory: str | os.PathLike, overwrite: bool = False,
+               platforms: Sequence[str] = PLATFORMS) -> None:
+        """Write a `jax.export` serving artifact (symbolic batch and length, lowered for
+        `platforms`) with the tokenizer, vocab and class names; `ulmfit_jax.serving.load`
+        runs it without flax (see `inference.export`)."""
+        tokenizer = _require_tokenizer(self.tokenizer, "classifier")
+        export_classifier(self.module, self.vocab, tokenizer, self.class_names, self.backward,
+                          directory, overwrite, platforms)
+
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> None:
-        """Save params + BatchNorm stats (orbax), `config.json`, `vocab.json`, atomically."""
+        """Save params + BatchNorm stats (orbax), `config.json` (with class names and
+        direction), `vocab.json` and the tokenizer, atomically."""
         _write_directory(directory, "classifier", _classifier_config_to_json(self.config),
-                         self.vocab, self.state, overwrite)
+                         self.vocab, self.state, overwrite,
+                         {"backward": self.backward, "class_names": self.class_names},
+                         self.tokenizer)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> TextClassifier:
         """Load a directory written by `save`."""
-        config, vocab, state_path = _read_directory(directory, "classifier")
-        config = _classifier_config_from_json(config)
+        saved = _read_directory(directory, "classifier")
+        config = _classifier_config_from_json(saved.meta["config"])
         module = nnx.eval_shape(lambda: AWDLSTMClassifier(config, rngs=nnx.Rngs(0)))
-        _restore_state(module, state_path)
-        return cls(module, vocab)
+        _restore_state(module, saved.state_path)
+        return cls(module, saved.vocab, saved.tokenizer, saved.meta.get("class_names"),
+                   saved.meta.get("backward", False))

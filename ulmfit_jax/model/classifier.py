@@ -140,7 +140,11 @@ def first_kept_chunk(time: int, config: ClassifierConfig) -> int:
 
     fastai keeps chunk start i iff time - i <= max_len; a document followed by r < bptt
     trailing pads may need one more chunk, so we keep i iff time - i < max_len + bptt.
+    A symbolic `time` (a `jax.export` with polymorphic shapes) gives 0: every chunk is run
+    with outputs kept, which changes no result (the pooling mask still applies max_len).
     """
+    if jax.export.is_symbolic_dim(time):
+        return 0
     bptt = config.bptt
     return max(0, -(-(time - config.max_len - bptt + 1) // bptt))
 

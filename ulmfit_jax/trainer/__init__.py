@@ -2,7 +2,7 @@
 
 from typing import Any
 
-__all__ = ["EXAMPLE_REVIEWS", "base_config", "predict_texts", "train_and_evaluate"]
+__all__ = ["EXAMPLE_REVIEWS", "base_config", "train_and_evaluate"]
 
 
 def __getattr__(name: str) -> Any:

@@ -4,7 +4,9 @@ The phases (`config.classifier.phases`, fastai's IMDb recipe by default) each se
 `freeze_to` and a discriminative LR slice. Batches are padded to a bucketed number of `bptt`
 chunks so jit sees few shapes (a document's result does not depend on the padded width).
 The finished classifier is saved with `TextClassifier.save` to
-`<workdir>/models/classifier_{fwd,bwd}`; validation probabilities go next to it.
+`<workdir>/models/classifier_{fwd,bwd}`, complete with tokenizer, class names and direction
+(`TextClassifier.load(dir).predict(texts)` needs nothing else); validation probabilities go
+next to it.
 """
 
 from __future__ import annotations
@@ -82,8 +84,9 @@ def _classifier(config, data: PreparedData, workdir: Path, backward: bool) -> Te
         )
     lm = LanguageModel.load(lm_dir)
     return TextClassifier.from_language_model(
-        lm, len(data.class_names), drop_mult=config.classifier.drop_mult, seed=config.seed,
-        **classifier_options(config),
+        lm.with_tokenizer(data.tokenizer), len(data.class_names),
+        drop_mult=config.classifier.drop_mult, seed=config.seed,
+        class_names=data.class_names, **classifier_options(config),
     )
 
 
@@ -145,7 +148,8 @@ def train_classifier(
     state, final = run_stage_with_checkpoints(stage, state, config, workdir, log,
                                               seed_offset=3 if backward else 2)
     trained = TextClassifier.from_params(clf.config, jax.device_get(state["params"]), clf.vocab,
-                                         jax.device_get(state["batch_stats"]))
+                                         jax.device_get(state["batch_stats"]), clf.tokenizer,
+                                         clf.class_names, backward)
     trained.save(out_dir, overwrite=True)
     # The last epoch's validation already computed them, unless this run resumed after it or
     # restored an earlier best epoch.

@@ -123,6 +123,7 @@ def train_language_model(
     state, valid = run_stage_with_checkpoints(stage, state, config, workdir, log,
                                               seed_offset=1 if backward else 0)
     params = jax.device_get(state["params"])
-    LanguageModel.from_params(lm.config, params, data.vocab.itos).save(out_dir, overwrite=True)
+    LanguageModel.from_params(lm.config, params, data.vocab.itos, data.tokenizer,
+                              backward).save(out_dir, overwrite=True)
     log.write_summary({name: valid})
     return out_dir

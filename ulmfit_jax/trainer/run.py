@@ -21,9 +21,8 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from ulmfit_jax.api import TextClassifier
+from ulmfit_jax.api import Ensemble
 from ulmfit_jax.errors import ConfigError, UserError
-from ulmfit_jax.text.classifier_batches import bucket_chunks, pad_chunks
 from ulmfit_jax.trainer import sharding
 from ulmfit_jax.trainer.classifier_stage import (
     VALID_PROBS,
@@ -39,7 +38,7 @@ from ulmfit_jax.trainer.metrics import classification_report
 from ulmfit_jax.trainer.validate_data import check_classifier_data, check_lm_data
 from ulmfit_jax.trainer.workdir import claim, forget_run
 
-__all__ = ["EXAMPLE_REVIEWS", "base_config", "predict_texts", "train_and_evaluate"]
+__all__ = ["EXAMPLE_REVIEWS", "base_config", "train_and_evaluate"]
 
 logger = logging.getLogger(__name__)
 STAGES = ("lm", "classifier", "all", "lr_find")
@@ -63,25 +62,15 @@ def ensemble_report(workdir: Path, data: PreparedData) -> dict[str, float]:
     return classification_report(np.asarray(data.clf_valid.labels), (probs[0] + probs[1]) / 2)
 
 
-def predict_texts(
-    model_dir: str | Path, data: PreparedData, texts: tuple[str, ...] | list[str]
-) -> list[tuple[str, float]]:
-    """(class name, probability) of each text with the classifier saved in `model_dir`."""
-    clf = TextClassifier.load(model_dir)
-    out = []
-    for tokens in data.tokenizer.tokenize(list(texts)):
-        ids = data.vocab.numericalize(tokens)
-        bptt = clf.config.bptt
-        width = bucket_chunks(-(-len(ids) // bptt)) * bptt  # few shapes, few compiles
-        padded = pad_chunks([ids], clf.config.encoder.pad_id, bptt, pad_len=width)
-        probs = np.asarray(_softmax(np.asarray(clf(padded), np.float64)))[0]
-        out.append((data.class_names[int(probs.argmax())], float(probs.max())))
-    return out
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+def print_example_predictions(workdir: Path, backward: bool) -> None:
+    """Label and probability of each example review: the fwd classifier, or the fwd+bwd
+    ensemble when there is a backward one, loaded from its saved directory alone."""
+    dirs = [workdir / "models" / classifier_name(b) for b in ([False, True] if backward
+                                                             else [False])]
+    model = Ensemble.load(*dirs)
+    probs = model.predict_proba(list(EXAMPLE_REVIEWS))
+    for text, p in zip(EXAMPLE_REVIEWS, probs, strict=True):
+        print(f"{model.class_names[int(p.argmax())]} ({p.max():.2f}): {text[:70]}...")
 
 
 def train_and_evaluate(
@@ -138,10 +127,7 @@ def _train_and_evaluate(
     finally:
         log.close()
     if stage == "all" and config.predict_examples:
-        fwd = workdir / "models" / classifier_name(False)
-        for text, (label, p) in zip(EXAMPLE_REVIEWS, predict_texts(fwd, data, EXAMPLE_REVIEWS),
-                                    strict=True):
-            print(f"{label} ({p:.2f}): {text[:70]}...")
+        print_example_predictions(workdir, config.lm.backward)
     summary_path = workdir / "metrics.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     if stage in ("classifier", "all"):

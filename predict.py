@@ -1,0 +1,63 @@
+"""ULMFiT in JAX: classify raw texts with saved classifiers (averaged when several, e.g. fwd+bwd).
+
+    python predict.py --model runs/quickstart/models/classifier_fwd "A fine film." "Dull."
+    python predict.py --model runs/q/models/classifier_fwd --model runs/q/models/classifier_bwd \
+        --input reviews.csv --text_column review --output predictions.jsonl
+    cat reviews.txt | python predict.py --model DIR --input - --output -
+
+Inputs: texts as arguments, or `--input` FILE.txt (one text per line), FILE.csv /
+FILE.jsonl (`--text_column`, default `text`) or `-` (stdin, one text per line unless
+`--input_format`). Output (`--output`, default `-` = stdout, CSV unless `--output_format`):
+one row per text with the label and every class's probability.
+"""
+
+from absl import flags, logging
+
+from ulmfit_jax.cli import run_cli
+from ulmfit_jax.inference import text_files
+
+_MODELS = flags.DEFINE_multi_string(
+    "model", None, "Saved classifier directory; repeat for an ensemble (e.g. fwd and bwd).")
+_INPUT = flags.DEFINE_string("input", None, "FILE.txt, FILE.csv, FILE.jsonl or - (stdin).")
+_INPUT_FORMAT = flags.DEFINE_enum("input_format", None, text_files.FORMATS,
+                                  "Input format (default: from the extension; stdin: txt).")
+_TEXT_COLUMN = flags.DEFINE_string("text_column", "text", "CSV column / JSONL key of the text.")
+_OUTPUT = flags.DEFINE_string("output", "-", "FILE.csv, FILE.jsonl or - (stdout).")
+_OUTPUT_FORMAT = flags.DEFINE_enum("output_format", None, ("csv", "jsonl"),
+                                   "Output format (default: from the extension; stdout: csv).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Documents per batch.", lower_bound=1)
+flags.mark_flags_as_required(["model"])
+
+
+def _texts(argv: list[str]) -> list[str]:
+    if _INPUT.value is not None and len(argv) > 1:
+        raise text_files.InputError("give texts as arguments or --input, not both")
+    if _INPUT.value is None:
+        if len(argv) == 1:
+            raise text_files.InputError("no texts: pass them as arguments or with --input")
+        return argv[1:]
+    fmt = text_files.file_format(_INPUT.value, _INPUT_FORMAT.value, "txt")
+    return text_files.read_texts(_INPUT.value, fmt, _TEXT_COLUMN.value)
+
+
+def _model():
+    from ulmfit_jax.api import Ensemble, TextClassifier
+
+    classifiers = [TextClassifier.load(d) for d in _MODELS.value]
+    return classifiers[0] if len(classifiers) == 1 else Ensemble(classifiers)
+
+
+def main(argv: list[str]) -> None:
+    logging.set_verbosity(logging.ERROR)
+    texts = _texts(argv)
+    out_fmt = text_files.file_format(_OUTPUT.value, _OUTPUT_FORMAT.value, "csv")
+    if out_fmt == "txt":
+        raise text_files.InputError(f"{_OUTPUT.value}: output must be .csv or .jsonl")
+    model = _model()
+    probs = model.predict_proba(texts, batch_size=_BATCH_SIZE.value)
+    text_files.write_output(
+        _OUTPUT.value, text_files.format_predictions(probs, model.class_names, out_fmt))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,110 @@
+"""Raw texts -> ids -> length-sorted padded batches -> per-document outputs in input order.
+
+The host side of classifier inference, shared by `TextClassifier.predict_proba` and
+`ulmfit_jax.serving` (no jax here: the model is a callable on padded id batches).
+
+Documents are sorted longest first (as fastai's `get_preds` on a `test_dl`) and cut into
+batches; a batch is padded in fastai's layout (`pad_chunks`) to a bucketed number of `bptt`
+chunks, and its row count is rounded up to a power of two (at most `batch_size`) with all-pad
+filler rows, so a whole corpus compiles a handful of shapes. Documents are read whole (no
+truncation): BPT3C itself keeps the last `max_len` tokens' chunks, as fastai.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ulmfit_jax.text.classifier_batches import bucket_chunks, pad_chunks, sorted_order
+from ulmfit_jax.text.vocab import Vocab
+
+# Inputs at least this long get a progress bar unless `progress=False`.
+PROGRESS_MIN_TEXTS = 1000
+
+
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """`texts` as a list; a lone str or a non-str item raises TypeError naming its position."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("expected a list of texts, got a single text; wrap it: [text]")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text #{i} is {type(text).__name__}, not str")
+    return texts
+
+
+def show_progress(progress: bool | None, n: int) -> bool:
+    """Whether to draw a bar: as asked, or (None) when the input is large."""
+    return n >= PROGRESS_MIN_TEXTS if progress is None else bool(progress)
+
+
+def _bar(items, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, total=total, desc=desc, unit="doc")
+
+
+def encode_texts(tokenizer, vocab: Vocab, texts: Sequence[str], backward: bool = False,
+                 progress: bool = False) -> list[np.ndarray]:
+    """Token ids `[time]` of each text (reversed for a backward model, as it was trained)."""
+    texts = check_texts(texts)
+    tokens = _bar(tokenizer.tokenize_stream(texts) if hasattr(tokenizer, "tokenize_stream")
+                  else tokenizer.tokenize(texts), len(texts), "tokenize", progress)
+    docs = [vocab.numericalize(t) for t in tokens]
+    return [d[::-1].copy() for d in docs] if backward else docs
+
+
+def batch_rows(n_docs: int, batch_size: int) -> int:
+    """Rows of a batch holding `n_docs` documents: the next power of two, at most batch_size."""
+    return min(batch_size, 1 << max(n_docs - 1, 0).bit_length())
+
+
+def padded_batches(docs: Sequence[np.ndarray], batch_size: int, bptt: int,
+                   pad_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(document indices `[n]`, ids `[rows, time]`) batches, longest documents first.
+
+    Rows past `n` are all padding; `time` is a bucketed multiple of `bptt`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted_order(np.array([len(d) for d in docs], dtype=np.int64))
+    for start in range(0, len(order), batch_size):
+        members = order[start:start + batch_size]
+        chunks = bucket_chunks(-(-len(docs[members[0]]) // bptt))
+        rows = [docs[i] for i in members]
+        rows += [np.zeros(0, np.int32)] * (batch_rows(len(members), batch_size) - len(members))
+        yield members, pad_chunks(rows, pad_id, bptt, pad_len=chunks * bptt)
+
+
+def predict_in_batches(forward: Callable[[np.ndarray], np.ndarray], docs: Sequence[np.ndarray],
+                       batch_size: int, bptt: int, pad_id: int, n_outputs: int,
+                       progress: bool = False) -> np.ndarray:
+    """`forward(ids [rows, time]) -> [rows, n_outputs]` over `docs`, back in input order."""
+    out = np.zeros((len(docs), n_outputs), np.float32)
+    bar = _bar(None, len(docs), "predict", progress) if progress else None
+    for members, ids in padded_batches(docs, batch_size, bptt, pad_id):
+        out[members] = np.asarray(forward(ids))[:len(members)]
+        if bar is not None:
+            bar.update(len(members))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def texts_to_probabilities(forward: Callable[[np.ndarray], np.ndarray], tokenizer, vocab: Vocab,
+                           texts: Sequence[str], *, batch_size: int, bptt: int, pad_id: int,
+                           n_classes: int, backward: bool,
+                           progress: bool | None) -> np.ndarray:
+    """Raw texts -> `forward` over sorted, bucketed batches -> `[len(texts), n_classes]`."""
+    texts = check_texts(texts)
+    show = show_progress(progress, len(texts))
+    docs = encode_texts(tokenizer, vocab, texts, backward, progress=show)
+    return predict_in_batches(forward, docs, batch_size, bptt, pad_id, n_classes, show)
+
+
+def best_labels(probs: np.ndarray, class_names: Sequence[str]) -> list[str]:
+    """The class name of each row's largest probability, probs `[n, n_classes]`."""
+    return [class_names[i] for i in np.asarray(probs).argmax(axis=1)]
