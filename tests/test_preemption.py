@@ -193,3 +193,15 @@ def test_train_py_sigterm_and_sigint_save_exit_with_a_hint_and_resume_bitwise(tm
     out, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, out.decode()[-3000:]
     assert_bitwise_same_result(straight, resumed)
+
+
+def test_a_signal_after_the_last_check_still_stops_the_run():
+    from ulmfit_jax.trainer import preemption
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Preempted, match=r"stopped by SIGTERM: stage lm_fwd saved its last") as e, \
+            preemption.handle_preemption("lm_fwd"):
+        os.kill(os.getpid(), signal.SIGTERM)  # e.g. while the final checkpoint is written
+        time.sleep(0.1)
+    assert e.value.signum == signal.SIGTERM
+    assert preemption.requested() is None and signal.getsignal(signal.SIGTERM) is before

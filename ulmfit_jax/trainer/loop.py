@@ -266,7 +266,7 @@ def run_stage_with_checkpoints(
                         best_metric=stage.best_metric, best_mode=stage.best_mode,
                         async_save=config.checkpoint.async_save)
     try:
-        with preemption.handle_preemption():
+        with preemption.handle_preemption(stage.name):
             state, valid = run_stage(
                 stage, state, jax.random.PRNGKey(config.seed + seed_offset), ckpt, log,
                 every_steps=config.checkpoint.every_steps, log_every=config.log_every_steps,

@@ -39,8 +39,12 @@ def requested() -> int | None:
 
 
 @contextlib.contextmanager
-def handle_preemption() -> Iterator[None]:
-    """While inside, SIGTERM and SIGINT set the flag instead of ending the process."""
+def handle_preemption(stage: str) -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT set the flag instead of ending the process.
+
+    A signal that arrives after the loop's last check (while the stage's final checkpoint is
+    written) still stops the run: `Preempted` is raised on leaving, with that checkpoint saved.
+    """
     global _requested
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -54,7 +58,10 @@ def handle_preemption() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        _requested = None
+        late, _requested = _requested, None
+    if late is not None:
+        raise Preempted(f"stopped by {signal.Signals(late).name}: stage {stage} saved its last "
+                        "checkpoint; rerun the same command to resume from it", late)
 
 
 def stop_if_requested(stage: str, step: int) -> None:
