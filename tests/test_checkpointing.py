@@ -82,3 +82,24 @@ def test_non_finite_loss_message_names_stage_and_step():
     for bad in (float("nan"), float("inf")):
         with pytest.raises(NonFiniteLossError, match=r"step 12 of stage 'classifier_fwd'"):
             check_finite_loss(bad, "classifier_fwd", 12)
+
+
+def test_async_save_writes_the_metadata_as_it_was_at_save_time(tmp_path, monkeypatch):
+    """orbax may serialise the JSON in its thread after `save` returned, while the loop goes on
+    adding steps to its metric accumulators: the checkpoint must hold the values at save time
+    (a step counted twice after resuming was seen on a loaded machine)."""
+    ckpt = Checkpointer(tmp_path / "ck", keep=2, async_save=True)
+    real_save = ckpt._manager.save
+    live = {"interval": {"loss_sum": 1.0, "count": 1.0}}
+
+    def late_writer(*args, **kwargs):  # the loop's next step lands before the write
+        live["interval"]["loss_sum"] += 5.0
+        live["interval"]["count"] += 1.0
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt._manager, "save", late_writer)
+    ckpt.save(1, make_state(), {"rng": [0], "metrics": live})
+    ckpt.wait()
+    _, meta = ckpt.restore_latest(make_state())
+    ckpt.close()
+    assert meta["metrics"] == {"interval": {"loss_sum": 1.0, "count": 1.0}}

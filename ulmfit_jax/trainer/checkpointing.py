@@ -34,6 +34,7 @@ checkpoint is never replaced by a diverged one.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -123,7 +124,9 @@ class Checkpointer:
         self, step: int, state: dict, meta: dict, metrics: dict[str, float] | None = None
     ) -> None:
         """Save `state` (arrays) and `meta` (JSON) as checkpoint `step` (asynchronously)."""
-        meta = {**meta, "step": int(step)}
+        # A deep copy: orbax may serialise the JSON in its own thread after this returns, while
+        # the caller keeps mutating what `meta` refers to (the loop's metric accumulators).
+        meta = copy.deepcopy({**meta, "step": int(step)})
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         with disk_full_is_clear(f"checkpoint step {step} in {self.directory}"):
             self._manager.save(step, args=args, metrics=metrics, force=True)
