@@ -174,7 +174,7 @@ def our_variants() -> list[Variant]:
         why = None
         try:
             AWDLSTMConfig(vocab_size=2, **options)
-        except ConfigError as error:
+        except ConfigError as error:  # the package's own rule, its first clause for the cell
             why = str(error).split(" (")[0]
         if impl == "cudnn" and not on_cuda and why is None:
             why = f"cuDNN needs a CUDA GPU; backend: {jax.default_backend()}"
@@ -315,6 +315,21 @@ def table_rows(
     return rows
 
 
+def ratio_lines(all_results: dict[int, dict[str, Measured]], baseline: str) -> list[str]:
+    """Each variant's median per-round speed ratio to `baseline` (e.g. bf16 vs fp32, cuDNN vs
+    scan), per batch size and task."""
+    lines = []
+    for batch, results in all_results.items():
+        if baseline not in results:
+            continue
+        cells = [f"{name} " + " / ".join(
+            _ratio(m.seconds[task], results[baseline], task) if task in m.seconds else "-"
+            for task in TASKS) for name, m in results.items() if name != baseline]
+        lines.append(f"- batch {batch}, vs {baseline} (LM train / LM eval / clf train): "
+                     + "; ".join(cells))
+    return lines
+
+
 def _best_ours(results: dict[str, Measured]) -> str | None:
     """Our variant with the most LM training tokens/s (the least median step time)."""
     ours = {name: np.median(m.seconds["lm_train"]) for name, m in results.items()
@@ -395,6 +410,7 @@ def print_report(variants: list[Variant], all_results: dict[int, dict[str, Measu
         print("\n".join(table_rows(variants, results, setting, tasks)))
     print("\nRatios: median over rounds of fastai fp32's step time / the variant's, same batch. "
           "Step memory: ours XLA's plan for the step; fastai CUDA peak of its first calls.\n")
+    print("\n".join(ratio_lines(all_results, "ours scan fp32")) + "\n")
     print("\n".join(goal_lines(all_results, args.bptt, device)))
 
 

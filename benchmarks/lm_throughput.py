@@ -20,6 +20,8 @@ timed steps and the ratio is the median of the per-round ratios.
     python benchmarks/lm_throughput.py --size full --steps 4 --warmup 1     # WT103 size, ~3 min
 
 Each side runs warm-up steps first (compilation for JAX, allocator warm-up for torch).
+`accelerator.py` reuses these step builders on a GPU or TPU (fastai's with a device and AMP,
+ours with `compute_dtype` / `lstm_impl`).
 """
 
 from __future__ import annotations
