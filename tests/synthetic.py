@@ -34,3 +34,32 @@ def write_separable_csvs(directory: Path, n_train: int = 300, n_valid: int = 100
             csv.writer(f).writerows(separable_documents(n, seed))
         paths.append(path)
     return paths[0], paths[1]
+
+
+WIKI_WORDS = [f"w{i}" for i in range(40)]
+
+
+def wikitext_article(title: str, rng: np.random.Generator, n_paragraphs: int = 3) -> str:
+    """One article in WikiText-103's layout: heading, sections, tokenized lines, `<unk>`,
+    `@,@` and `@.@`. Sentences repeat short word patterns, so a language model can learn them."""
+    lines = [" \n", f" = {title} = \n", " \n"]
+    for p in range(n_paragraphs):
+        if p:
+            lines += [" \n", f" = = Section {p} = = \n", " \n"]
+        words = []
+        for _ in range(int(rng.integers(4, 8))):
+            start = int(rng.integers(0, len(WIKI_WORDS) - 4))
+            words += WIKI_WORDS[start:start + 4] + ["<unk>", "1", "@,@", "000", "@.@", "5", "."]
+        lines.append(" " + " ".join(words) + " \n")
+    return "".join(lines)
+
+
+def write_wikitext(directory: Path, n_train: int = 60, n_valid: int = 10,
+                   n_test: int = 10) -> Path:
+    """A WikiText-format folder (`wiki.{train,valid,test}.tokens`) of synthetic articles."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
+        articles = [wikitext_article(f"{split.title()} article {i}", rng) for i in range(n)]
+        (directory / f"wiki.{split}.tokens").write_text("".join(articles), encoding="utf-8")
+    return directory

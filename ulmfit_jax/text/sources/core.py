@@ -213,7 +213,8 @@ class _PairStream:
 
 @dataclass(frozen=True)
 class TextDataset:
-    """A corpus split into `train` and `valid` (and optional unlabelled `unsup`) streams.
+    """A corpus split into `train` and `valid` (and optional unlabelled `unsup`, and `test`)
+    streams.
 
     `labels` are the sorted class names (`sort_labels`); empty for an unlabelled corpus.
     Class index `i` means `labels[i]`.
@@ -226,11 +227,14 @@ class TextDataset:
     unsup: DocStream | None = None
     multi_label: bool = False
     settings: dict = field(default_factory=dict, compare=False)
+    test: DocStream | None = None  # a held-out split no stage trains on (WikiText's test)
 
     def fingerprint(self) -> str:
         """Stable hash of every split's content plus the settings (a cache key)."""
         parts = [s.fingerprint() if s is not None else None
                  for s in (self.train, self.valid, self.unsup)]
+        if self.test is not None:
+            parts.append(self.test.fingerprint())
         return _hash_json([self.name, parts, self.labels, self.multi_label])
 
     def lm_texts(self) -> Iterator[str]:
