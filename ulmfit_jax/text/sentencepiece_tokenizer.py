@@ -109,6 +109,12 @@ class SentencePieceTokenizer:
             digest.update(data)
         return digest.hexdigest()[:32]
 
+    def corpus_key(self, corpus_fingerprint: str) -> str:
+        """A `train` cache key for the corpus named by its fingerprint and these settings
+        (no pass over the corpus, unlike the default content hash)."""
+        blob = json.dumps([corpus_fingerprint, self._settings()], sort_keys=True)
+        return "fp-" + hashlib.sha256(blob.encode()).hexdigest()[:32]
+
     def train(self, texts: Iterable[str], corpus_key: str | None = None) -> Path | None:
         """Train on `texts` (re-iterable), or load the cached model for the same corpus+settings.
 

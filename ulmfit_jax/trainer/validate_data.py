@@ -15,7 +15,7 @@ import numpy as np
 
 from ulmfit_jax.errors import DataError
 from ulmfit_jax.text.token_cache import TokenizedCorpus
-from ulmfit_jax.trainer.data import PreparedData
+from ulmfit_jax.trainer.data import PRETRAINING_SOURCES, PreparedData
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ IMBALANCE = 10.0  # largest / smallest training class above this: a warning
 def source_name(data: ml_collections.ConfigDict, lm: bool = False) -> str:
     """How messages name the data: `config.data.source` (and its path)."""
     name = (data.lm_source or data.source) if lm else data.source
-    path = data.path if name in ("csv", "imdb_folder", "tfds") and data.path else ""
+    with_path = ("csv", "imdb_folder", "tfds", *PRETRAINING_SOURCES)
+    path = data.path if name in with_path and data.path else ""
     return f"data source {name!r}" + (f" ({path})" if path else "")
 
 
