@@ -57,6 +57,7 @@ from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, resize_state
 from ulmfit_jax.text.detokenize import detokenize
 from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
 from ulmfit_jax.text.prediction_batches import best_labels
+from ulmfit_jax.text.sentencepiece_tokenizer import SentencePieceTokenizer
 from ulmfit_jax.text.tokenizer_spec import Tokenizer, has_tokenizer, load_tokenizer, save_tokenizer
 from ulmfit_jax.text.vocab import Vocab
 
@@ -403,6 +404,8 @@ class LanguageModel:
         `LMLearner.predict`; see `inference.generate`). A backward LM writes the words
         before the prompt. Deterministic for a given `seed`."""
         tokens = self._generator().generate(prompt, n_words, temperature, top_k, top_p, seed)
+        if isinstance(self.tokenizer, SentencePieceTokenizer):
+            return self.tokenizer.detokenize(tokens)  # pieces, not space-separated words
         return detokenize(tokens)
 
     def predict_next(self, texts: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
