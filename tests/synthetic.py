@@ -63,3 +63,36 @@ def write_wikitext(directory: Path, n_train: int = 60, n_valid: int = 10,
         articles = [wikitext_article(f"{split.title()} article {i}", rng) for i in range(n)]
         (directory / f"wiki.{split}.tokens").write_text("".join(articles), encoding="utf-8")
     return directory
+
+
+TOPICS = {"sports": ["goal", "referee", "stadium"], "music": ["guitar", "melody", "chorus"],
+          "food": ["recipe", "spicy", "oven"]}
+
+
+def multi_label_documents(n: int, seed: int) -> list[tuple[str, str]]:
+    """`n` (labels joined by "|", text) rows: each topic is present with probability 1/2 (at
+    least one per document) and puts two of its keywords among shared filler words."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    while len(rows) < n:
+        present = [t for t in TOPICS if rng.random() < 0.5]
+        if not present:
+            continue
+        words = list(rng.choice(FILLER, rng.integers(15, 40)))
+        for topic in present:
+            for keyword in rng.choice(TOPICS[topic], 2):
+                words.insert(int(rng.integers(0, len(words) + 1)), str(keyword))
+        rows.append(("|".join(present), " ".join(words) + "."))
+    return rows
+
+
+def write_multi_label_csvs(directory: Path, n_train: int = 300,
+                           n_valid: int = 100) -> tuple[Path, Path]:
+    """train.csv and valid.csv (no header; "|"-separated labels in column 0, text in 1)."""
+    paths = []
+    for name, n, seed in (("train.csv", n_train, 0), ("valid.csv", n_valid, 1)):
+        path = directory / name
+        with path.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(multi_label_documents(n, seed))
+        paths.append(path)
+    return paths[0], paths[1]

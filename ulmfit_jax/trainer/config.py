@@ -78,6 +78,9 @@ def _data_config() -> ml_collections.ConfigDict:
         "valid_path": "",  # csv, text_files: optional validation file (or folder)
         "csv_label_cols": (0,),  # csv: label column(s); () = unlabelled (LM-only corpus)
         "csv_header": False,
+        # csv: labels separated by this inside one column ("" = none); with it, or with
+        # several label columns, the task is multi-label (sigmoid + binary cross-entropy)
+        "csv_label_delim": "",
         "valid_fraction": 0.2,  # when the source has no validation split
         "max_train_docs": 0,  # > 0: keep only the first N training documents (quick runs)
         "max_valid_docs": 0,
@@ -135,6 +138,9 @@ def _classifier_config() -> ml_collections.ConfigDict:
         "moms": (0.8, 0.7, 0.8),
         "phases": FASTAI_CLASSIFIER_PHASES,
         "eval_batch_size": 128,
+        # Multi-label data: a class is predicted when its sigmoid exceeds this (fastai's
+        # `accuracy_multi` / `BCEWithLogitsLossFlat` thresh).
+        "threshold": 0.5,
     })
 
 
@@ -176,6 +182,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _require(config.classifier.eval_batch_size >= 1, "classifier.eval_batch_size",
              config.classifier.eval_batch_size, "an integer >= 1")
     _require(config.lm.epochs >= 1, "lm.epochs", config.lm.epochs, "an integer >= 1")
+    _require(0 < config.classifier.threshold < 1, "classifier.threshold",
+             config.classifier.threshold, "a probability in (0, 1)")
     for key in ("valid_fraction", "lm_valid_fraction"):
         value = config.data[key]
         _require(0 <= value < 1, f"data.{key}", value, "a fraction in [0, 1)")

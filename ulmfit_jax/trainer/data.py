@@ -52,6 +52,7 @@ class PreparedData:
     clf_valid: TokenizedCorpus
     lm_train: TokenizedCorpus
     lm_valid: TokenizedCorpus
+    multi_label: bool = False  # labels are multi-hot [docs, n_classes]
 
 
 class _Subset:
@@ -105,6 +106,7 @@ def load_dataset(data: ml_collections.ConfigDict, name: str | None = None) -> so
         return sources.csv_dataset(
             data.path, data.valid_path or None, valid_fraction=data.valid_fraction,
             label_cols=tuple(data.csv_label_cols), header=data.csv_header,
+            label_delim=data.csv_label_delim or None,
         )
     if name == "imdb_folder":
         return sources.imdb_folder(data.path, valid_fraction=data.valid_fraction)
@@ -229,6 +231,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | Path) -> Prep
         vocab=vocab,
         tokenizer=tokenizer,
         class_names=list(dataset.labels),
+        multi_label=dataset.multi_label,
         clf_train=train.numericalize(vocab),
         clf_valid=valid.numericalize(vocab),
         lm_train=lm_train,

@@ -190,8 +190,19 @@ class DocStream:
             return self._label_index[label]
         return sorted(self._label_index[n] for n in label)
 
+    def label_target(self, label: Label) -> int | tuple[int, ...] | None:
+        """What a classifier learns: the class index, or for a multi-label the multi-hot
+        tuple over all classes (1 for each class the document has)."""
+        if label is None or isinstance(label, str):
+            return self.label_id(label)
+        hot = [0] * len(self._label_index)
+        for i in self.label_id(label):
+            hot[i] = 1
+        return tuple(hot)
+
     def as_pairs(self) -> _PairStream:
-        """The split as re-iterable `(text, class index)` pairs, the form token_cache takes."""
+        """The split as re-iterable `(text, label target)` pairs (`label_target`), the form
+        token_cache takes."""
         return _PairStream(self)
 
 
@@ -204,11 +215,11 @@ class _PairStream:
     def __len__(self) -> int:
         return len(self._docs)
 
-    def __iter__(self) -> Iterator[tuple[str, int | list[int] | None]]:
-        return ((d.text, self._docs.label_id(d.label)) for d in self._docs)
+    def __iter__(self) -> Iterator[tuple[str, int | tuple[int, ...] | None]]:
+        return ((d.text, self._docs.label_target(d.label)) for d in self._docs)
 
     def fingerprint(self) -> str:
-        return "ids-" + self._docs.fingerprint()
+        return "targets-" + self._docs.fingerprint()
 
 
 @dataclass(frozen=True)
