@@ -34,3 +34,65 @@ def write_separable_csvs(directory: Path, n_train: int = 300, n_valid: int = 100
             csv.writer(f).writerows(separable_documents(n, seed))
         paths.append(path)
     return paths[0], paths[1]
+
+
+WIKI_WORDS = [f"w{i}" for i in range(40)]
+
+
+def wikitext_article(title: str, rng: np.random.Generator, n_paragraphs: int = 3) -> str:
+    """One article in WikiText-103's layout: heading, sections, tokenized lines, `<unk>`,
+    `@,@` and `@.@`. Sentences repeat short word patterns, so a language model can learn them."""
+    lines = [" \n", f" = {title} = \n", " \n"]
+    for p in range(n_paragraphs):
+        if p:
+            lines += [" \n", f" = = Section {p} = = \n", " \n"]
+        words = []
+        for _ in range(int(rng.integers(4, 8))):
+            start = int(rng.integers(0, len(WIKI_WORDS) - 4))
+            words += WIKI_WORDS[start:start + 4] + ["<unk>", "1", "@,@", "000", "@.@", "5", "."]
+        lines.append(" " + " ".join(words) + " \n")
+    return "".join(lines)
+
+
+def write_wikitext(directory: Path, n_train: int = 60, n_valid: int = 10,
+                   n_test: int = 10) -> Path:
+    """A WikiText-format folder (`wiki.{train,valid,test}.tokens`) of synthetic articles."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
+        articles = [wikitext_article(f"{split.title()} article {i}", rng) for i in range(n)]
+        (directory / f"wiki.{split}.tokens").write_text("".join(articles), encoding="utf-8")
+    return directory
+
+
+TOPICS = {"sports": ["goal", "referee", "stadium"], "music": ["guitar", "melody", "chorus"],
+          "food": ["recipe", "spicy", "oven"]}
+
+
+def multi_label_documents(n: int, seed: int) -> list[tuple[str, str]]:
+    """`n` (labels joined by "|", text) rows: each topic is present with probability 1/2 (at
+    least one per document) and puts two of its keywords among shared filler words."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    while len(rows) < n:
+        present = [t for t in TOPICS if rng.random() < 0.5]
+        if not present:
+            continue
+        words = list(rng.choice(FILLER, rng.integers(15, 40)))
+        for topic in present:
+            for keyword in rng.choice(TOPICS[topic], 2):
+                words.insert(int(rng.integers(0, len(words) + 1)), str(keyword))
+        rows.append(("|".join(present), " ".join(words) + "."))
+    return rows
+
+
+def write_multi_label_csvs(directory: Path, n_train: int = 300,
+                           n_valid: int = 100) -> tuple[Path, Path]:
+    """train.csv and valid.csv (no header; "|"-separated labels in column 0, text in 1)."""
+    paths = []
+    for name, n, seed in (("train.csv", n_train, 0), ("valid.csv", n_valid, 1)):
+        path = directory / name
+        with path.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(multi_label_documents(n, seed))
+        paths.append(path)
+    return paths[0], paths[1]

@@ -1,5 +1,6 @@
 """SentencePieceTokenizer: training from a stream, caching, fastai special ids, encode/decode."""
 
+import collections
 import pickle
 
 import pytest
@@ -112,3 +113,33 @@ def test_fastai_rules_option(corpus, tmp_path):
     tok.train(corpus[:150])
     pieces = tok.tokenize(["The END"])[0]
     assert "xxmaj" in pieces and "xxup" in pieces and pieces.count("xxbos") == 1
+
+
+def test_fastai_lm_trained_with_sentencepiece_converts(trained, corpus, tmp_path):
+    """A fastai LM whose itos is SentencePiece pieces (in fastai's count order, not the
+    model's id order) reads raw text through the SentencePiece tokenizer attached to it."""
+    from ulmfit_jax.api import LanguageModel
+    from ulmfit_jax.model.config import AWDLSTMConfig
+    from ulmfit_jax.text.vocab import Vocab
+
+    tok = trained[0]
+    fastai_tok = SentencePieceTokenizer.from_model(trained[1], rules="fastai")
+    counts = collections.Counter(p for doc in fastai_tok.tokenize(corpus) for p in doc)
+    itos = list(SPECIAL_TOKENS) + sorted(
+        (p for p in tok.itos[9:] if counts[p]), key=lambda p: (-counts[p], p))
+    assert itos[9:] != [p for p in tok.itos[9:] if counts[p]]  # really a different order
+    config = AWDLSTMConfig.lm_defaults(len(itos), emb_size=16, hidden_size=32, n_layers=2)
+    LanguageModel.create(config, itos, seed=0).to_fastai(tmp_path / "lm.pth",
+                                                          tmp_path / "itos.pkl")
+    lm = LanguageModel.from_fastai(tmp_path / "lm.pth", tmp_path / "itos.pkl",
+                                   tokenizer=fastai_tok)
+    assert list(lm.vocab) == itos
+    text = "The film was a delight."
+    pieces = fastai_tok.tokenize([text])[0]
+    assert all(p in itos for p in pieces)
+    assert list(Vocab(lm.vocab).numericalize(pieces)) == [itos.index(p) for p in pieces]
+    ((best, _), *_), = lm.predict_next([text], k=3)
+    assert best in itos
+    generated = lm.generate(text, n_words=5, seed=0)
+    assert generated.startswith(fastai_tok.detokenize(pieces)) and "\u2581" not in generated
+    assert len(generated) > len(fastai_tok.detokenize(pieces))

@@ -57,6 +57,7 @@ from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, resize_state
 from ulmfit_jax.text.detokenize import detokenize
 from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
 from ulmfit_jax.text.prediction_batches import best_labels
+from ulmfit_jax.text.sentencepiece_tokenizer import SentencePieceTokenizer
 from ulmfit_jax.text.tokenizer_spec import Tokenizer, has_tokenizer, load_tokenizer, save_tokenizer
 from ulmfit_jax.text.vocab import Vocab
 
@@ -403,6 +404,8 @@ class LanguageModel:
         `LMLearner.predict`; see `inference.generate`). A backward LM writes the words
         before the prompt. Deterministic for a given `seed`."""
         tokens = self._generator().generate(prompt, n_words, temperature, top_k, top_p, seed)
+        if isinstance(self.tokenizer, SentencePieceTokenizer):
+            return self.tokenizer.detokenize(tokens)  # pieces, not space-separated words
         return detokenize(tokens)
 
     def predict_next(self, texts: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
@@ -440,6 +443,7 @@ class TextClassifier:
         self.vocab = _check_vocab(vocab, module.config.encoder.vocab_size, "TextClassifier")
         self.tokenizer, self.backward = tokenizer, bool(backward)
         self.class_names = self._check_class_names(class_names)
+        self.multi_label, self.threshold = False, 0.5
 
     def _check_class_names(self, names: Sequence[str] | None) -> list[str]:
         n = self.config.n_classes
@@ -455,6 +459,15 @@ class TextClassifier:
         self.tokenizer = tokenizer
         if class_names is not None:
             self.class_names = self._check_class_names(class_names)
+        return self
+
+    def with_multi_label(self, threshold: float = 0.5) -> TextClassifier:
+        """Make this a multi-label classifier, as fastai's `BCEWithLogitsLossFlat`: sigmoid
+        probabilities, and each text gets every class whose probability exceeds `threshold`
+        (saved with it); returns self."""
+        if not 0 < threshold < 1:
+            raise ValueError(f"TextClassifier: threshold must be in (0, 1), got {threshold}")
+        self.multi_label, self.threshold = True, float(threshold)
         return self
 
     @property
@@ -620,16 +633,20 @@ class TextClassifier:
         """
         tokenizer = _require_tokenizer(self.tokenizer, "classifier")
         return classifier_probabilities(self.module, self._vocab_table, tokenizer, texts,
-                                        batch_size, self.backward, progress)
+                                        batch_size, self.backward, progress, self.multi_label)
 
     @functools.cached_property
     def _vocab_table(self) -> Vocab:
         return Vocab(self.vocab)  # its token -> id map, built once
 
     def predict(self, texts: Sequence[str], batch_size: int = 64,
-                progress: bool | None = None) -> list[str]:
-        """The most likely class name of each text (see `predict_proba`)."""
+                progress: bool | None = None) -> list[str] | list[list[str]]:
+        """The most likely class name of each text (see `predict_proba`); multi-label: the
+        list of class names whose probability exceeds `threshold` (possibly empty)."""
         probs = self.predict_proba(texts, batch_size=batch_size, progress=progress)
+        if self.multi_label:
+            return [[n for n, p in zip(self.class_names, row, strict=True) if p > self.threshold]
+                    for row in probs]
         return best_labels(probs, self.class_names)
 
     def export(self, directory: str | os.PathLike, overwrite: bool = False,
@@ -638,6 +655,9 @@ class TextClassifier:
         `platforms`) with the tokenizer, vocab and class names; `ulmfit_jax.serving.load`
         runs it without flax (see `inference.export`)."""
         tokenizer = _require_tokenizer(self.tokenizer, "classifier")
+        if self.multi_label:
+            raise ValueError("TextClassifier.export: multi-label classifiers are not exportable "
+                             "yet (the serving artifact returns softmax probabilities)")
         export_classifier(self.module, self.vocab, tokenizer, self.class_names, self.backward,
                           directory, overwrite, platforms)
 
@@ -646,7 +666,8 @@ class TextClassifier:
         direction), `vocab.json` and the tokenizer, atomically."""
         _write_directory(directory, "classifier", _classifier_config_to_json(self.config),
                          self.vocab, self.state, overwrite,
-                         {"backward": self.backward, "class_names": self.class_names},
+                         {"backward": self.backward, "class_names": self.class_names,
+                          "multi_label": self.multi_label, "threshold": self.threshold},
                          self.tokenizer)
 
     @classmethod
@@ -656,5 +677,8 @@ class TextClassifier:
         config = _classifier_config_from_json(saved.meta["config"])
         module = nnx.eval_shape(lambda: AWDLSTMClassifier(config, rngs=nnx.Rngs(0)))
         _restore_state(module, saved.state_path)
-        return cls(module, saved.vocab, saved.tokenizer, saved.meta.get("class_names"),
-                   saved.meta.get("backward", False))
+        clf = cls(module, saved.vocab, saved.tokenizer, saved.meta.get("class_names"),
+                  saved.meta.get("backward", False))
+        if saved.meta.get("multi_label", False):
+            clf.with_multi_label(saved.meta.get("threshold", 0.5))
+        return clf

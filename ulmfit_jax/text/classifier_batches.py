@@ -183,8 +183,8 @@ class ClassifierBatches(ResumableBatches):
                  "indices": indices[rows]}
         if self.corpus.labels is not None:
             labels = np.asarray(self.corpus.labels)[members]
-            batch["labels"] = np.concatenate([labels, np.full(n_fill, -1)]).astype(
-                np.int32)[rows]
+            fill = np.full((n_fill, *labels.shape[1:]), -1)  # multi-label: [batch, n_classes]
+            batch["labels"] = np.concatenate([labels, fill]).astype(np.int32)[rows]
         return batch
 
     def _tokens(self, i: int) -> np.ndarray:

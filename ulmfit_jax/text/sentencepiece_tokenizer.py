@@ -19,7 +19,15 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from ulmfit_jax.text.fastai_tokenizer import BOS, SPECIAL_TOKENS, UNK, apply_rules, fix_html
+from ulmfit_jax.text.detokenize import decode_spec_tokens
+from ulmfit_jax.text.fastai_tokenizer import (
+    BOS,
+    PAD,
+    SPECIAL_TOKENS,
+    UNK,
+    apply_rules,
+    fix_html,
+)
 
 # sentencepiece's default max_sentence_length (4192 bytes) silently drops about 2% of IMDb
 # reviews from training; this keeps all but pathological documents.
@@ -108,6 +116,12 @@ class SentencePieceTokenizer:
             digest.update(len(data).to_bytes(8, "little"))  # no ambiguity between documents
             digest.update(data)
         return digest.hexdigest()[:32]
+
+    def corpus_key(self, corpus_fingerprint: str) -> str:
+        """A `train` cache key for the corpus named by its fingerprint and these settings
+        (no pass over the corpus, unlike the default content hash)."""
+        blob = json.dumps([corpus_fingerprint, self._settings()], sort_keys=True)
+        return "fp-" + hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def train(self, texts: Iterable[str], corpus_key: str | None = None) -> Path | None:
         """Train on `texts` (re-iterable), or load the cached model for the same corpus+settings.
@@ -231,6 +245,12 @@ class SentencePieceTokenizer:
         bos = sp.piece_to_id(BOS)
         skip = [1 if self.add_bos and len(doc) and doc[0] == bos else 0 for doc in ids]
         return [sp.decode([int(i) for i in doc[k:]]) for doc, k in zip(ids, skip, strict=True)]
+
+    def detokenize(self, pieces: Sequence[str]) -> str:
+        """Readable text of pieces (e.g. generated ones): `xxbos`/`xxpad` dropped, fastai's
+        special tokens undone, pieces joined with their `▁` as spaces."""
+        words = decode_spec_tokens([p for p in pieces if p not in (BOS, PAD)])
+        return "".join(words).replace("▁", " ").strip()
 
     def fingerprint(self) -> str:
         """Stable hash of the model and the settings that shape the output (a cache key)."""

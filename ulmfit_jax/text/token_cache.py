@@ -21,6 +21,7 @@ offsets.npy      int64 [n_docs + 1] document d is raw_ids[offsets[d]:offsets[d +
 raw_itos.json    list[str]          raw id -> token string
 raw_counts.npy   int64 [n_raw]      occurrences of each raw id
 labels.npy       int64 [n_docs]     only when the documents carry labels
+                 ([n_docs, n_classes] multi-hot for multi-label documents)
 vocab-<fp>.npy   int32 [n_tokens]   vocab ids for one vocab, added on demand
 ```
 
@@ -81,7 +82,8 @@ class _VocabLike(Protocol):
 class TokenizedCorpus:
     """Documents as one flat id array plus offsets (all memory-mapped where they come from disk).
 
-    ids: int32 `[n_tokens]`; offsets: int64 `[n_docs + 1]`; labels: int64 `[n_docs]` or None.
+    ids: int32 `[n_tokens]`; offsets: int64 `[n_docs + 1]`; labels: int64 `[n_docs]`
+    (multi-label: multi-hot `[n_docs, n_classes]`) or None.
     """
 
     ids: np.ndarray
@@ -382,11 +384,16 @@ def _labels_array(labels: list[int | None]) -> np.ndarray | None:
         return None
     if missing:
         raise ValueError(f"documents {missing[:5]} have no label while others do")
+    if all(isinstance(lab, tuple | list) for lab in labels):
+        # Multi-label: multi-hot rows, int64 [n_docs, n_classes].
+        if len({len(lab) for lab in labels}) != 1:
+            raise ValueError("multi-hot labels must all have the same length")
+        return np.array(labels, dtype=np.int64)
     try:
         return np.array([int(lab) for lab in labels], dtype=np.int64)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"labels must be single integer class indices (multi-label is not "
-                         f"cached), got {e}") from e
+        raise ValueError(f"labels must be integer class indices or multi-hot tuples, got "
+                         f"{e}") from e
 
 
 def _chunks(source: Iterable[Any], chunk_size: int, labels: list[int | None]

@@ -29,7 +29,7 @@ from ulmfit_jax.trainer.data import PreparedData
 from ulmfit_jax.trainer.lm_stage import lm_name
 from ulmfit_jax.trainer.loop import Phase, Stage, run_stage_with_checkpoints
 from ulmfit_jax.trainer.metric_logger import MetricLogger
-from ulmfit_jax.trainer.metrics import classification_report, classifier_summary
+from ulmfit_jax.trainer.metrics import classifier_summary, report
 
 VALID_PROBS = "valid_probs.npy"
 
@@ -58,7 +58,8 @@ def predict_probs(
     mesh, graphdef, state: dict, corpus: TokenizedCorpus, batch_size: int, bptt: int,
     pad_id: int, max_tokens: int | None, evaluate=None,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Probabilities `[docs, n_classes]` in corpus order, and summed loss/accuracy metrics."""
+    """Probabilities `[docs, n_classes]` in corpus order (sigmoid ones when `evaluate` is
+    multi-label), and summed loss/accuracy metrics."""
     batches = ClassifierBatches(corpus, batch_size, bptt=bptt, pad_id=pad_id, shuffle=False,
                                 max_tokens=max_tokens, pad_last_batch=True,
                                 process_index=jax.process_index(),
@@ -83,11 +84,12 @@ def _classifier(config, data: PreparedData, workdir: Path, backward: bool) -> Te
             f"{lm_dir}: no fine-tuned language model; run `--stage lm` (or `--stage all`) first"
         )
     lm = LanguageModel.load(lm_dir)
-    return TextClassifier.from_language_model(
+    clf = TextClassifier.from_language_model(
         lm.with_tokenizer(data.tokenizer), len(data.class_names),
         drop_mult=config.classifier.drop_mult, seed=config.seed,
         class_names=data.class_names, **classifier_options(config),
     )
+    return clf.with_multi_label(config.classifier.threshold) if data.multi_label else clf
 
 
 def _step(state: dict) -> int:
@@ -112,9 +114,10 @@ def train_classifier(
                             wd=c.wd, clip_norm=c.clip or None)
     graphdef, state = train_step.create_classifier_state(clf.module, tx)
     state = sharding.place_state(state, mesh)
+    labels = {"multi_label": clf.multi_label, "threshold": clf.threshold}
     step_fn = train_step.make_train_step(
         train_step.classifier_train_step, mesh, state, graphdef=graphdef,
-        model_config=clf.config, optimizer=tx,
+        model_config=clf.config, optimizer=tx, **labels,
     )
     train = data.clf_train.reversed() if backward else data.clf_train
     valid = data.clf_valid.reversed() if backward else data.clf_valid
@@ -122,7 +125,7 @@ def train_classifier(
                                  seed=config.seed, max_tokens=max_tokens,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
-    evaluate_batch = train_step.make_classifier_eval_step(mesh, graphdef)
+    evaluate_batch = train_step.make_classifier_eval_step(mesh, graphdef, **labels)
 
     def to_device(batch: dict) -> tuple[dict, int]:
         host = _host_batch(batch, c.bptt, pad_id)
@@ -139,7 +142,7 @@ def train_classifier(
         probs, summary = valid_probs(state)
         validated.clear()
         validated[_step(state)] = probs
-        return {**summary, **classification_report(np.asarray(valid.labels), probs)}
+        return {**summary, **report(np.asarray(valid.labels), probs, clf.threshold)}
 
     phases = [Phase(int(e), float(lr), float(div), int(f)) for f, e, lr, div in c.phases]
     stage = Stage(name=name, phases=phases, iterator=iterator, step_fn=step_fn,
@@ -150,6 +153,8 @@ def train_classifier(
     trained = TextClassifier.from_params(clf.config, jax.device_get(state["params"]), clf.vocab,
                                          jax.device_get(state["batch_stats"]), clf.tokenizer,
                                          clf.class_names, backward)
+    if clf.multi_label:
+        trained.with_multi_label(clf.threshold)
     trained.save(out_dir, overwrite=True)
     # The last epoch's validation already computed them, unless this run resumed after it or
     # restored an earlier best epoch.

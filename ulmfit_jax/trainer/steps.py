@@ -82,17 +82,44 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
 
 
-def _sum_metrics(ce: jax.Array, logits: jax.Array, targets: jax.Array, weights: jax.Array) -> dict:
-    """Sums and counts of loss and accuracy under `weights` (0 for padding rows/tokens)."""
+def multi_label_loss_and_correct(logits: jax.Array, targets: jax.Array, threshold: float
+                                 ) -> tuple[jax.Array, jax.Array]:
+    """Per-document binary cross-entropy with logits and share of correct labels, fastai's
+    `BCEWithLogitsLossFlat` and `accuracy_multi` (fastai/losses.py, fastai/metrics.py):
+    logits, targets (0/1) `[batch, n_classes]` -> `[batch]`, `[batch]`. Every document has
+    n_classes cells, so their means over documents are fastai's means over all cells."""
+    logits, targets = logits.astype(jnp.float32), targets.astype(jnp.float32)
+    bce = optax.sigmoid_binary_cross_entropy(logits, targets).mean(-1)
+    correct = ((jax.nn.sigmoid(logits) > threshold) == (targets > 0.5)).mean(-1)
+    return bce, correct.astype(jnp.float32)
+
+
+def _classifier_loss(logits: jax.Array, labels: jax.Array, multi_label: bool,
+                     threshold: float) -> tuple[jax.Array, jax.Array]:
+    """Per-document loss and correctness `[batch]`: softmax CE and argmax, or (multi-label)
+    `multi_label_loss_and_correct`."""
+    if multi_label:
+        return multi_label_loss_and_correct(logits, labels, threshold)
+    return token_cross_entropy(logits, labels), _top1_correct(logits, labels)
+
+
+def _top1_correct(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """1.0 where the target is the most likely class, logits `[..., classes]` -> `[...]`."""
     # "target logit is the max" instead of argmax: XLA:CPU's argmax over [tokens, 60k] costs
     # more than the loss itself; they differ only on exact ties.
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    correct = (target_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
-    return {
-        "loss_sum": jnp.sum(ce * weights),
-        "correct": jnp.sum(correct * weights),
-        "count": jnp.sum(weights),
-    }
+    return (target_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
+
+
+def _sums(loss: jax.Array, correct: jax.Array, weights: jax.Array) -> dict:
+    """Sums and counts of loss and correctness under `weights` (0 for padding rows/tokens)."""
+    return {"loss_sum": jnp.sum(loss * weights), "correct": jnp.sum(correct * weights),
+            "count": jnp.sum(weights)}
+
+
+def _sum_metrics(ce: jax.Array, logits: jax.Array, targets: jax.Array, weights: jax.Array) -> dict:
+    """Sums and counts of loss and accuracy under `weights` (0 for padding rows/tokens)."""
+    return _sums(ce, _top1_correct(logits, targets), weights)
 
 
 def activation_regularization(
@@ -169,8 +196,11 @@ def classifier_train_step(
     graphdef: nnx.GraphDef,
     model_config: ClassifierConfig,
     optimizer: optax.GradientTransformationExtraArgs,
+    multi_label: bool = False,
+    threshold: float = 0.5,
 ) -> tuple[dict, dict]:
-    """One classifier step on `batch = {"inputs": [batch, time], "labels": [batch]}`.
+    """One classifier step on `batch = {"inputs": [batch, time], "labels": [batch]}`
+    (multi-label: multi-hot labels `[batch, n_classes]`, sigmoid and binary cross-entropy).
 
     BatchNorm running statistics are updated (training mode); dropout masks come from `rng`
     folded with the step.
@@ -182,10 +212,11 @@ def classifier_train_step(
     def loss_fn(params):
         model = nnx.merge(graphdef, params, state["batch_stats"])
         logits = model(inputs, masks=masks, train=True)
-        ce = token_cross_entropy(logits, labels)
-        return jnp.mean(ce), (ce, logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+        ce, correct = _classifier_loss(logits, labels, multi_label, threshold)
+        stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+        return jnp.mean(ce), (ce, correct, stats)
 
-    grads, (ce, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state["params"])
+    grads, (ce, correct, batch_stats) = jax.grad(loss_fn, has_aux=True)(state["params"])
     params, opt_state = apply_optimizer(optimizer, grads, state, hparams)
     new_state = {
         **state,
@@ -194,20 +225,21 @@ def classifier_train_step(
         "step": state["step"] + 1,
         "batch_stats": batch_stats,
     }
-    return new_state, _sum_metrics(ce, logits, labels, jnp.ones_like(ce))
+    return new_state, _sums(ce, correct, jnp.ones_like(ce))
 
 
-def classifier_eval_step(state: dict, batch: dict, *, graphdef: nnx.GraphDef) -> dict:
+def classifier_eval_step(state: dict, batch: dict, *, graphdef: nnx.GraphDef,
+                         multi_label: bool = False, threshold: float = 0.5) -> dict:
     """Evaluation: `state = {"params", "batch_stats"}` -> sums plus per-row `probs`.
 
     `batch["weights"]` (optional, `[batch]`) is 0 for padding rows added to fill the batch.
     """
     model = nnx.merge(graphdef, state["params"], state["batch_stats"])
     logits = model(batch["inputs"], masks=None, train=False)
-    ce = token_cross_entropy(logits, batch["labels"])
-    weights = batch.get("weights", jnp.ones_like(ce))
-    metrics = _sum_metrics(ce, logits, batch["labels"], weights)
-    metrics["probs"] = jax.nn.softmax(logits.astype(jnp.float32), -1)
+    ce, correct = _classifier_loss(logits, batch["labels"], multi_label, threshold)
+    metrics = _sums(ce, correct, batch.get("weights", jnp.ones_like(ce)))
+    activation = jax.nn.sigmoid if multi_label else functools.partial(jax.nn.softmax, axis=-1)
+    metrics["probs"] = activation(logits.astype(jnp.float32))
     return metrics
 
 
@@ -233,12 +265,14 @@ def make_lm_eval_step(
 
 
 def make_classifier_eval_step(
-    mesh: jax.sharding.Mesh, graphdef: nnx.GraphDef
+    mesh: jax.sharding.Mesh, graphdef: nnx.GraphDef, multi_label: bool = False,
+    threshold: float = 0.5,
 ) -> Callable[[dict, dict], dict]:
     """Jit `classifier_eval_step` for `mesh` (probabilities come back sharded by row)."""
     rep, rows = sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)
     return jax.jit(
-        functools.partial(classifier_eval_step, graphdef=graphdef),
+        functools.partial(classifier_eval_step, graphdef=graphdef, multi_label=multi_label,
+                          threshold=threshold),
         in_shardings=(rep, rows),
         out_shardings={"loss_sum": rep, "correct": rep, "count": rep, "probs": rows},
     )

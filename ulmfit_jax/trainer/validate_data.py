@@ -15,7 +15,7 @@ import numpy as np
 
 from ulmfit_jax.errors import DataError
 from ulmfit_jax.text.token_cache import TokenizedCorpus
-from ulmfit_jax.trainer.data import PreparedData
+from ulmfit_jax.trainer.data import PRETRAINING_SOURCES, PreparedData
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ IMBALANCE = 10.0  # largest / smallest training class above this: a warning
 def source_name(data: ml_collections.ConfigDict, lm: bool = False) -> str:
     """How messages name the data: `config.data.source` (and its path)."""
     name = (data.lm_source or data.source) if lm else data.source
-    path = data.path if name in ("csv", "imdb_folder", "tfds") and data.path else ""
+    with_path = ("csv", "imdb_folder", "tfds", *PRETRAINING_SOURCES)
+    path = data.path if name in with_path and data.path else ""
     return f"data source {name!r}" + (f" ({path})" if path else "")
 
 
@@ -63,12 +64,13 @@ def check_classifier_data(data: PreparedData, config: ml_collections.ConfigDict)
         if corpus.labels is None:
             raise DataError(f"{source}, {split} split: no labels; the classifier stage needs "
                             "labelled documents (config.data.csv_label_cols)")
-    seen = set(np.unique(np.asarray(train.labels)).tolist())
+    seen = set(np.flatnonzero(_class_counts(train, len(data.class_names))).tolist())
     if len(seen) < 2:
         names = [data.class_names[i] for i in sorted(seen)]
         raise DataError(f"{source}, train split: fewer than two classes ({names}); a classifier "
                         "needs at least two")
-    unseen = sorted(set(np.unique(np.asarray(valid.labels)).tolist()) - seen)
+    in_valid = np.flatnonzero(_class_counts(valid, len(data.class_names)))
+    unseen = sorted(set(in_valid.tolist()) - seen)
     if unseen:
         names = [data.class_names[i] for i in unseen]
         raise DataError(f"{source}, validation split: classes {names} never occur in the train "
@@ -81,12 +83,20 @@ def check_classifier_data(data: PreparedData, config: ml_collections.ConfigDict)
     _warn_small_or_imbalanced(data, source)
 
 
+def _class_counts(corpus: TokenizedCorpus, n_classes: int) -> np.ndarray:
+    """Documents of each class `[n_classes]` (multi-hot labels count every class they have)."""
+    labels = np.asarray(corpus.labels)
+    if labels.ndim == 2:
+        return labels.sum(0)
+    return np.bincount(labels, minlength=n_classes)
+
+
 def _warn_small_or_imbalanced(data: PreparedData, source: str) -> None:
     for split, corpus in (("train", data.clf_train), ("validation", data.clf_valid)):
         if corpus.num_docs < FEW_DOCS:
             logger.warning("%s, %s split: only %d documents; results will be noisy",
                            source, split, corpus.num_docs)
-    counts = np.bincount(np.asarray(data.clf_train.labels), minlength=len(data.class_names))
+    counts = _class_counts(data.clf_train, len(data.class_names))
     present = counts[counts > 0]
     if present.max() > IMBALANCE * present.min():
         shares = ", ".join(f"{n}: {c}" for n, c in zip(data.class_names, counts, strict=True))

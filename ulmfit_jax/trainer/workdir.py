@@ -46,7 +46,7 @@ RESULT_FREE_KEYS = (
 DATA_KEYS = ("seed", "data.", "model.max_vocab", "model.min_freq")
 # Everything a run writes, except the token cache (`cache/`) and the lock.
 FRESH_REMOVES = ("checkpoints", "models", "tensorboard", "metrics.csv", "metrics.json",
-                 "loss_curve.png", "vocab.json", RUN_CONFIG, "lr_find_*")
+                 "loss_curve.png", "vocab.json", "tokenizer", RUN_CONFIG, "lr_find_*")
 
 
 def _matches(key: str, patterns: tuple[str, ...]) -> bool:

@@ -19,6 +19,9 @@ Sources:
 - `csv_dataset`: CSV files in the fastai / LeCun layout (labels, then text fields).
 - `imdb_folder`: aclImdb-style `train/<class>/*.txt`, `test/<class>/*.txt`, `train/unsup/`.
 - `tfds_dataset`: tensorflow-datasets by name, offline (optional `tfds` extra).
+- `wikitext`: WikiText-103's `wiki.{train,valid,test}.tokens`, one article per document
+  (unlabelled, for LM pretraining; `test` is the dataset's held-out `test` split).
+- `text_files`: a folder of `.txt` files or one file split at blank lines (unlabelled).
 
 Splits made from one source are stratified and seeded by a hash of each text
 (`stratified_valid_mask`): deterministic everywhere. Bad input raises `DataError`
@@ -45,6 +48,7 @@ from .movie_reviews import (
     movie_reviews_lm,
     movie_reviews_rotten_tomatoes,
 )
+from .text_files import text_files, wikitext
 from .tfds_datasets import KNOWN_DATASETS, TfdsFields, tfds_dataset
 
 __all__ = [
@@ -65,5 +69,7 @@ __all__ = [
     "read_csv_rows",
     "sort_labels",
     "stratified_valid_mask",
+    "text_files",
     "tfds_dataset",
+    "wikitext",
 ]

@@ -190,8 +190,19 @@ class DocStream:
             return self._label_index[label]
         return sorted(self._label_index[n] for n in label)
 
+    def label_target(self, label: Label) -> int | tuple[int, ...] | None:
+        """What a classifier learns: the class index, or for a multi-label the multi-hot
+        tuple over all classes (1 for each class the document has)."""
+        if label is None or isinstance(label, str):
+            return self.label_id(label)
+        hot = [0] * len(self._label_index)
+        for i in self.label_id(label):
+            hot[i] = 1
+        return tuple(hot)
+
     def as_pairs(self) -> _PairStream:
-        """The split as re-iterable `(text, class index)` pairs, the form token_cache takes."""
+        """The split as re-iterable `(text, label target)` pairs (`label_target`), the form
+        token_cache takes."""
         return _PairStream(self)
 
 
@@ -204,16 +215,17 @@ class _PairStream:
     def __len__(self) -> int:
         return len(self._docs)
 
-    def __iter__(self) -> Iterator[tuple[str, int | list[int] | None]]:
-        return ((d.text, self._docs.label_id(d.label)) for d in self._docs)
+    def __iter__(self) -> Iterator[tuple[str, int | tuple[int, ...] | None]]:
+        return ((d.text, self._docs.label_target(d.label)) for d in self._docs)
 
     def fingerprint(self) -> str:
-        return "ids-" + self._docs.fingerprint()
+        return "targets-" + self._docs.fingerprint()
 
 
 @dataclass(frozen=True)
 class TextDataset:
-    """A corpus split into `train` and `valid` (and optional unlabelled `unsup`) streams.
+    """A corpus split into `train` and `valid` (and optional unlabelled `unsup`, and `test`)
+    streams.
 
     `labels` are the sorted class names (`sort_labels`); empty for an unlabelled corpus.
     Class index `i` means `labels[i]`.
@@ -226,11 +238,14 @@ class TextDataset:
     unsup: DocStream | None = None
     multi_label: bool = False
     settings: dict = field(default_factory=dict, compare=False)
+    test: DocStream | None = None  # a held-out split no stage trains on (WikiText's test)
 
     def fingerprint(self) -> str:
         """Stable hash of every split's content plus the settings (a cache key)."""
         parts = [s.fingerprint() if s is not None else None
                  for s in (self.train, self.valid, self.unsup)]
+        if self.test is not None:
+            parts.append(self.test.fingerprint())
         return _hash_json([self.name, parts, self.labels, self.multi_label])
 
     def lm_texts(self) -> Iterator[str]:

@@ -1,0 +1,27 @@
+"""The quickstart with a SentencePiece tokenizer instead of fastai's word rules (as MultiFiT).
+
+    python train.py --config configs/quickstart_sp.py --workdir runs/quickstart_sp --stage all
+
+A unigram SentencePiece model of 8,000 pieces is trained on the LM's training texts (every
+embedded review), stored in `runs/quickstart_sp/tokenizer/` and inside every saved model, so
+`TextClassifier.load("runs/quickstart_sp/models/classifier_fwd").predict(texts)` reads raw
+text through it. Everything else is `configs/quickstart.py`. For another language, point
+`data.source` at your corpus (e.g. `text_files`) and pretrain the LM on it first.
+"""
+
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("quickstart",
+                                               Path(__file__).with_name("quickstart.py"))
+_quickstart = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_quickstart)
+
+
+def get_config():
+    """configs/quickstart.py with `data.tokenizer="sentencepiece"` (8k unigram pieces)."""
+    c = _quickstart.get_config()
+    c.data.update(tokenizer="sentencepiece", sp_vocab_size=8000, sp_model_type="unigram")
+    # Every piece the model has is a vocab entry: sentencepiece already chose the vocab.
+    c.model.update(max_vocab=8000, min_freq=1)
+    return c
