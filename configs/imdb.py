@@ -1,9 +1,13 @@
 """ULMFiT on IMDb at full size: fastai's recipe from the converted WikiText-103 weights.
 
 Download fastai's `wt103-fwd.tgz` and `wt103-bwd.tgz` (https://s3.amazonaws.com/fast-ai-modelzoo/)
-and unpack them into `wt103-fwd/` and `wt103-bwd/`, then:
+and unpack them here: they hold `wt103-fwd/` (`lstm_fwd.pth`, `itos_wt103.pkl`) and
+`wt103-bwd/` (`lstm_bwd.pth`, `itos_wt103.pkl`). Then:
 
     python train.py --config configs/imdb.py --workdir runs/imdb --stage all
+
+CI runs this config at this model size from fastai files with random weights, on a few
+reviews (tests/test_pretrained_path.py).
 
 For the real 100k-review aclImdb (train + test + unsup) instead of the embedded 25k reviews add
 `--config.data.source=imdb_folder --config.data.path=/path/to/aclImdb`.

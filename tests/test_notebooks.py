@@ -1,4 +1,5 @@
-"""Notebooks are kept without outputs and run top to bottom on the tiny config."""
+"""Notebooks are kept without outputs and run top to bottom on the tiny config; the Colab TPU
+notebook on 8 simulated CPU devices."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from ulmfit_jax import TextClassifier
 from ulmfit_jax.trainer import EXAMPLE_REVIEWS
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
+# Notebooks run over a mesh of this many devices (simulated on the CPU).
+DEVICES = {"colab_tpu.ipynb": 8}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -30,6 +33,9 @@ def test_notebook_runs_on_tiny_config(path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("ULMFIT_REPO", str(path.parents[1]))
     monkeypatch.setenv("ULMFIT_NOTEBOOK_CONFIG", "tiny")
     monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
+    devices = DEVICES.get(path.name, 1)
+    if devices > 1:
+        monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count={devices}")
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
@@ -37,7 +43,10 @@ def test_notebook_runs_on_tiny_config(path: Path, monkeypatch: pytest.MonkeyPatc
         output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
         for output in cell.outputs
     )
-    # The last cell prints one "label (probability): text" line per example review: the saved
+    if devices > 1:  # the notebook prints the trainer's mesh: make_data_mesh() over all devices
+        mesh = re.search(r"^data mesh: (\d+) devices", printed, flags=re.MULTILINE)
+        assert mesh and int(mesh.group(1)) == devices, printed[-3000:]
+    # A cell prints one "label (probability): text" line per example review: the saved
     # classifier's own answers, read back here from the workdir the notebook printed.
     predictions = re.findall(r"^(neg|pos) \((\d\.\d\d)\): ", printed, flags=re.MULTILINE)
     workdir = Path(re.search(r"^tiny (\S+)$", printed, flags=re.MULTILINE).group(1))

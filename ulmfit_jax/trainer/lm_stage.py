@@ -17,6 +17,7 @@ import numpy as np
 
 from ulmfit_jax.api import LanguageModel
 from ulmfit_jax.errors import ConfigError
+from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.model.encoder import zero_state
 from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.text.lm_stream import LMStream
@@ -49,8 +50,24 @@ def _initial_model(
     itos = c.init_itos_backward if backward else c.init_itos
     lm = LanguageModel.from_fastai(init_from, itos, new_vocab=data.vocab.itos,
                                    drop_mult=c.drop_mult, **kernel_options(config))
+    _check_pretrained_size(config, lm.config, init_from)
     phases = [Phase(c.frozen_epochs, c.frozen_lr, 1.0, freeze_to=-1)] if c.frozen_epochs else []
     return lm, phases + [unfrozen]
+
+
+def _check_pretrained_size(
+    config: ml_collections.ConfigDict, pretrained: AWDLSTMConfig, path: str
+) -> None:
+    """config.model must describe the pretrained weights: the evaluator's hidden state and the
+    classifier phases are built from its sizes."""
+    m = config.model
+    want = (m.emb_size, m.hidden_size, m.n_layers)
+    got = (pretrained.emb_size, pretrained.hidden_size, pretrained.n_layers)
+    if want != got:
+        raise ConfigError(
+            f"{path} holds an AWD-LSTM with (emb_size, hidden_size, n_layers) = {got}, but "
+            f"config.model has {want}; set config.model to the file's sizes "
+            "(and rerun with --fresh)")
 
 
 def _lm_evaluator(mesh, graphdef, config, data: PreparedData, backward: bool):
