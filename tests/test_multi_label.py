@@ -86,3 +86,26 @@ def test_synthetic_multi_label_task_is_learned(tmp_path):
     filler = " ".join(f"word{i}" for i in range(20))
     texts = [f"{filler} guitar chorus recipe oven.", f"{filler} referee goal."]
     assert [sorted(p) for p in clf.predict(texts)] == [["food", "music"], ["sports"]]
+
+
+def test_an_ensemble_of_multi_label_classifiers_predicts_label_sets(tmp_path):
+    from ulmfit_jax import Ensemble
+    from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
+    from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
+
+    vocab = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj",
+             "a", "b", "c"]
+    encoder = AWDLSTMConfig(vocab_size=len(vocab), emb_size=8, hidden_size=8, n_layers=1)
+    config = ClassifierConfig(encoder=encoder, n_classes=3, bptt=8, max_len=32)
+
+    def member(seed, threshold=0.45):
+        return TextClassifier.create(config, vocab, seed=seed, tokenizer=FastaiTokenizer(),
+                                     class_names=["x", "y", "z"]).with_multi_label(threshold)
+
+    ensemble = Ensemble([member(0), member(1)])
+    texts = ["a b c", "c", "b a"]
+    probs = ensemble.predict_proba(texts)
+    expected = [[n for n, p in zip("xyz", row, strict=True) if p > 0.45] for row in probs]
+    assert ensemble.predict(texts) == expected and any(len(s) != 1 for s in expected)
+    with pytest.raises(ValueError, match="multi_label, threshold"):
+        Ensemble([member(0), member(1, threshold=0.6)])

@@ -56,7 +56,7 @@ from ulmfit_jax.model.encoder import EncoderState, zero_state
 from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, resize_state
 from ulmfit_jax.text.detokenize import detokenize
 from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
-from ulmfit_jax.text.prediction_batches import best_labels
+from ulmfit_jax.text.prediction_batches import predicted_labels
 from ulmfit_jax.text.sentencepiece_tokenizer import SentencePieceTokenizer
 from ulmfit_jax.text.tokenizer_spec import Tokenizer, has_tokenizer, load_tokenizer, save_tokenizer
 from ulmfit_jax.text.vocab import Vocab
@@ -644,10 +644,7 @@ class TextClassifier:
         """The most likely class name of each text (see `predict_proba`); multi-label: the
         list of class names whose probability exceeds `threshold` (possibly empty)."""
         probs = self.predict_proba(texts, batch_size=batch_size, progress=progress)
-        if self.multi_label:
-            return [[n for n, p in zip(self.class_names, row, strict=True) if p > self.threshold]
-                    for row in probs]
-        return best_labels(probs, self.class_names)
+        return predicted_labels(probs, self.class_names, self.multi_label, self.threshold)
 
     def export(self, directory: str | os.PathLike, overwrite: bool = False,
                platforms: Sequence[str] = PLATFORMS) -> None:

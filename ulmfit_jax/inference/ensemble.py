@@ -8,6 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ulmfit_jax.text.prediction_batches import predicted_labels
+
 
 class Classifier(Protocol):
     """What an ensemble member offers (`TextClassifier`, `serving.ServedClassifier`)."""
@@ -28,12 +30,13 @@ class Ensemble:
         classifiers = list(classifiers)
         if not classifiers:
             raise ValueError("Ensemble needs at least one classifier")
-        names = classifiers[0].class_names
+        first = _labelling(classifiers[0])
         for i, clf in enumerate(classifiers[1:], 1):
-            if clf.class_names != names:
-                raise ValueError(f"Ensemble: classifier #{i} has classes {clf.class_names}, "
-                                 f"classifier #0 has {names}")
+            if _labelling(clf) != first:
+                raise ValueError(f"Ensemble: classifier #{i} has (classes, multi_label, threshold) "
+                                 f"{_labelling(clf)}, classifier #0 has {first}")
         self.classifiers = classifiers
+        self.multi_label, self.threshold = first[1], first[2]
 
     @classmethod
     def load(cls, *directories: str | os.PathLike) -> Ensemble:
@@ -55,7 +58,13 @@ class Ensemble:
         return np.mean(probs, axis=0)
 
     def predict(self, texts: Sequence[str], batch_size: int = 64,
-                progress: bool | None = None) -> list[str]:
-        """The most likely class name of each text."""
+                progress: bool | None = None) -> list[str] | list[list[str]]:
+        """The most likely class name of each text; for multi-label members, the list of class
+        names whose mean probability exceeds their threshold."""
         probs = self.predict_proba(texts, batch_size=batch_size, progress=progress)
-        return [self.class_names[i] for i in probs.argmax(axis=1)]
+        return predicted_labels(probs, self.class_names, self.multi_label, self.threshold)
+
+
+def _labelling(clf: Classifier) -> tuple[list[str], bool, float]:
+    """How a member turns probabilities into labels (a served model is single-label)."""
+    return clf.class_names, getattr(clf, "multi_label", False), getattr(clf, "threshold", 0.5)

@@ -108,3 +108,12 @@ def texts_to_probabilities(forward: Callable[[np.ndarray], np.ndarray], tokenize
 def best_labels(probs: np.ndarray, class_names: Sequence[str]) -> list[str]:
     """The class name of each row's largest probability, probs `[n, n_classes]`."""
     return [class_names[i] for i in np.asarray(probs).argmax(axis=1)]
+
+
+def predicted_labels(probs: np.ndarray, class_names: Sequence[str], multi_label: bool,
+                     threshold: float) -> list[str] | list[list[str]]:
+    """Single-label: `best_labels`; multi-label: per row, every class name whose probability
+    exceeds `threshold` (possibly none), probs `[n, n_classes]`."""
+    if not multi_label:
+        return best_labels(probs, class_names)
+    return [[n for n, p in zip(class_names, row, strict=True) if p > threshold] for row in probs]
