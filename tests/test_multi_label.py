@@ -107,5 +107,5 @@ def test_an_ensemble_of_multi_label_classifiers_predicts_label_sets(tmp_path):
     probs = ensemble.predict_proba(texts)
     expected = [[n for n, p in zip("xyz", row, strict=True) if p > 0.45] for row in probs]
     assert ensemble.predict(texts) == expected and any(len(s) != 1 for s in expected)
-    with pytest.raises(ValueError, match="multi_label, threshold"):
+    with pytest.raises(ValueError, match="classifier #1 has threshold 0.6, classifier #0 has 0.45"):
         Ensemble([member(0), member(1, threshold=0.6)])

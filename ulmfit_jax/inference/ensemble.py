@@ -32,9 +32,11 @@ class Ensemble:
             raise ValueError("Ensemble needs at least one classifier")
         first = _labelling(classifiers[0])
         for i, clf in enumerate(classifiers[1:], 1):
-            if _labelling(clf) != first:
-                raise ValueError(f"Ensemble: classifier #{i} has (classes, multi_label, threshold) "
-                                 f"{_labelling(clf)}, classifier #0 has {first}")
+            for what, theirs, ours in zip(("classes", "multi_label", "threshold"),
+                                          _labelling(clf), first, strict=True):
+                if theirs != ours:
+                    raise ValueError(f"Ensemble: classifier #{i} has {what} {theirs}, "
+                                     f"classifier #0 has {ours}")
         self.classifiers = classifiers
         self.multi_label, self.threshold = first[1], first[2]
 
