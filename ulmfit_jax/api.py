@@ -42,10 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ulmfit_jax.atomic_io import atomic_directory
 from ulmfit_jax.convert import fastai_files, fastai_weights
 from ulmfit_jax.convert.safe_pickle import save_itos
 from ulmfit_jax.errors import MissingFileError, ModelFileError, disk_full_is_clear
-from ulmfit_jax.inference.atomic_dir import atomic_directory
 from ulmfit_jax.inference.classify import classifier_probabilities
 from ulmfit_jax.inference.ensemble import Ensemble
 from ulmfit_jax.inference.export import PLATFORMS, export_classifier

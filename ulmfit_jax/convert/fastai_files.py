@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ulmfit_jax.atomic_io import atomic_write
 from ulmfit_jax.convert import fastai_layout as layout
 from ulmfit_jax.convert.fastai_layout import (
     KIND_CLASSIFIER,
@@ -158,16 +160,9 @@ def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.P
     tensors = collections.OrderedDict(
         (k, torch.from_numpy(np.array(v, copy=True))) for k, v in state_dict.items()
     )
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # Write then rename, so an interrupted export never leaves a truncated file behind.
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(tensors, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    atomic_write(path, buffer.getvalue())  # an interrupted export leaves no truncated file
 
 
 # ---------------------------------------------------------------------------- layouts

@@ -13,6 +13,7 @@ import os
 import pickle
 from collections.abc import Sequence
 
+from ulmfit_jax.atomic_io import atomic_write
 from ulmfit_jax.errors import ModelFileError
 
 # fastai writes its pickles with protocol 2 (`save_pickle`); 2 also reads back on every Python 3.
@@ -65,16 +66,7 @@ def save_itos(itos: Sequence[str], path: str | os.PathLike) -> None:
     """Write `itos` as fastai does: a plain pickled list of str, protocol 2."""
     path = os.fspath(path)
     itos = _check_itos(list(itos), path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # Write then rename, so an interrupted save never leaves a truncated vocab behind.
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            pickle.dump(itos, f, protocol=ITOS_PICKLE_PROTOCOL)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, pickle.dumps(itos, protocol=ITOS_PICKLE_PROTOCOL))
 
 
 def _check_itos(obj: object, source: str) -> list[str]:

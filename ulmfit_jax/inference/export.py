@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ulmfit_jax.inference.atomic_dir import atomic_directory
+from ulmfit_jax.atomic_io import atomic_directory
 from ulmfit_jax.model.classifier import AWDLSTMClassifier
 from ulmfit_jax.serving import (
     EXPORT_FILE,

@@ -14,13 +14,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ulmfit_jax.atomic_io import atomic_write
 from ulmfit_jax.errors import DataError
 
 FORMATS = ("txt", "csv", "jsonl")
@@ -127,6 +127,4 @@ def write_output(path: str, text: str) -> None:
     target = Path(path)
     if not target.parent.is_dir():
         raise InputError(f"{path}: directory {target.parent} does not exist")
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, "utf-8")
-    os.replace(tmp, target)
+    atomic_write(target, text)

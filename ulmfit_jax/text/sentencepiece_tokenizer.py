@@ -15,10 +15,10 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from ulmfit_jax.atomic_io import atomic_write
 from ulmfit_jax.text.detokenize import decode_spec_tokens
 from ulmfit_jax.text.fastai_tokenizer import (
     BOS,
@@ -143,7 +143,7 @@ class SentencePieceTokenizer:
             return path
         self._set_model(self._train_model(texts))
         if path is not None:
-            self._write_atomic(path, self._model)
+            atomic_write(path, self._model)  # concurrent trainers write the same bytes
         return path
 
     def _training_sentences(self, texts: Iterable[str]) -> Iterator[str]:
@@ -180,14 +180,6 @@ class SentencePieceTokenizer:
         )
         return model.getvalue()
 
-    @staticmethod
-    def _write_atomic(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)  # concurrent trainers of the same corpus write the same bytes
-
     def _set_model(self, model: bytes) -> None:
         self._model, self._sp = model, None
         self._processor()  # fail now on a bad model file, not later in a worker
@@ -204,7 +196,7 @@ class SentencePieceTokenizer:
     def save_model(self, path: str | os.PathLike) -> None:
         """Write the trained `.model` file."""
         self._processor()
-        self._write_atomic(Path(path), self._model)
+        atomic_write(path, self._model)
 
     # ------------------------------------------------------------------ encode / decode
     @property

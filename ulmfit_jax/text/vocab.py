@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ulmfit_jax.atomic_io import atomic_write
 from ulmfit_jax.errors import ModelFileError
 from ulmfit_jax.text.fastai_tokenizer import SPECIAL_TOKENS
 
@@ -109,9 +110,10 @@ class Vocab:
         return hashlib.sha256(json.dumps(self.itos).encode()).hexdigest()[:32]
 
     def save(self, path: str | Path) -> None:
-        """Write a JSON file: format tag and `itos`, one token per line (escapes keep it valid)."""
+        """Write a JSON file (atomically): format tag and `itos`, one token per line (escapes
+        keep it valid)."""
         doc = {"format": _FORMAT, "version": _FORMAT_VERSION, "itos": self.itos}
-        Path(path).write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", "utf-8")
+        atomic_write(path, json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:

