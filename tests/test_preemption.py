@@ -44,6 +44,24 @@ class SignallingIterator(CountingIterator):
         return {}
 
 
+@pytest.fixture(autouse=True)
+def default_signal_handlers():
+    """Python's defaults for SIGINT and SIGTERM, whatever the shell that launched pytest set
+    (a background job starts with SIGINT ignored)."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+def _default_signals_in_child() -> None:
+    """train.py subprocesses get the default handlers too (see `default_signal_handlers`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @jax.jit
 def noisy_step(state, batch, rng, hp):
     """Parameters and loss depend on the step's rng, the LR and every earlier step."""
@@ -94,6 +112,7 @@ def test_a_signal_saves_at_the_next_step_and_the_rerun_resumes_bitwise(tmp_path,
     assert e.value.signum == signum
     assert steps_on_disk(tmp_path / "resumed")[-1] == 7  # not a multiple of every_steps
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert_same_run(tmp_path / "straight", tmp_path / "resumed", straight,
                     train(tmp_path / "resumed"))
 
@@ -164,7 +183,8 @@ def _signal_after_checkpoint(workdir: Path, stage: str, signum: int) -> subproce
     ckpt_dir = workdir / "checkpoints" / stage
     before = {p.name for p in ckpt_dir.iterdir()} if ckpt_dir.exists() else set()
     proc = subprocess.Popen(_train_cmd(workdir), cwd=ROOT, env=_env(), text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=_default_signals_in_child)
     deadline = time.time() + 300
     while not (ckpt_dir.exists() and {p.name for p in ckpt_dir.iterdir()
                                       if p.name.isdigit()} - before):
@@ -205,3 +225,15 @@ def test_a_signal_after_the_last_check_still_stops_the_run():
         time.sleep(0.1)
     assert e.value.signum == signal.SIGTERM
     assert preemption.requested() is None and signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_signal_the_process_ignores_stays_ignored():
+    from ulmfit_jax.trainer import preemption
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job starts
+    with preemption.handle_preemption("lm_fwd"):
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # still handled
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+    assert preemption.requested() is None  # nothing was recorded: no Preempted either

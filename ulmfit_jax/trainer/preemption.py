@@ -44,6 +44,8 @@ def handle_preemption(stage: str) -> Iterator[None]:
 
     A signal that arrives after the loop's last check (while the stage's final checkpoint is
     written) still stops the run: `Preempted` is raised on leaving, with that checkpoint saved.
+    A signal the process was started to ignore (a background job's SIGINT) stays ignored, as
+    Python itself leaves it.
     """
     global _requested
     if threading.current_thread() is not threading.main_thread():
@@ -52,7 +54,8 @@ def handle_preemption(stage: str) -> Iterator[None]:
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     _requested = None
     for s in SIGNALS:
-        signal.signal(s, _on_signal)
+        if previous[s] is not signal.SIG_IGN:
+            signal.signal(s, _on_signal)
     try:
         yield
     finally:
