@@ -24,16 +24,21 @@ def separable_documents(n: int, seed: int) -> list[tuple[str, str]]:
     return rows
 
 
-def write_separable_csvs(directory: Path, n_train: int = 300, n_valid: int = 100) -> tuple[Path,
-                                                                                             Path]:
-    """train.csv and valid.csv (no header; label in column 0, text in column 1)."""
+def write_csvs(directory: Path, rows, n_train: int, n_valid: int) -> tuple[Path, Path]:
+    """train.csv and valid.csv from `rows(n, seed)` (no header)."""
     paths = []
     for name, n, seed in (("train.csv", n_train, 0), ("valid.csv", n_valid, 1)):
         path = directory / name
         with path.open("w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows(separable_documents(n, seed))
+            csv.writer(f).writerows(rows(n, seed))
         paths.append(path)
     return paths[0], paths[1]
+
+
+def write_separable_csvs(directory: Path, n_train: int = 300, n_valid: int = 100) -> tuple[Path,
+                                                                                             Path]:
+    """train.csv and valid.csv (no header; label in column 0, text in column 1)."""
+    return write_csvs(directory, separable_documents, n_train, n_valid)
 
 
 WIKI_WORDS = [f"w{i}" for i in range(40)]
@@ -89,10 +94,4 @@ def multi_label_documents(n: int, seed: int) -> list[tuple[str, str]]:
 def write_multi_label_csvs(directory: Path, n_train: int = 300,
                            n_valid: int = 100) -> tuple[Path, Path]:
     """train.csv and valid.csv (no header; "|"-separated labels in column 0, text in 1)."""
-    paths = []
-    for name, n, seed in (("train.csv", n_train, 0), ("valid.csv", n_valid, 1)):
-        path = directory / name
-        with path.open("w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows(multi_label_documents(n, seed))
-        paths.append(path)
-    return paths[0], paths[1]
+    return write_csvs(directory, multi_label_documents, n_train, n_valid)
