@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lm_throughput import _load, _machine  # noqa: E402
+from lm_throughput import load_average, machine  # noqa: E402
 
 SIZES = {  # classifier bptt / max_len: the quickstart config's, and fastai's defaults
     "quickstart": dict(emb_sz=128, n_hid=256, n_layers=2, seq_len=80, max_len=160),
@@ -126,16 +126,16 @@ def run(size: str, n_docs: int, latency_texts: int) -> None:
         clf.predict_proba([text])
     with learn.no_bar(), learn.no_logging():
         learn.predict(warm[0])
-    load_before = _load()
+    load_before = load_average()
     lat = latency(learn, clf, timed[:latency_texts])
     clf.tokenizer = FastaiTokenizer()  # no memoised spans of the timed reviews
     clf.tokenizer.tokenize(warm)
     thr = throughput(learn, clf, timed)
-    print(f"machine: {_machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads),"
+    print(f"machine: {machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads),"
           f" jax {jax.__version__}")
     print(f"size={size} {SIZES[size]} vocab={len(clf.vocab)} batch={BATCH_SIZE} "
           f"latency over {latency_texts} texts, throughput over {n_docs} reviews (one run each)")
-    print(f"{load_before} (before timing), {_load()} (after)")
+    print(f"{load_before} (before timing), {load_average()} (after)")
     for side in ("fastai", "ours"):
         print(f"{side:>7}  single text median {1e3 * np.median(lat[side]):7.1f} ms   "
               f"batch {n_docs / thr[side]:7.1f} reviews/s")
