@@ -199,12 +199,11 @@ def _write_directory(
     """Write state/config/vocab/tokenizer into a temporary sibling, then rename it into place.
 
     `meta` (direction, class names) goes into config.json beside the model config."""
-    import orbax.checkpoint as ocp
-
     with disk_full_is_clear(f"the model {os.fspath(directory)}"), \
             atomic_directory(directory, overwrite) as tmp:
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(os.path.join(tmp, STATE_DIR), state)
+        with _local_checkpointer() as ckptr:
+            # Host copies: orbax refuses a process-local jax.Array in a multi-process run.
+            ckptr.save(os.path.join(tmp, STATE_DIR), jax.tree.map(np.asarray, state))
             ckptr.wait_until_finished()
         Vocab(vocab).save(os.path.join(tmp, VOCAB_FILE))
         if tokenizer is not None:
@@ -212,6 +211,16 @@ def _write_directory(
         # config.json last: its presence marks a complete directory.
         _write_json(os.path.join(tmp, CONFIG_FILE), {"format_version": FORMAT_VERSION,
                                                      "kind": kind, **meta, "config": config})
+
+
+def _local_checkpointer():
+    """An orbax checkpointer for this process alone: a saved model is host data, written (in a
+    multi-process run by process 0) and read without waiting for other processes."""
+    import orbax.checkpoint as ocp
+
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}))
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -257,12 +266,12 @@ def _read_directory(directory: str | os.PathLike, kind: str) -> _SavedDirectory:
 
 
 def _restore_state(module: nnx.Module, state_path: str) -> None:
-    import orbax.checkpoint as ocp
 
     template = nnx.to_pure_dict(nnx.state(module))
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    # Host arrays as the target: restored the same way in one process or many.
+    target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), template)
     try:
-        with ocp.StandardCheckpointer() as ckptr:
+        with _local_checkpointer() as ckptr:
             restored = ckptr.restore(state_path, target)
     except Exception as e:
         raise ModelFileError(f"{state_path}: cannot restore the saved parameters into a model "

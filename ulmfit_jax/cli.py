@@ -10,15 +10,18 @@ bad config value, missing file, busy workdir...; see `ulmfit_jax.errors`) and a 
 printed as one line `error: <message>` on stderr with exit code 2; `--verbose` adds the
 traceback. `Preempted` prints its one-line resume hint and exits with `128 + signal`
 (143 for SIGTERM, 130 for SIGINT); Ctrl-C elsewhere prints `interrupted`, exit 130. Anything
-else is a bug and keeps its traceback.
+else is a bug and keeps its traceback (exit 1). In a multi-process run an error exits at once,
+without jax's graceful shutdown (see `_exit`).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable
+from typing import NoReturn
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -35,11 +38,23 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _exit(code: int) -> NoReturn:
+    """`sys.exit(code)`; in a multi-process jax run, leave at once instead: a graceful exit
+    would wait (up to jax's shutdown timeout) for processes that are still training, while
+    a process that is gone makes the others stop within their heartbeat timeout."""
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.distributed.is_initialized() and jax.process_count() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _fail(message: str, verbose: bool) -> None:
     if verbose:
         traceback.print_exc()
     print(f"error: {one_line(message)}", file=sys.stderr)
-    sys.exit(USER_ERROR_EXIT_CODE)
+    _exit(USER_ERROR_EXIT_CODE)
 
 
 def _flag_message(e: BaseException) -> str:
@@ -82,7 +97,10 @@ def _guarded(main: Callable[[list[str]], object]) -> Callable[[list[str]], None]
             if _VERBOSE.value:
                 traceback.print_exc()
             print("interrupted", file=sys.stderr)
-            sys.exit(128 + signal.SIGINT)
+            _exit(128 + signal.SIGINT)
+        except Exception:  # a bug: its traceback, then the exit that does not wait
+            traceback.print_exc()
+            _exit(1)
 
     return run
 

@@ -14,7 +14,8 @@ We keep the last `keep` checkpoints plus the best one by `best_metric`. A checkp
 disk afterwards (truncated or garbled files) is skipped by `restore_latest`, which logs its
 step, restores the newest intact one and moves the bad ones to `<stage>.damaged/`; with none
 readable it raises `WorkdirError` suggesting `--fresh`. A full disk raises `DiskFullError`,
-leaving the earlier checkpoints intact.
+leaving the earlier checkpoints intact. With several processes every one of them saves and
+restores (orbax coordinates the writes); only process 0 moves damaged checkpoints aside.
 
 Resume order (the only place this is written down; `trainer.loop.run_stage` follows it):
   1. build the config, mesh, model and optimizer exactly as for a fresh run (same seed);
@@ -48,6 +49,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
 from ulmfit_jax.errors import WorkdirError, disk_full_is_clear
+from ulmfit_jax.trainer import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -166,13 +168,16 @@ class Checkpointer:
         return None
 
     def _set_aside(self, steps: list[int]) -> None:
+        if not steps:
+            return
         aside = self.directory.with_name(self.directory.name + ".damaged")
-        for step in steps:
-            aside.mkdir(exist_ok=True)
-            os.replace(self.directory / str(step), aside / f"{step}-{uuid.uuid4().hex[:8]}")
-            logger.warning("moved unreadable checkpoint step %d to %s", step, aside)
-        if steps:
-            self._manager.reload()
+        if distributed.is_primary():  # every process found the same steps unreadable
+            for step in steps:
+                aside.mkdir(exist_ok=True)
+                os.replace(self.directory / str(step), aside / f"{step}-{uuid.uuid4().hex[:8]}")
+                logger.warning("moved unreadable checkpoint step %d to %s", step, aside)
+        distributed.barrier(f"set aside {self.directory} {steps}")
+        self._manager.reload()
 
     def best_step(self) -> int | None:
         """The kept step with the best metric (None without metrics)."""

@@ -11,6 +11,7 @@ next to it.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import jax
@@ -18,11 +19,12 @@ import ml_collections
 import numpy as np
 
 from ulmfit_jax.api import LanguageModel, TextClassifier
+from ulmfit_jax.atomic_io import atomic_write
 from ulmfit_jax.errors import MissingFileError
 from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.text.classifier_batches import ClassifierBatches, repad, restore_order
 from ulmfit_jax.text.token_cache import TokenizedCorpus
-from ulmfit_jax.trainer import sharding
+from ulmfit_jax.trainer import distributed, sharding
 from ulmfit_jax.trainer import steps as train_step
 from ulmfit_jax.trainer.config import classifier_options
 from ulmfit_jax.trainer.data import PreparedData
@@ -150,17 +152,30 @@ def train_classifier(
                   schedule=c.schedule, moms=tuple(c.moms))
     state, final = run_stage_with_checkpoints(stage, state, config, workdir, log,
                                               seed_offset=3 if backward else 2)
+    # The last epoch's validation already computed them, unless this run resumed after it or
+    # restored an earlier best epoch (then every process takes part in computing them again).
+    probs = validated.get(_step(state))
+    if probs is None:
+        probs, _ = valid_probs(state)
+    if distributed.is_primary():
+        _save_classifier(clf, state, backward, out_dir, probs)
+    log.write_summary({name: final})
+    distributed.barrier(f"{name} saved")
+    return out_dir
+
+
+def _save_classifier(clf: TextClassifier, state: dict, backward: bool, out_dir: Path,
+                     probs: np.ndarray) -> None:
     trained = TextClassifier.from_params(clf.config, jax.device_get(state["params"]), clf.vocab,
                                          jax.device_get(state["batch_stats"]), clf.tokenizer,
                                          clf.class_names, backward)
     if clf.multi_label:
         trained.with_multi_label(clf.threshold)
     trained.save(out_dir, overwrite=True)
-    # The last epoch's validation already computed them, unless this run resumed after it or
-    # restored an earlier best epoch.
-    probs = validated.get(_step(state))
-    if probs is None:
-        probs, _ = valid_probs(state)
-    np.save(out_dir / VALID_PROBS, probs)
-    log.write_summary({name: final})
-    return out_dir
+    atomic_write(out_dir / VALID_PROBS, _npy_bytes(probs))
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()

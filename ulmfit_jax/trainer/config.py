@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Defaults of every key (fastai's recipe at full size on the embedded IMDb corpus)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.distributed = False  # call jax.distributed.initialize() (multi-host)
+    c.distributed = _distributed_config()
     c.data = _data_config()
     c.model = ml_collections.ConfigDict({
         "emb_size": 400, "hidden_size": 1152, "n_layers": 3, "max_vocab": 60000, "min_freq": 3,
@@ -64,6 +64,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.tensorboard = True
     c.predict_examples = True  # print predictions for three example reviews after `all`
     return c
+
+
+def _distributed_config() -> ml_collections.ConfigDict:
+    """Several processes (hosts) training one model; see `trainer.distributed`."""
+    return ml_collections.ConfigDict({
+        "enabled": False,  # call jax.distributed.initialize() before anything else
+        # Unset values ("", 0, -1) come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+        # JAX_PROCESS_ID, else from jax's cluster detection (Cloud TPU, Slurm, Open MPI, K8s).
+        "coordinator_address": "",  # host:port of process 0
+        "num_processes": 0,
+        "process_id": -1,
+        "initialization_timeout_s": 300,  # how long processes wait for each other at start
+        # A process silent this long is dead: jax then ends every other process.
+        "heartbeat_timeout_s": 100,
+        "data_timeout_s": 7200,  # how long the others wait for process 0 to tokenize
+    })
 
 
 def _data_config() -> ml_collections.ConfigDict:
@@ -194,6 +210,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
              config.model.compute_dtype, f"one of {COMPUTE_DTYPES}")
     _require(config.model.lstm_impl in LSTM_IMPLS, "model.lstm_impl", config.model.lstm_impl,
              f"one of {LSTM_IMPLS}")
+    _check_distributed_keys(config.distributed)
+
+
+def _check_distributed_keys(d: ml_collections.ConfigDict) -> None:
+    _require(d.num_processes >= 0, "distributed.num_processes", d.num_processes,
+             "an integer >= 1, or 0 (from the environment or jax's detection)")
+    _require(d.process_id >= -1 and (d.num_processes == 0 or d.process_id < d.num_processes),
+             "distributed.process_id", d.process_id,
+             "in [0, num_processes), or -1 (from the environment or jax's detection)")
+    for key in ("initialization_timeout_s", "heartbeat_timeout_s", "data_timeout_s"):
+        _require(d[key] >= 1, f"distributed.{key}", d[key], "an integer >= 1 (seconds)")
 
 
 def _check_data_keys(data: ml_collections.ConfigDict) -> None:

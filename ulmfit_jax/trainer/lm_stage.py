@@ -21,7 +21,7 @@ from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.model.encoder import zero_state
 from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.text.lm_stream import LMStream
-from ulmfit_jax.trainer import sharding
+from ulmfit_jax.trainer import distributed, sharding
 from ulmfit_jax.trainer import steps as train_step
 from ulmfit_jax.trainer.config import kernel_options, lm_model_config
 from ulmfit_jax.trainer.data import PreparedData
@@ -139,8 +139,10 @@ def train_language_model(
     lm, state, stage = build_lm_stage(config, data, mesh, backward)
     state, valid = run_stage_with_checkpoints(stage, state, config, workdir, log,
                                               seed_offset=1 if backward else 0)
-    params = jax.device_get(state["params"])
-    LanguageModel.from_params(lm.config, params, data.vocab.itos, data.tokenizer,
-                              backward).save(out_dir, overwrite=True)
+    if distributed.is_primary():
+        params = jax.device_get(state["params"])
+        LanguageModel.from_params(lm.config, params, data.vocab.itos, data.tokenizer,
+                                  backward).save(out_dir, overwrite=True)
     log.write_summary({name: valid})
+    distributed.barrier(f"{name} saved")  # the classifier stage reads it on every process
     return out_dir

@@ -199,9 +199,11 @@ def _train_epoch(
         metrics.push(step, step_metrics)
         tokens += n_tokens
         _update_bar(bar, metrics, tokens / (time.perf_counter() - t0), stage)
-        if step < end and (step % every_steps == 0 or preemption.requested()):
+        stop = preemption.requested_anywhere(step)
+        if step < end and (step % every_steps == 0 or stop):
             save(state, step, None)
-            preemption.stop_if_requested(stage.name, step)
+            if stop:
+                preemption.stop_if_requested(stage.name, step)
     bar.close()
     metrics.flush()
     return state, step

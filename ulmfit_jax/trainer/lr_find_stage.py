@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ulmfit_jax.atomic_io import atomic_write
 from ulmfit_jax.optim.lr_finder import LRFinderResult, find_lr_with_state, plot_lr_find
+from ulmfit_jax.trainer import distributed
 from ulmfit_jax.trainer.data import PreparedData
 from ulmfit_jax.trainer.lm_stage import build_lm_stage
 from ulmfit_jax.trainer.loop import Stage, start_phase
@@ -52,9 +54,10 @@ def find_lm_lr(
     c = config.lr_find
     result = find_lr_with_state(sweep_step, state, _endless_batches(stage), start_lr=c.start_lr,
                                 end_lr=c.end_lr, num_it=c.num_it)
-    name = f"lr_find_{stage.name}"
-    plot_lr_find(result, workdir / f"{name}.png")
-    report = {"suggestions": result.suggestions, "diverged": result.diverged,
-              "steps": int(result.lrs.size)}
-    (workdir / f"{name}.json").write_text(json.dumps(report, indent=2))
+    if distributed.is_primary():
+        name = f"lr_find_{stage.name}"
+        plot_lr_find(result, workdir / f"{name}.png")
+        report = {"suggestions": result.suggestions, "diverged": result.diverged,
+                  "steps": int(result.lrs.size)}
+        atomic_write(workdir / f"{name}.json", json.dumps(report, indent=2))
     return result

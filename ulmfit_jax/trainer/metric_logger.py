@@ -3,7 +3,8 @@
 The CSV is in long format (`stage,step,split,name,value`) so any stage can add any metric.
 On resume, rows after the restored step of the resumed stage are dropped (they are replayed),
 and TensorBoard purges its events after that step, so a resumed run logs what an
-uninterrupted one would.
+uninterrupted one would. In a multi-process run only process 0's logger is `active`; the
+others' write nothing and read no rows.
 """
 
 from __future__ import annotations
@@ -13,19 +14,24 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from ulmfit_jax.atomic_io import atomic_write
+
 CSV_FIELDS = ("stage", "step", "split", "name", "value")
 
 
 class MetricLogger:
     """Appends scalar metrics to the CSV and TensorBoard; writes the PNG and JSON summaries."""
 
-    def __init__(self, workdir: str | Path, tensorboard: bool = True):
+    def __init__(self, workdir: str | Path, tensorboard: bool = True, active: bool = True):
         self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.workdir / "metrics.csv"
         self.json_path = self.workdir / "metrics.json"
-        self._tensorboard = tensorboard
+        self.active = active
+        self._tensorboard = tensorboard and active
         self._writers: dict[str, object] = {}
+        if not active:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.csv_path.exists():
             with self.csv_path.open("w", newline="") as f:
                 csv.writer(f).writerow(CSV_FIELDS)
@@ -43,6 +49,8 @@ class MetricLogger:
 
     def resume(self, stage: str, step: int) -> None:
         """Drop the CSV rows of `stage` after `step` (a resumed run will log them again)."""
+        if not self.active:
+            return
         rows = self.read_rows()
         kept = [r for r in rows if r["stage"] != stage or int(r["step"]) <= step]
         with self.csv_path.open("w", newline="") as f:
@@ -53,6 +61,8 @@ class MetricLogger:
 
     def log(self, stage: str, step: int, split: str, values: Mapping[str, float]) -> None:
         """Record `values` (name -> number) of `split` ("train", "valid") at `step` of `stage`."""
+        if not self.active:
+            return
         with self.csv_path.open("a", newline="") as f:
             writer = csv.writer(f)
             for name, value in values.items():
@@ -69,12 +79,17 @@ class MetricLogger:
 
     def write_summary(self, summary: Mapping[str, object]) -> None:
         """Merge `summary` into `metrics.json` (final metrics of each stage)."""
+        if not self.active:
+            return
         current = json.loads(self.json_path.read_text()) if self.json_path.exists() else {}
         current.update(summary)
-        self.json_path.write_text(json.dumps(current, indent=2, sort_keys=True))
+        atomic_write(self.json_path, json.dumps(current, indent=2, sort_keys=True))
 
-    def plot_loss_curves(self) -> Path:
-        """Draw train/valid loss of every stage into `loss_curve.png`; return its path."""
+    def plot_loss_curves(self) -> Path | None:
+        """Draw train/valid loss of every stage into `loss_curve.png`; return its path
+        (None from an inactive logger)."""
+        if not self.active:
+            return None
         import matplotlib
 
         matplotlib.use("Agg")

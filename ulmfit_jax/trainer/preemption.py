@@ -8,6 +8,8 @@ one line and turns into exit code 128 + signal (143 for SIGTERM, 130 for SIGINT)
 the same command resumes from that checkpoint exactly. A second signal stops at once
 (`KeyboardInterrupt`), for a user who does not want to wait for the step and the save.
 Handlers are only installed from the main thread (Python's rule); elsewhere this is a no-op.
+In a multi-process run a signal to any process stops them all after the same step
+(`requested_anywhere`), within `SYNC_EVERY` steps.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import threading
 from collections.abc import Iterator
 
 from ulmfit_jax.errors import Preempted
+from ulmfit_jax.trainer import distributed
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SYNC_EVERY = 10  # multi-process: steps between comparisons of the processes' flags
 _requested: int | None = None  # the signal received, if any
 
 
@@ -67,9 +71,25 @@ def handle_preemption(stage: str) -> Iterator[None]:
                         "checkpoint; rerun the same command to resume from it", late)
 
 
+def requested_anywhere(step: int | None = None) -> bool:
+    """A signal arrived here or, in a multi-process run, on any process.
+
+    The processes must stop after the same step (saving is collective), so there they compare
+    flags (a small all-gather, called by all together) at every step divisible by
+    `SYNC_EVERY`, and at every call without a `step` (epoch ends)."""
+    if not distributed.is_multiprocess():
+        return _requested is not None
+    if step is not None and step % SYNC_EVERY:
+        return False
+    return distributed.any_process(_requested is not None)
+
+
 def stop_if_requested(stage: str, step: int) -> None:
-    """Raise `Preempted` when a signal arrived; call it once checkpoint `step` is saved."""
-    if _requested is not None:
-        name = signal.Signals(_requested).name
-        raise Preempted(f"stopped by {name}: stage {stage} saved a checkpoint at step {step}; "
-                        "rerun the same command to resume from it", _requested)
+    """Raise `Preempted` when `requested_anywhere()`; call it once checkpoint `step` is saved
+    (every process together)."""
+    if requested_anywhere():
+        signum = _requested or signal.SIGTERM
+        where = "" if _requested else " on another process"
+        raise Preempted(f"stopped by {signal.Signals(signum).name}{where}: stage {stage} saved "
+                        f"a checkpoint at step {step}; rerun the same command to resume from it",
+                        signum)

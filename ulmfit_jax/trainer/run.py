@@ -14,6 +14,7 @@ cache), `checkpoints/<stage>/`, `models/{lm,classifier}_{fwd,bwd}/` (`LanguageMo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from ulmfit_jax.api import Ensemble
 from ulmfit_jax.errors import ConfigError, UserError
-from ulmfit_jax.trainer import sharding
+from ulmfit_jax.trainer import distributed, sharding
 from ulmfit_jax.trainer.classifier_stage import (
     VALID_PROBS,
     classifier_name,
@@ -86,16 +87,34 @@ def train_and_evaluate(
         raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
     check_config(config)
     workdir = Path(workdir)
-    with claim(workdir, config, stage, fresh) as first_run:
+    # Before anything else touches jax. Process 0 alone claims the workdir and prepares the
+    # data (vocab, token cache); the others read them once it has.
+    distributed.initialize(config.distributed)
+    with _claim_on_primary(workdir, config, stage, fresh) as first_run:
         try:
-            # Tokenizer worker processes are forked before JAX starts its threads.
-            data = prepare_data(config, workdir)
-            _check_data(data, config, stage)
+            data = distributed.primary_first(
+                "data", lambda: _prepare_and_check(config, workdir, stage),
+                config.distributed.data_timeout_s)
         except UserError:
             if first_run:  # nothing trained: a corrected rerun must not find this vocab/config
                 forget_run(workdir)
             raise
         return _train_and_evaluate(config, data, workdir, stage)
+
+
+def _claim_on_primary(workdir: Path, config: ml_collections.ConfigDict, stage: str,
+                      fresh: bool) -> contextlib.AbstractContextManager[bool]:
+    if distributed.is_primary():
+        return claim(workdir, config, stage, fresh)
+    return contextlib.nullcontext(False)
+
+
+def _prepare_and_check(config: ml_collections.ConfigDict, workdir: Path,
+                       stage: str) -> PreparedData:
+    # Single-process: tokenizer workers are forked before JAX starts its threads.
+    data = prepare_data(config, workdir)
+    _check_data(data, config, stage)
+    return data
 
 
 def _check_data(data: PreparedData, config: ml_collections.ConfigDict, stage: str) -> None:
@@ -108,9 +127,8 @@ def _check_data(data: PreparedData, config: ml_collections.ConfigDict, stage: st
 def _train_and_evaluate(
     config: ml_collections.ConfigDict, data: PreparedData, workdir: Path, stage: str
 ) -> dict:
-    sharding.initialize_distributed(config.distributed)
     mesh = sharding.make_data_mesh()
-    log = MetricLogger(workdir, tensorboard=config.tensorboard)
+    log = MetricLogger(workdir, tensorboard=config.tensorboard, active=distributed.is_primary())
     try:
         if stage == "lr_find":
             for backward in _directions(config):
@@ -129,11 +147,13 @@ def _train_and_evaluate(
         log.plot_loss_curves()
     finally:
         log.close()
-    if stage == "all" and config.predict_examples and not data.multi_label:
+    distributed.barrier("run finished")  # metrics.json is complete for every process
+    if stage == "all" and config.predict_examples and not data.multi_label \
+            and distributed.is_primary():
         print_example_predictions(workdir, config.lm.backward)
     summary_path = workdir / "metrics.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    if stage in ("classifier", "all"):
+    if stage in ("classifier", "all") and distributed.is_primary():
         _print_validation_summary(summary)
     return summary
 

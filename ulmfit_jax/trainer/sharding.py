@@ -4,10 +4,9 @@ Every device holds the full parameters and optimizer state; each device gets `ba
 rows. Steps are compiled once by `jax.jit` with explicit in/out shardings and the train state
 donated, so XLA inserts the gradient all-reduce itself (no `pmap`).
 
-Multi-host: `initialize_distributed` calls `jax.distributed.initialize()` when configured; each
-host then feeds only its own contiguous block of rows (the batchers take `process_index` and
-`process_count`) and `shard_batch` assembles the global array with
-`jax.make_array_from_process_local_data`.
+Multi-process (`trainer.distributed`): each process feeds only its own contiguous block of
+rows (the batchers take `process_index` and `process_count`) and `shard_batch` assembles the
+global array with `jax.make_array_from_process_local_data`.
 """
 
 from __future__ import annotations
@@ -22,12 +21,6 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from ulmfit_jax.errors import ConfigError
 
 DATA_AXIS = "data"
-
-
-def initialize_distributed(enabled: bool) -> None:
-    """Start the multi-host runtime (cluster discovered from the environment) when `enabled`."""
-    if enabled:
-        jax.distributed.initialize()
 
 
 def make_data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

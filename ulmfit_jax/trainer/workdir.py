@@ -39,7 +39,8 @@ LOCK_FILE, RUN_CONFIG = ".lock", "run_config.json"
 # where and how fast data is tokenized, multi-host start-up). A key is matched exactly or,
 # ending in ".", as a prefix. Everything else must match the stored run config.
 RESULT_FREE_KEYS = (
-    "progress", "log_every_steps", "tensorboard", "predict_examples", "distributed",
+    "progress", "log_every_steps", "tensorboard", "predict_examples",
+    "distributed", "distributed.",  # (a bool before the multi-process settings)
     "checkpoint.keep", "checkpoint.async_save", "checkpoint.every_steps",
     "data.workers", "data.cache_dir", "lr_find.",
 )
