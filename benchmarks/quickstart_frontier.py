@@ -121,15 +121,19 @@ def load_config(path: str | Path, overrides: list[str]):
 
     from ulmfit_jax.trainer.config import check_config
 
+    argv = ["frontier", f"--config={path}", *[f"--config.{o}" for o in overrides]]
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", str(path), flag_values=flag_values,
-                                    lock_config=True)
+                                    lock_config=True, sys_argv=argv)
     try:
-        flag_values(["frontier", f"--config={path}", *[f"--config.{o}" for o in overrides]])
+        flag_values(argv)
         config = flag_values.config
         config.keys()
-    except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as e:
-        raise ConfigError(f"--config {path} {' '.join(overrides)}: {e}") from None
+    except (KeyError, AttributeError) as e:  # ml_collections' unknown key
+        raise ConfigError(f"--config {path}: unknown config key in --set "
+                          f"{' '.join(overrides)} ({e})") from None
+    except (flags.Error, TypeError, ValueError, OSError) as e:
+        raise ConfigError(f"--config {path}: {e}") from None
     check_config(config)
     return config
 
