@@ -91,6 +91,23 @@ def test_a_config_fastai_cannot_run_is_one_line(tmp_path, override, key):
     assert not out.exists()
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_15min_config_changes_only_budget_knobs(frontier):
+    quickstart = _flat(frontier.load_config(ROOT / "configs" / "quickstart.py", []).to_dict())
+    budget = _flat(frontier.load_config(ROOT / "configs" / "quickstart_15min.py", []).to_dict())
+    changed = {k: (quickstart[k], v) for k, v in budget.items() if quickstart[k] != v}
+    assert changed == {"data.max_train_docs": (12000, 0), "data.max_lm_docs": (4000, 6000)}
+
+
 def _increasing(minutes: list[float]) -> bool:
     return minutes == sorted(minutes) and minutes[0] < minutes[-1]
 
