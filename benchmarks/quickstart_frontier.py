@@ -343,8 +343,8 @@ def markdown_table(records: list[dict]) -> str:
         smoke = " (smoke)" if r["smoke"] else ""
         lines.append(
             f"| {run_name(r)}{smoke} | {r['accuracy']:.1%} | {r['minutes']:.2f} | {epochs} | "
-            f"{f'{max(lm_done):.1f}' if lm_done else '-'} | {r['load_before'][0]:.1f} / "
-            f"{r['load_after'][0]:.1f} | {r['date'][:16]} |")
+            f"{f'{max(lm_done):.2f}' if lm_done else '-'} | {r['load_before'][0]:.1f} / "
+            f"{r['load_after'][0]:.1f} | {r['date'][:16].replace('T', ' ')} UTC |")
     machines = sorted({f"{r['machine']}" for r in records})
     return "\n".join(lines) + "\n\nMachine: " + "; ".join(machines)
 
