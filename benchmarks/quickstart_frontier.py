@@ -229,6 +229,8 @@ def fastai_unsupported(config) -> list[str]:
         "data.tokenizer": config.data.tokenizer == "fastai",
         "data.source": config.data.source not in ("wikitext", "text_files"),
         "data.lm_source": config.data.lm_source not in ("wikitext", "text_files"),
+        "data.csv_label_cols": len(config.data.csv_label_cols) == 1,  # one label column
+        "data.csv_label_delim": not config.data.csv_label_delim,  # (single-label: Categorize)
         "lm.init_from": not config.lm.init_from,
         "lm.schedule": config.lm.schedule == "one_cycle",
         "lm.variable_length": not config.lm.variable_length,
@@ -406,6 +408,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.config = [SMOKE_CONFIG]
     if args.out is None:
         args.out = SMOKE_OUT if args.smoke else DEFAULT_OUT
+    if args.set and not args.config:
+        parser.error("--set changes a --config; give one")
     if {"ours", "fastai"} & set(args.side) and not args.config:
         parser.error("--side ours/fastai needs --config (e.g. configs/quickstart.py)")
     for path in args.config:
