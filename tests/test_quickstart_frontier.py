@@ -62,6 +62,16 @@ def test_documents_and_vocab_are_the_trainers(frontier, tmp_path):
                 prepared.vocab.numericalize(clf_tokens[offset + k]), corpus.doc(k))
 
 
+def test_quickstart_documents_with_a_separate_lm_corpus(frontier):
+    """configs/quickstart.py's sizes: every embedded text (30,091 + 3,343) for the LM, 2% of
+    them held out, a 4,000-document sample trained on; 12,000 of the 19,924 training reviews."""
+    docs = frontier.chosen_documents(frontier.load_config(ROOT / "configs" / "quickstart.py", []))
+    assert len(docs.lm_texts) == 30_091 + 3_343
+    assert len(docs.lm_valid) == round(0.02 * len(docs.lm_texts)) and len(docs.lm_train) == 4000
+    assert np.intersect1d(docs.lm_train, docs.lm_valid).size == 0
+    assert (len(docs.train), len(docs.valid)) == (12_000, 4_980)
+
+
 def test_poller_times_each_complete_row_once(frontier, tmp_path):
     csv_path = tmp_path / "metrics.csv"
     header = "stage,step,split,name,value\n"
