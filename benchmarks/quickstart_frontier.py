@@ -373,10 +373,10 @@ def plot_frontier(records: list[dict], path: Path) -> Path:
     ax.set(xlabel="wall-clock minutes since launch", ylabel="validation accuracy",
            title="IMDb (embedded split): accuracy vs wall-clock time")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    # Below the axes: run names with their overrides can be long.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, -0.12))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
