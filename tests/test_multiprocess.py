@@ -86,7 +86,9 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
     assert one[0] == 0, one[2][-3000:]
     port = _free_port()
     # Process 0 finds the cluster in its config, process 1 in its environment.
-    procs = [_train(tmp_path / "two", "--stage", "all", *_by_config(port, 0)),
+    # Tokenizer workers (a result-free key) start from a server process once jax runs.
+    procs = [_train(tmp_path / "two", "--stage", "all", "--config.data.workers=2",
+                    *_by_config(port, 0)),
              _train(tmp_path / "two", "--stage", "all", "--config.distributed.enabled=True",
                     env=_by_environment(port, 1))]
     (code0, out0, err0), (code1, out1, err1) = [_finish(p) for p in procs]
@@ -104,6 +106,12 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
     # Process 0 alone claimed the workdir and reports; process 1 only trained.
     assert (tmp_path / "two" / ".lock").read_text().split()[0] == str(procs[0].pid)
     assert "validation accuracy" in out0 and "validation accuracy" not in out1
+
+
+def test_a_single_process_run_forks_its_tokenizer_workers_before_jax_starts(tmp_path):
+    code, _, err = _finish(_train(tmp_path, "--stage", "lm", "--config.data.workers=2"))
+    assert code == 0, err[-3000:]
+    assert "os.fork() was called" not in err  # jax's warning: it had started threads
 
 
 def _wait_for_training(workdir: Path, procs: list[subprocess.Popen], timeout: float) -> None:

@@ -31,6 +31,7 @@ from ulmfit_jax.text.sentencepiece_tokenizer import SentencePieceTokenizer
 from ulmfit_jax.text.token_cache import TokenCache, TokenizedCorpus, build_token_cache
 from ulmfit_jax.text.tokenizer_spec import Tokenizer, has_tokenizer, load_tokenizer, save_tokenizer
 from ulmfit_jax.text.vocab import Vocab
+from ulmfit_jax.trainer import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,11 @@ def make_tokenizer(data: ml_collections.ConfigDict, train: _Subset, workdir: Pat
 
 def _cache(split: _Subset, tokenizer: FastaiTokenizer, root: Path, workers: int) -> TokenCache:
     workers = None if workers < 0 else workers  # -1: one process per CPU; 0: in-process
-    return build_token_cache(split, tokenizer, root, workers=workers, progress=False)
+    # A multi-process run has started jax (threads) by now, and forking a threaded process
+    # can deadlock the child: its workers start from a clean server process instead.
+    mp_context = "forkserver" if distributed.is_multiprocess() else "fork"
+    return build_token_cache(split, tokenizer, root, workers=workers, progress=False,
+                             mp_context=mp_context)
 
 
 def concat_corpora(corpora: list[TokenizedCorpus]) -> TokenizedCorpus:

@@ -69,12 +69,14 @@ def initialize(settings: ml_collections.ConfigDict) -> None:
 
 def is_multiprocess() -> bool:
     """More than one process takes part in this run."""
-    return jax.process_count() > 1
+    # Without jax.distributed, answer without starting jax's backend: a single-process run
+    # forks its tokenizer workers before jax starts any thread.
+    return jax.distributed.is_initialized() and jax.process_count() > 1
 
 
 def is_primary() -> bool:
     """This process writes the run's shared files (process 0)."""
-    return jax.process_index() == 0
+    return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
 def barrier(name: str) -> None:
