@@ -371,6 +371,15 @@ def trainable_groups(n_groups: int, n: int) -> np.ndarray:
     return (np.arange(n_groups) >= frozen_idx).astype(np.float32)
 
 
+def frozen_mask(params: PyTree, groups: LayerGroups, freeze_to: int,
+                force_train: Sequence[str] = FASTAI_FORCE_TRAIN) -> PyTree:
+    """A bool tree like `params`: True where fastai's `freeze_to(freeze_to)` leaves a parameter
+    without a gradient (its group is frozen and `force_train` does not match it)."""
+    trained = trainable_groups(groups.n_groups, freeze_to)
+    return jax.tree.map(lambda label, force: not (trained[label] or force), groups.labels,
+                        match_paths(params, force_train))
+
+
 def clear_state(state: FastaiAdamState) -> FastaiAdamState:
     """fastai's `Optimizer.clear_state`: zero moments and step counters, keep LRs and mask."""
     return state._replace(

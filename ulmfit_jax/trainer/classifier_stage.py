@@ -11,6 +11,7 @@ next to it.
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -112,15 +113,22 @@ def train_classifier(
     sharding.check_batch_size(c.eval_batch_size, mesh)
     clf = _classifier(config, data, workdir, backward)
     pad_id, max_tokens = clf.config.encoder.pad_id, c.max_tokens or None
-    tx, _ = opt.ulmfit_adam(clf.params, opt.classifier_layer_groups(clf.config.encoder.n_layers),
-                            wd=c.wd, clip_norm=c.clip or None)
+    tx, groups = opt.ulmfit_adam(clf.params,
+                                 opt.classifier_layer_groups(clf.config.encoder.n_layers),
+                                 wd=c.wd, clip_norm=c.clip or None)
     graphdef, state = train_step.create_classifier_state(clf.module, tx)
     state = sharding.place_state(state, mesh)
     labels = {"multi_label": clf.multi_label, "threshold": clf.threshold}
-    step_fn = train_step.make_train_step(
-        train_step.classifier_train_step, mesh, state, graphdef=graphdef,
-        model_config=clf.config, optimizer=tx, **labels,
-    )
+    step_options = {"graphdef": graphdef, "model_config": clf.config, "optimizer": tx, **labels}
+    step_fn = train_step.make_train_step(train_step.classifier_train_step, mesh, state,
+                                         **step_options)
+
+    @functools.cache
+    def frozen_step_fn(freeze_to: int):
+        return train_step.make_train_step(
+            train_step.classifier_train_step, mesh, state,
+            frozen=opt.frozen_mask(clf.params, groups, freeze_to), **step_options)
+
     train = data.clf_train.reversed() if backward else data.clf_train
     valid = data.clf_valid.reversed() if backward else data.clf_valid
     iterator = ClassifierBatches(train, c.batch_size, bptt=c.bptt, pad_id=pad_id, shuffle=True,
@@ -149,7 +157,7 @@ def train_classifier(
     phases = [Phase(int(e), float(lr), float(div), int(f)) for f, e, lr, div in c.phases]
     stage = Stage(name=name, phases=phases, iterator=iterator, step_fn=step_fn,
                   to_device=to_device, evaluate=evaluate, summarize=classifier_summary,
-                  schedule=c.schedule, moms=tuple(c.moms))
+                  schedule=c.schedule, moms=tuple(c.moms), frozen_step_fn=frozen_step_fn)
     state, final = run_stage_with_checkpoints(stage, state, config, workdir, log,
                                               seed_offset=3 if backward else 2)
     # The last epoch's validation already computed them, unless this run resumed after it or

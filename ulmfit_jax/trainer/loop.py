@@ -15,6 +15,7 @@ SIGTERM / SIGINT save a checkpoint after the current step and stop the stage (`p
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -60,6 +61,8 @@ class Stage:
     to_device: host batch -> (device batch, number of tokens in it).
     evaluate: train state -> validation metrics (host floats; must contain "loss").
     on_epoch_start: train state -> train state, run at step 0 of every epoch (LM: zero state).
+    frozen_step_fn: freeze_to n -> a step equal to `step_fn` for that freezing that skips the
+    backward pass of the frozen groups (compiled once per n); None: `step_fn` throughout.
     best_metric, best_mode: the validation metric that ranks checkpoints ("max": higher is
     better); the best checkpoint is kept, and restored at the end when the run asks for it
     (fastai's `SaveModelCallback`).
@@ -75,6 +78,7 @@ class Stage:
     schedule: str = "one_cycle"
     moms: tuple[float, float, float] = (0.8, 0.7, 0.8)
     on_epoch_start: Callable[[dict], dict] | None = None
+    frozen_step_fn: Callable[[int], Callable[..., tuple[dict, dict]]] | None = None
     best_metric: str = "accuracy"
     best_mode: str = "max"
 
@@ -98,6 +102,11 @@ class _Plan:
         lengths = [stage.iterator.num_batches(e) for e in range(len(self.phase_of_epoch))]
         self.epoch_start = np.concatenate([[0], np.cumsum(lengths)]).astype(int).tolist()
         self.phase_first_epoch = [self.phase_of_epoch.index(k) for k in range(len(stage.phases))]
+        # fastai's freeze_to in force during each phase (None: the previous phase's; at first
+        # everything trains, as a fresh optimizer does).
+        self.freeze_to = list(itertools.accumulate(
+            (p.freeze_to for p in stage.phases),
+            lambda before, n: before if n is None else n, initial=0))[1:]
 
     @property
     def n_epochs(self) -> int:
@@ -187,6 +196,9 @@ def _train_epoch(
     phase_start, phase_len = plan.phase_steps(k)
     schedule = make_schedule(stage.schedule, phase_len, stage.phases[k].lr_max,
                              **_sched_kwargs(stage))
+    step_fn = stage.step_fn
+    if stage.frozen_step_fn is not None and plan.freeze_to[k] != 0:
+        step_fn = stage.frozen_step_fn(plan.freeze_to[k])
     first, end = plan.epoch_start[epoch], plan.epoch_start[epoch + 1]
     bar = tqdm(total=end - first, initial=step - first, leave=False, disable=not progress,
                desc=f"{stage.name} epoch {epoch + 1}/{plan.n_epochs}")
@@ -194,7 +206,7 @@ def _train_epoch(
     for host_batch in stage.iterator:
         lr, mom = schedule(step - phase_start)
         batch, n_tokens = stage.to_device(host_batch)
-        state, step_metrics = stage.step_fn(state, batch, rng, {"lr": lr, "mom": mom})
+        state, step_metrics = step_fn(state, batch, rng, {"lr": lr, "mom": mom})
         step += 1
         metrics.push(step, step_metrics)
         tokens += n_tokens

@@ -9,7 +9,9 @@ The train state is a dict of plain pytrees:
 
 `hparams = {"lr", "mom"}` holds this step's scheduled learning rate and momentum as arrays;
 the per-group LR factors and frozen-group flags live in the optimizer state. All are data,
-not constants, so schedules and gradual unfreezing never recompile the step.
+not constants, so schedules and gradual unfreezing never recompile the step. The classifier
+also has one step per `freeze_to` (`frozen=`), compiled once each, that skips the backward
+pass of the frozen layers: the same update for a fraction of the work while they are frozen.
 Metrics are sums and counts (`loss_sum`, `correct`, `count`); the host normalises them.
 Each step folds its step number into the base rng, then samples the dropout masks from it.
 Static pieces (graphdef, model config, optimizer, AR/TAR weights) are bound with
@@ -198,18 +200,25 @@ def classifier_train_step(
     optimizer: optax.GradientTransformationExtraArgs,
     multi_label: bool = False,
     threshold: float = 0.5,
+    frozen: Any = None,
 ) -> tuple[dict, dict]:
     """One classifier step on `batch = {"inputs": [batch, time], "labels": [batch]}`
     (multi-label: multi-hot labels `[batch, n_classes]`, sigmoid and binary cross-entropy).
 
     BatchNorm running statistics are updated (training mode); dropout masks come from `rng`
-    folded with the step.
+    folded with the step. `frozen` (a bool tree like the params, `optimizer.frozen_mask`)
+    marks parameters to differentiate as constants: the optimizer gives them no update
+    anyway, and the backward pass then stops above the frozen layers, as torch's does for
+    fastai's `requires_grad=False` parameters (head-only: no backward through the encoder).
     """
     rng = jax.random.fold_in(rng, state["step"])
     inputs, labels = batch["inputs"], batch["labels"]
     masks = sample_classifier_masks(rng, model_config, inputs.shape[0])
 
     def loss_fn(params):
+        if frozen is not None:
+            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params,
+                                  frozen)
         model = nnx.merge(graphdef, params, state["batch_stats"])
         logits = model(inputs, masks=masks, train=True)
         ce, correct = _classifier_loss(logits, labels, multi_label, threshold)
