@@ -148,3 +148,28 @@ def test_run_config_names_bad_kernel_settings():
     config.model.update(compute_dtype="float32", lstm_impl="cuda")
     with pytest.raises(ConfigError, match=r"model\.lstm_impl.*cuda"):
         check_config(config)
+
+
+def test_the_gpu_parity_script_measures_small_differences_through_the_reference(cudnn_on_cpu):
+    """benchmarks/cudnn_parity.py's three checks, run here on jax's reference LSTM: the script
+    is ready for a lent GPU (there it uses cuDNN itself)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cudnn_parity.py"
+    spec = importlib.util.spec_from_file_location("cudnn_parity", path)
+    parity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parity)
+    vocab, bptt = 50, 6
+    config = AWDLSTMConfig.lm_defaults(vocab, emb_size=8, hidden_size=12, n_layers=2)
+    encoder = AWDLSTMConfig.classifier_defaults(vocab, emb_size=8, hidden_size=12, n_layers=2)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, vocab, (4, bptt + 1), dtype=np.int32)
+    docs = rng.integers(2, vocab, (4, 2 * bptt), dtype=np.int32)
+    docs[:2, :3] = 1
+    diffs = [parity.lm_eval_diff(config, ids[:, :-1]),
+             parity.classifier_eval_diff(encoder, docs, bptt), parity.lm_train_diff(config, ids)]
+    # Non-zero: the "cudnn" models really ran the other kernel (rounding differs from the scan).
+    assert 0 < diffs[0] <= parity.EVAL_GOAL and 0 < diffs[1] <= parity.EVAL_GOAL
+    assert 0 < diffs[2] <= parity.TRAIN_TOLERANCE
+    assert not parity.on_cuda()
