@@ -194,3 +194,13 @@ def test_a_single_process_run_neither_waits_nor_gathers():
     assert distributed.primary_first("data", lambda: calls.append(1) or "done", 1) == "done"
     assert calls == [1] and distributed.any_process(True) and not distributed.any_process(False)
     distributed.barrier("nothing to wait for")
+
+
+def test_an_unreachable_coordinator_fails_within_the_start_up_timeout_naming_it(tmp_path):
+    port = _free_port()  # nothing listens there
+    start = time.monotonic()
+    code, _, err = _finish(_train(tmp_path, *_by_config(port, 1),
+                                  "--config.distributed.initialization_timeout_s=3"), timeout=120)
+    assert code != 0 and time.monotonic() - start < 60
+    assert f"joining the run's processes (coordinator_address localhost:{port}" in err
+    assert not (tmp_path / "metrics.csv").exists()

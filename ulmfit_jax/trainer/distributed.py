@@ -19,6 +19,7 @@ distributed service detected fatal errors ... another task died".
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -60,11 +61,22 @@ def initialize(settings: ml_collections.ConfigDict) -> None:
     """Start the multi-process runtime when `settings.enabled` (once per process)."""
     if not settings.enabled or jax.distributed.is_initialized():
         return
+    cluster = cluster_settings(settings)
+    # jax aborts the process (no Python exception) when the coordinator cannot be reached in
+    # time: this line says what it was waiting for.
+    print(f"joining the run's processes ({_describe(cluster)}), waiting up to "
+          f"{settings.initialization_timeout_s} s", file=sys.stderr, flush=True)
     jax.distributed.initialize(
-        **cluster_settings(settings),
+        **cluster,
         initialization_timeout=int(settings.initialization_timeout_s),
         heartbeat_timeout_seconds=int(settings.heartbeat_timeout_s),
     )
+
+
+def _describe(cluster: dict[str, object]) -> str:
+    if not cluster:
+        return "cluster from jax's detection"
+    return ", ".join(f"{key} {value}" for key, value in cluster.items())
 
 
 def is_multiprocess() -> bool:
