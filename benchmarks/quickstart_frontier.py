@@ -50,7 +50,7 @@ import numpy as np
 
 from ulmfit_jax.errors import ConfigError, UserError
 from ulmfit_jax.text.token_cache import TokenizedCorpus
-from ulmfit_jax.trainer.data import _Subset, load_dataset, split_lm_corpus
+from ulmfit_jax.trainer.data import _Subset, lm_budget, load_dataset, split_lm_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 FRONTIER_DIR = REPO / "benchmarks" / "frontier"
@@ -106,10 +106,7 @@ def chosen_documents(config) -> Documents:
     index = TokenizedCorpus.from_lists([[i] for i in range(len(lm_texts))])
     lm_train, lm_valid = (np.asarray(c.ids, np.int64) for c in
                           split_lm_corpus(index, data.lm_valid_fraction, config.seed))
-    if 0 < data.max_lm_docs < len(lm_train):  # as prepare_data draws its LM budget
-        chosen = np.random.default_rng([config.seed, 31]).choice(
-            len(lm_train), data.max_lm_docs, replace=False)
-        lm_train = lm_train[np.sort(chosen)]
+    lm_train = lm_train[lm_budget(len(lm_train), data.max_lm_docs, config.seed)]
     return Documents(list(dataset.labels), train, valid, lm_texts, lm_train, lm_valid)
 
 

@@ -178,6 +178,15 @@ def split_lm_corpus(
     return select_docs(corpus, train), select_docs(corpus, valid)
 
 
+def lm_budget(num_docs: int, max_lm_docs: int, seed: int) -> np.ndarray:
+    """Indices, in corpus order, of the LM training documents a run trains on: a random
+    `max_lm_docs` of them (`data.max_lm_docs`), or all when it is 0 or not smaller."""
+    if not 0 < max_lm_docs < num_docs:
+        return np.arange(num_docs)
+    chosen = np.random.default_rng([seed, 31]).choice(num_docs, max_lm_docs, replace=False)
+    return np.sort(chosen)
+
+
 def _vocab(path: Path, caches: list[TokenCache], model: ml_collections.ConfigDict) -> Vocab:
     """Load `<workdir>/vocab.json`, or count tokens over `caches` and write it."""
     if path.exists():
@@ -222,10 +231,9 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | Path) -> Prep
     else:
         lm_all = concat_corpora([c.numericalize(vocab) for c in lm_caches])
         lm_train, lm_valid = split_lm_corpus(lm_all, data.lm_valid_fraction, config.seed)
-    if 0 < data.max_lm_docs < lm_train.num_docs:
-        chosen = np.random.default_rng([config.seed, 31]).choice(
-            lm_train.num_docs, data.max_lm_docs, replace=False)
-        lm_train = select_docs(lm_train, np.sort(chosen))
+    chosen = lm_budget(lm_train.num_docs, data.max_lm_docs, config.seed)
+    if len(chosen) < lm_train.num_docs:  # (copying the whole corpus would be wasted work)
+        lm_train = select_docs(lm_train, chosen)
     logger.info(
         "data: %d/%d classifier docs, LM %d tokens train / %d valid, vocab %d",
         train.num_docs, valid.num_docs, len(lm_train.ids), len(lm_valid.ids), len(vocab),
