@@ -119,10 +119,14 @@ def primary_first(name: str, work: Callable[[], T], timeout_s: int) -> T:
             result = work()
         except UserError as e:
             client.key_value_set(key, f"{type(e).__name__}: {e}")
+            # Process 0 hosts the key-value store: it leaves only once every process has read.
+            barrier(f"{name} outcome read")
             raise
         client.key_value_set(key, _OK)
+        barrier(f"{name} outcome read")
         return result
     outcome = client.blocking_key_value_get(key, timeout_s * 1000)
+    barrier(f"{name} outcome read")
     if outcome != _OK:
         raise UserError(f"process 0 failed ({name}): {outcome}")
     return work()
