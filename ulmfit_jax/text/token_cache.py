@@ -112,8 +112,6 @@ def _read_meta(meta_file: Path) -> dict:
 
 def _check_file(f: Path, size: int, digest: str, verify: Verify) -> None:
     """Raise `DamagedCacheError` unless `f` has `size` bytes (and hash `digest`: "hashes")."""
-    if verify not in ("sizes", "hashes"):
-        raise ValueError(f"verify must be 'sizes' or 'hashes', got {verify!r}")
     if not f.is_file() or f.stat().st_size != size:
         raise DamagedCacheError(f"{f}: missing or not {size} bytes long")
     if verify == "hashes" and sha256_file(f) != digest:
@@ -131,6 +129,8 @@ class TokenCache:
     """
 
     def __init__(self, path: str | os.PathLike, verify: Verify = "sizes") -> None:
+        if verify not in ("sizes", "hashes"):
+            raise ValueError(f"verify must be 'sizes' or 'hashes', got {verify!r}")
         self.path = Path(path)
         self.verify = verify
         self.meta = _read_meta(self.path / "meta.json")
