@@ -14,7 +14,7 @@ from ulmfit_jax.text.classifier_batches import (
     sorted_order,
     sortish_order,
 )
-from ulmfit_jax.text.token_cache import TokenizedCorpus
+from ulmfit_jax.text.tokenized_corpus import TokenizedCorpus
 
 
 def make_corpus(n_docs=53, seed=0, max_len=200, n_classes=3):

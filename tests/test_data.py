@@ -77,3 +77,30 @@ def test_max_docs_draws_a_seeded_random_subset(csvs, tmp_path):
     full_docs = [words(full, i) for i in range(full.clf_train.num_docs)]
     picked = [full_docs.index(words(a, i)) for i in range(10)]
     assert picked == sorted(picked) and picked != list(range(10))  # random, in file order
+
+
+def test_a_source_is_one_registry_entry_for_loading_checking_and_messages(csvs, tmp_path,
+                                                                          monkeypatch):
+    """A new source needs only its entry: the config check, loading and the pretraining
+    split rule all follow it."""
+    from ulmfit_jax.errors import ConfigError
+    from ulmfit_jax.text import sources
+    from ulmfit_jax.trainer.config import check_config
+    from ulmfit_jax.trainer.validate_data import source_name
+
+    assert {n for n, e in sources.SOURCES.items() if e.pretraining} == {"wikitext", "text_files"}
+    assert {n for n, e in sources.SOURCES.items() if "path" in e.required} == {
+        "csv", "imdb_folder", "tfds", "wikitext", "text_files"}
+    train, valid = csvs
+    entry = sources.SourceEntry(lambda s: sources.csv_dataset(s.valid_path, None),
+                                required=("valid_path",))
+    monkeypatch.setitem(sources.SOURCES, "valid_only", entry)
+    config = csv_config(train, valid)
+    config.data.update(source="valid_only", path="")
+    check_config(config)
+    data = prepare_data(config, tmp_path / "run")
+    assert data.clf_train.num_docs + data.clf_valid.num_docs == len(rows(valid))
+    assert source_name(config.data) == "data source 'valid_only'"
+    config.data.valid_path = ""
+    with pytest.raises(ConfigError, match=r"config\.data\.valid_path=''.*'valid_only'"):
+        check_config(config)

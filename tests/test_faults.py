@@ -32,7 +32,8 @@ from ulmfit_jax.errors import (
     WorkdirError,
 )
 from ulmfit_jax.text import token_cache
-from ulmfit_jax.text.token_cache import TokenizedCorpus, build_token_cache
+from ulmfit_jax.text.token_cache import build_token_cache
+from ulmfit_jax.text.tokenized_corpus import TokenizedCorpus
 from ulmfit_jax.trainer.config import base_config, check_config
 from ulmfit_jax.trainer.data import PreparedData
 from ulmfit_jax.trainer.validate_data import check_classifier_data, check_lm_data
@@ -80,6 +81,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
     (["--config.data.source=csv", "--config.data.path=/nonexistent/train.csv"],
      ["/nonexistent/train.csv: not found"]),
     (["--config.lm.schedule=cosine"], ["config.lm.schedule='cosine'", "one_cycle"]),
+    (["--config.data.source=csv"], ["config.data.path=''", "config.data.source='csv'"]),
 ])
 def test_user_errors_are_one_line_exit_2_and_leave_no_run(tmp_path, args, needles):
     proc = run_train("--workdir", str(tmp_path / "w"), *args)
@@ -118,6 +120,20 @@ def test_error_types_keep_the_builtins_callers_catch():
     from ulmfit_jax.text.sources import DataError as SourcesDataError
 
     assert SourcesDataError is DataError and issubclass(UnsafePickleError, UserError)
+
+
+@pytest.mark.parametrize("data, needles", [
+    ({"source": "nope"}, ["config.data.source='nope'", "'csv'", "'wikitext'"]),
+    ({"lm_source": "nope"}, ["config.data.lm_source='nope'", "'movie_reviews_lm'"]),
+    ({"source": "imdb_folder"}, ["config.data.path=''", "config.data.source='imdb_folder'"]),
+    ({"lm_source": "wikitext"}, ["config.data.path=''", "config.data.lm_source='wikitext'"]),
+])
+def test_check_config_refuses_unknown_sources_and_missing_required_keys(data, needles):
+    config = base_config()
+    config.data.update(**data)
+    with pytest.raises(ConfigError) as e:
+        check_config(config)
+    assert "\n" not in str(e.value) and all(n in str(e.value) for n in needles), str(e.value)
 
 
 def test_check_config_names_key_value_and_what_is_allowed():
@@ -324,11 +340,14 @@ def _flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("name, damage", [
-    ("raw_ids.bin", _truncate), ("raw_ids.bin", _flip_byte), ("offsets.npy", _flip_byte),
-    ("raw_itos.json", _truncate), ("meta.json", _flip_byte), ("labels.npy", Path.unlink),
+# A truncated or missing file is seen by the size check every open does; a flipped byte that
+# keeps the size only when hashes are verified (asked for here; always right after a build).
+@pytest.mark.parametrize("name, damage, verify", [
+    ("raw_ids.bin", _truncate, "sizes"), ("raw_ids.bin", _flip_byte, "hashes"),
+    ("offsets.npy", _flip_byte, "hashes"), ("raw_itos.json", _truncate, "sizes"),
+    ("meta.json", _flip_byte, "sizes"), ("labels.npy", Path.unlink, "sizes"),
 ])
-def test_a_damaged_token_cache_is_detected_and_rebuilt(tmp_path, caplog, name, damage):
+def test_a_damaged_token_cache_is_detected_and_rebuilt(tmp_path, caplog, name, damage, verify):
     docs = make_docs()
     first = build_token_cache(Source(docs), CountingTokenizer(), tmp_path, workers=0,
                               progress=False)
@@ -337,21 +356,34 @@ def test_a_damaged_token_cache_is_detected_and_rebuilt(tmp_path, caplog, name, d
     CountingTokenizer.calls = 0
     with caplog.at_level(logging.WARNING, logger="ulmfit_jax.text.token_cache"):
         again = build_token_cache(Source(docs), CountingTokenizer(), tmp_path, workers=0,
-                                  progress=False)
+                                  progress=False, verify=verify)
     assert CountingTokenizer.calls > 0 and "damaged" in caplog.text and name in caplog.text
     assert [again.doc_tokens(i) for i in range(again.num_docs)] == expected
     np.testing.assert_array_equal(again.labels, [label for _, label in docs])
     assert visible_entries(tmp_path) == [again.path.name]
 
 
-def test_a_damaged_vocab_id_file_is_rewritten(tmp_path):
+def test_a_same_size_garbled_byte_passes_the_size_check_and_fails_the_hash_check(tmp_path):
+    cache = build_token_cache(Source(make_docs()), WhitespaceTokenizer(), tmp_path, workers=0,
+                              progress=False)
+    _flip_byte(cache.path / "raw_ids.bin")
+    assert token_cache.TokenCache(cache.path).num_docs == cache.num_docs  # sizes only
+    with pytest.raises(token_cache.DamagedCacheError, match="raw_ids.bin: checksum differs"):
+        token_cache.TokenCache(cache.path, verify="hashes")
+
+
+@pytest.mark.parametrize("damage, verify", [(_truncate, "sizes"), (_flip_byte, "hashes")])
+def test_a_damaged_vocab_id_file_is_rewritten(tmp_path, caplog, damage, verify):
     cache = build_token_cache(Source(make_docs()), WhitespaceTokenizer(), tmp_path, workers=0,
                               progress=False)
     vocab = ListVocab(["xxunk", "xxpad", "xxbos"] + [f"w{i}" for i in range(0, 40, 2)])
     expected = np.asarray(cache.numericalize(vocab).ids).copy()
     (target,) = cache.path.glob("vocab-*.npy")
-    _flip_byte(target)
-    np.testing.assert_array_equal(np.asarray(cache.numericalize(vocab).ids), expected)
+    damage(target)
+    with caplog.at_level(logging.WARNING, logger="ulmfit_jax.text.token_cache"):
+        ids = token_cache.TokenCache(cache.path, verify=verify).numericalize(vocab).ids
+    np.testing.assert_array_equal(np.asarray(ids), expected)
+    assert "damaged" in caplog.text and target.name in caplog.text
 
 
 # ------------------------------------------------------------------------- disk full

@@ -87,6 +87,13 @@ def test_text_layer_never_imports_jax(name):
     assert not banned, f"{name} can import {banned}"
 
 
+@pytest.mark.parametrize("name", layer("ulmfit_jax.text"))
+def test_text_layer_imports_nothing_of_the_package_above_it(name):
+    above = [m for m in reachable(name) if m.startswith("ulmfit_jax.")
+             and not m.startswith(("ulmfit_jax.text", "ulmfit_jax.atomic_io", "ulmfit_jax.errors"))]
+    assert not above, f"{name} can import {above}"
+
+
 @pytest.mark.parametrize("name", layer("ulmfit_jax.model"))
 def test_model_layer_imports_no_torch_config_or_tensorflow(name):
     banned = {"torch", "ml_collections", "tensorflow", "tensorflow_datasets"}
@@ -108,8 +115,9 @@ def test_nothing_below_the_trainer_imports_it(name):
 
 
 def test_the_rules_see_lazy_and_relative_imports():
-    # vocab imports the safe unpickler inside a function; sources import `.core` relatively.
-    assert "ulmfit_jax.convert.safe_pickle" in direct_imports("ulmfit_jax.text.vocab")
+    # the SentencePiece tokenizer imports its library inside a function; sources import
+    # `.core` relatively.
+    assert "sentencepiece" in direct_imports("ulmfit_jax.text.sentencepiece_tokenizer")
     assert "ulmfit_jax.text.sources.core" in direct_imports("ulmfit_jax.text.sources.csv_files")
     assert "torch" in third_party_roots("ulmfit_jax.api")  # through convert, lazily
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ulmfit_jax.text.lm_stream import LMStream, bucket_lengths
-from ulmfit_jax.text.token_cache import TokenizedCorpus
+from ulmfit_jax.text.tokenized_corpus import TokenizedCorpus
 
 
 def make_corpus(n_docs=40, seed=0, max_len=30):

@@ -8,7 +8,7 @@ import pytest
 from ulmfit_jax.text.classifier_batches import ClassifierBatches
 from ulmfit_jax.text.lm_stream import LMStream
 from ulmfit_jax.text.resumable import ResumableBatches
-from ulmfit_jax.text.token_cache import TokenizedCorpus
+from ulmfit_jax.text.tokenized_corpus import TokenizedCorpus
 
 
 def make_corpus() -> TokenizedCorpus:

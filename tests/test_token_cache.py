@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ulmfit_jax.text import token_cache
-from ulmfit_jax.text.token_cache import TokenCache, TokenizedCorpus, build_token_cache
+from ulmfit_jax.text import token_cache, tokenize_pool
+from ulmfit_jax.text.token_cache import DamagedCacheError, TokenCache, build_token_cache
+from ulmfit_jax.text.tokenized_corpus import TokenizedCorpus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -241,8 +242,8 @@ def test_in_flight_chunks_are_bounded():
             yield [f"text {i}"]
 
     outstanding = []
-    encoded = token_cache._encoded_chunks(chunks(), WhitespaceTokenizer(), workers=2,
-                                          max_in_flight=3, mp_context="fork")
+    encoded = tokenize_pool.encoded_chunks(chunks(), WhitespaceTokenizer(), workers=2,
+                                           max_in_flight=3, mp_context="fork")
     for k, (n, (itos, _ids, _lengths)) in enumerate(encoded):
         outstanding.append(len(pulled) - k)
         assert n == 1 and itos == ["xxbos", "text", str(k)]
@@ -308,3 +309,59 @@ def test_real_vocab_from_counts_and_numericalize(tmp_path):
             np.testing.assert_array_equal(corpus.doc(i),
                                           vocab.numericalize(cache.doc_tokens(i)))
     assert len(list(cache.path.glob("vocab-*.npy"))) == 2
+
+
+def test_opening_checks_sizes_and_hashes_only_once_after_writing_or_on_request(
+        tmp_path, monkeypatch):
+    """A cache hit reads no file whole (sha256 would read WikiText-103's 400 MB each time)."""
+    docs = make_docs()
+    hashed = []
+    real_sha = token_cache.sha256_file
+    monkeypatch.setattr(token_cache, "sha256_file", lambda f: hashed.append(f.name) or
+                        real_sha(f))
+    cache = build_token_cache(Source(docs), WhitespaceTokenizer(), tmp_path, workers=0,
+                              progress=False)
+    # Written: each file hashed for the manifest, then read back once to check it.
+    assert collections.Counter(hashed)["raw_ids.bin"] == 2
+    vocab = ListVocab(["xxunk", "xxpad", "xxbos", "w1"])
+    cache.numericalize(vocab)
+    hashed.clear()
+    hit = build_token_cache(Source(docs), MustNotRunTokenizer(), tmp_path, workers=0,
+                            progress=False)
+    hit.numericalize(vocab)
+    TokenCache(cache.path).numericalize(vocab)
+    assert hashed == []
+    TokenCache(cache.path, verify="hashes").numericalize(vocab)
+    assert "raw_ids.bin" in hashed and any(n.startswith("vocab-") for n in hashed)
+    # A truncated file is caught without hashing.
+    (cache.path / "offsets.npy").write_bytes((cache.path / "offsets.npy").read_bytes()[:-8])
+    hashed.clear()
+    with pytest.raises(DamagedCacheError, match="offsets.npy: missing or not"):
+        TokenCache(cache.path)
+    assert hashed == []
+    with pytest.raises(ValueError, match="verify must be"):
+        TokenCache(cache.path, verify="none")
+
+
+def test_stale_temps_of_dead_local_writers_only_are_removed(tmp_path):
+    import socket
+
+    from ulmfit_jax.atomic_io import temp_owner, temp_sibling
+    from ulmfit_jax.text.stale_temps import remove_stale_temps
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    host = socket.gethostname()
+    gone_dir = tmp_path / f"k1.tmp-{host}-{dead.stdout.strip()}-abc"
+    gone_file = tmp_path / f"vocab-1.npy.tmp-{host}-{dead.stdout.strip()}-def"
+    live = Path(temp_sibling(tmp_path / "k2"))
+    other_host = tmp_path / f"k3.tmp-some-other-host-{dead.stdout.strip()}-abc"
+    not_ours = tmp_path / "k4.tmp-0123456789abcdef"
+    for d in (gone_dir, live, other_host, not_ours):
+        d.mkdir()
+    gone_file.write_bytes(b"half")
+    assert temp_owner(live.name) == (host, os.getpid())
+    assert temp_owner(other_host.name) == ("some-other-host", int(dead.stdout))
+    assert temp_owner(not_ours.name) is None
+    assert sorted(remove_stale_temps(tmp_path)) == sorted([gone_dir, gone_file])
+    assert visible_entries(tmp_path) == sorted(p.name for p in (live, other_host, not_ours))

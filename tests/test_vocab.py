@@ -100,11 +100,13 @@ def test_load_errors_name_the_problem(tmp_path):
 def test_from_fastai_itos_pickle(tmp_path, docs):
     from fastcore.xtras import save_pickle
 
+    from ulmfit_jax.convert.fastai_files import read_vocab
+
     vocab = Vocab.from_tokens(docs, min_freq=1)
     path = tmp_path / "itos.pkl"
     save_pickle(path, vocab.itos)
-    assert Vocab.from_fastai_itos(path) == vocab
+    assert Vocab(read_vocab(path)) == vocab
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(pickle.dumps(collections.OrderedDict(a=1)))
     with pytest.raises(pickle.UnpicklingError):
-        Vocab.from_fastai_itos(evil)
+        read_vocab(evil)

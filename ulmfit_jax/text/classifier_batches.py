@@ -36,7 +36,7 @@ from typing import Protocol
 import numpy as np
 
 from ulmfit_jax.text.resumable import Batch, ResumableBatches
-from ulmfit_jax.text.token_cache import TokenizedCorpus
+from ulmfit_jax.text.tokenized_corpus import TokenizedCorpus
 
 # fastai's SortedDL sorts chunks of 50 batches.
 SORTISH_CHUNK_BATCHES = 50

@@ -39,7 +39,7 @@ import math
 import numpy as np
 
 from ulmfit_jax.text.resumable import Batch, ResumableBatches
-from ulmfit_jax.text.token_cache import TokenizedCorpus
+from ulmfit_jax.text.tokenized_corpus import TokenizedCorpus
 
 # The 2018 fastai loader: P(full bptt), standard deviation of the length, minimum length.
 FULL_BPTT_PROB = 0.95

@@ -1,10 +1,8 @@
-"""Parallel, streaming, fingerprinted, memory-mapped token cache.
+"""Fingerprinted, memory-mapped token cache: its format, its manifest, opening and building.
 
-Tokenizing is the slow part of a text pipeline (spaCy runs at a few thousand documents per
-second per core), so it is done once per (corpus, tokenizer) pair and kept on disk:
+Tokenizing is slow, so it is done once per (corpus, tokenizer) pair and kept on disk:
 
-- worker processes tokenize chunks of documents; the parent keeps only a bounded number of
-  chunks in flight, so memory stays flat however big the corpus is;
+- worker processes tokenize chunks of documents (`tokenize_pool`);
 - the parent gives every distinct token string a *raw id* in order of first appearance, counts
   tokens, and appends the raw ids of each document to one binary file (`raw_ids.bin`, int32)
   with document offsets (`offsets.npy`, int64 `[n_docs + 1]`), so the corpus never lives in RAM
@@ -15,7 +13,7 @@ second per core), so it is done once per (corpus, tokenizer) pair and kept on di
 Layout of `<cache_root>/<key>/`, where `key` hashes the corpus and tokenizer fingerprints:
 
 ```
-meta.json        format version, fingerprints, n_docs, n_tokens
+meta.json        format version, fingerprints, n_docs, n_tokens, manifest
 raw_ids.bin      int32 [n_tokens]   raw ids, documents concatenated
 offsets.npy      int64 [n_docs + 1] document d is raw_ids[offsets[d]:offsets[d + 1]]
 raw_itos.json    list[str]          raw id -> token string
@@ -23,53 +21,60 @@ raw_counts.npy   int64 [n_raw]      occurrences of each raw id
 labels.npy       int64 [n_docs]     only when the documents carry labels
                  ([n_docs, n_classes] multi-hot for multi-label documents)
 vocab-<fp>.npy   int32 [n_tokens]   vocab ids for one vocab, added on demand
+vocab-<fp>.sha256                   its sha256
 ```
 
-A cache directory appears only complete: it is written into `<key>.tmp-<pid>-<rand>` beside
-it, fsynced, then renamed into place. An interrupted build (exception, Ctrl-C, killed process)
-leaves at most a temp directory, which the next build removes once its process is gone.
-`meta.json` holds a manifest (size and sha256 of every other file) and each `vocab-<fp>.npy`
-has its sha256 in `vocab-<fp>.sha256`; a cache whose files no longer match (truncated or
-garbled on disk) is never used: `build_token_cache` logs it and rebuilds, `numericalize`
-rewrites a damaged vocab file. Running out of disk space raises `DiskFullError`.
+A cache directory appears only complete: it is written into `<key>.tmp-<host>-<pid>-<rand>`
+beside it, fsynced, then renamed into place (`atomic_io`). An interrupted build (exception,
+Ctrl-C, killed process) leaves at most a temp directory, which the next build removes once its
+process is gone (`stale_temps`). Running out of disk space raises `DiskFullError`.
+
+Damage. `meta.json` holds a manifest (size and sha256 of every other file) and each
+`vocab-<fp>.npy` has its sha256 beside it. How much of it is checked is `verify`:
+
+- `"sizes"` (the default when opening): every file exists with its recorded size. Costs no
+  reading, so opening a WikiText-103 cache stays instant. Catches missing and truncated
+  files, and a garbled `meta.json` (which must parse).
+- `"hashes"`: sizes and every file's sha256 as well, which reads the whole cache. Done once
+  right after a build writes the cache, and whenever a caller asks (`TokenCache(path,
+  verify="hashes")`, `build_token_cache(..., verify="hashes")`). Catches a garbled byte that
+  keeps the size.
+
+A cache found damaged is never used: `build_token_cache` logs it and rebuilds, `numericalize`
+rewrites a damaged vocab file.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import dataclasses
 import hashlib
+import io
 import json
 import logging
-import multiprocessing
 import os
 import shutil
-import socket
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ulmfit_jax.atomic_io import atomic_file, atomic_write, fsync_directory, temp_sibling
 from ulmfit_jax.errors import disk_full_is_clear
+from ulmfit_jax.text.source_documents import corpus_fingerprint, labels_array, text_chunks
 from ulmfit_jax.text.sources.core import sha256_file
+from ulmfit_jax.text.stale_temps import remove_stale_temps
+from ulmfit_jax.text.tokenize_pool import FingerprintedTokenizer, encoded_chunks
+from ulmfit_jax.text.tokenized_corpus import TokenizedCorpus
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 2  # 2: meta.json holds a manifest of file sizes and checksums
-_TMP_MARKER = ".tmp-"
+Verify = Literal["sizes", "hashes"]
 
-
-class Tokenizer(Protocol):
-    """What the cache needs from a tokenizer (`FastaiTokenizer`, `SentencePieceTokenizer`)."""
-
-    def tokenize(self, texts: list[str]) -> list[list[str]]: ...
-
-    def fingerprint(self) -> str: ...
+__all__ = ["CACHE_FORMAT_VERSION", "DamagedCacheError", "TokenCache", "TokenizedCorpus",
+           "Verify", "build_token_cache", "cache_key"]
 
 
 class _VocabLike(Protocol):
@@ -78,61 +83,11 @@ class _VocabLike(Protocol):
     def numericalize(self, tokens: Sequence[str]) -> np.ndarray: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class TokenizedCorpus:
-    """Documents as one flat id array plus offsets (all memory-mapped where they come from disk).
-
-    ids: int32 `[n_tokens]`; offsets: int64 `[n_docs + 1]`; labels: int64 `[n_docs]`
-    (multi-label: multi-hot `[n_docs, n_classes]`) or None.
-    """
-
-    ids: np.ndarray
-    offsets: np.ndarray
-    labels: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.offsets.ndim != 1 or len(self.offsets) < 1 or self.offsets[0] != 0:
-            raise ValueError("offsets must be 1-D, start at 0 and have n_docs + 1 entries")
-        if self.offsets[-1] != len(self.ids):
-            raise ValueError(f"offsets end at {self.offsets[-1]} but ids has {len(self.ids)}")
-        if self.labels is not None and len(self.labels) != self.num_docs:
-            raise ValueError(f"{len(self.labels)} labels for {self.num_docs} documents")
-
-    @classmethod
-    def from_lists(cls, docs: Sequence[Sequence[int]],
-                   labels: Sequence[int] | None = None) -> TokenizedCorpus:
-        """Builds an in-memory corpus from a list of id lists (tests, small data)."""
-        lengths = np.array([len(d) for d in docs], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        flat = [i for d in docs for i in d]
-        ids = np.asarray(flat, dtype=np.int32).reshape(-1)
-        lab = None if labels is None else np.asarray(labels, dtype=np.int64)
-        return cls(ids, offsets, lab)
-
-    @property
-    def num_docs(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """Tokens per document, int64 `[n_docs]`."""
-        return np.diff(self.offsets)
-
-    def doc(self, i: int) -> np.ndarray:
-        """Ids of document `i`, `[length]`."""
-        return np.asarray(self.ids[self.offsets[i]:self.offsets[i + 1]])
-
-    def reversed(self) -> TokenizedCorpus:
-        """Each document's tokens reversed (the backward model's view), in memory."""
-        ids = np.asarray(self.ids).copy()
-        for d in range(self.num_docs):
-            a, b = self.offsets[d], self.offsets[d + 1]
-            ids[a:b] = ids[a:b][::-1]
-        return TokenizedCorpus(ids, np.asarray(self.offsets), self.labels)
-
-
 class DamagedCacheError(ValueError):
     """A cache file is missing, truncated or garbled (it no longer matches the manifest)."""
+
+
+# ---------------------------------------------------------------- manifest
 
 
 def _manifest(directory: Path) -> dict[str, list]:
@@ -155,26 +110,38 @@ def _read_meta(meta_file: Path) -> dict:
     return meta
 
 
-def _verify(directory: Path, manifest: dict[str, list]) -> None:
-    """Raise `DamagedCacheError` unless every manifest file has its recorded size and hash."""
-    for name, (size, digest) in manifest.items():
-        f = directory / name
-        if not f.is_file() or f.stat().st_size != size:
-            raise DamagedCacheError(f"{f}: missing or not {size} bytes long")
-        if sha256_file(f) != digest:
-            raise DamagedCacheError(f"{f}: checksum differs from meta.json's manifest")
+def _check_file(f: Path, size: int, digest: str, verify: Verify) -> None:
+    """Raise `DamagedCacheError` unless `f` has `size` bytes (and hash `digest`: "hashes")."""
+    if not f.is_file() or f.stat().st_size != size:
+        raise DamagedCacheError(f"{f}: missing or not {size} bytes long")
+    if verify == "hashes" and sha256_file(f) != digest:
+        raise DamagedCacheError(f"{f}: checksum differs from the one recorded with it")
+
+
+# ---------------------------------------------------------------- reading
 
 
 class TokenCache:
     """A complete cache directory, opened read-only (arrays are memory-mapped).
 
-    Opening checks every file against the manifest in meta.json (`DamagedCacheError`)."""
+    Opening checks the files against meta.json's manifest, by size or also by hash
+    (`verify`, see the module docstring); a mismatch raises `DamagedCacheError`.
+    """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, verify: Verify = "sizes") -> None:
+        if verify not in ("sizes", "hashes"):
+            raise ValueError(f"verify must be 'sizes' or 'hashes', got {verify!r}")
         self.path = Path(path)
+        self.verify = verify
         self.meta = _read_meta(self.path / "meta.json")
-        _verify(self.path, self.meta.get("files", {}))
-        n_tokens = int(self.meta["n_tokens"])
+        for name, (size, digest) in self.meta.get("files", {}).items():
+            _check_file(self.path / name, size, digest, verify)
+        try:
+            self._load_arrays(int(self.meta["n_tokens"]))
+        except ValueError as e:  # a garbled header or JSON that kept its size
+            raise DamagedCacheError(f"{self.path}: unreadable file ({e})") from e
+
+    def _load_arrays(self, n_tokens: int) -> None:
         # np.memmap refuses empty files; an empty corpus gets an empty in-memory array.
         self.raw_ids = (np.memmap(self.path / "raw_ids.bin", dtype="<i4", mode="r",
                                   shape=(n_tokens,)) if n_tokens else np.zeros(0, np.int32))
@@ -197,10 +164,6 @@ class TokenCache:
         pairs = zip(self.raw_itos, self.raw_counts.tolist(), strict=True)
         return collections.Counter(dict(pairs))
 
-    def raw_corpus(self) -> TokenizedCorpus:
-        """The corpus in raw ids (first-appearance order), memory-mapped."""
-        return TokenizedCorpus(self.raw_ids, self.offsets, self.labels)
-
     def doc_tokens(self, i: int) -> list[str]:
         """Token strings of document `i` (for inspection and tests)."""
         raw = self.raw_ids[self.offsets[i]:self.offsets[i + 1]]
@@ -210,32 +173,47 @@ class TokenCache:
         """Corpus in `vocab` ids, int32 `[n_tokens]`, memory-mapped and cached per vocab.
 
         The mapping is one lookup table `raw id -> vocab id` built by `vocab.numericalize`
-        (which sends unknown tokens to `xxunk`), applied in chunks of `chunk_tokens`.
+        (which sends unknown tokens to `xxunk`), applied in chunks of `chunk_tokens`. A vocab
+        file is checked as the cache was opened (`verify`) and rewritten when damaged.
         """
         vocab_fp = hashlib.sha256(json.dumps(list(vocab.itos)).encode()).hexdigest()[:16]
         target = self.path / f"vocab-{vocab_fp}.npy"
-        if not _intact(target):
+        if not self._vocab_file_intact(target):
             lookup = np.asarray(vocab.numericalize(self.raw_itos), dtype=np.int32)
             if lookup.shape != (len(self.raw_itos),):
                 raise ValueError(f"vocab.numericalize returned shape {lookup.shape} for "
                                  f"{len(self.raw_itos)} tokens")
+            remove_stale_temps(self.path)  # a killed earlier write of a vocab file
             _write_mapped_ids(target, self.raw_ids, lookup, chunk_tokens)
         return TokenizedCorpus(np.load(target, mmap_mode="r"), self.offsets, self.labels)
+
+    def _vocab_file_intact(self, target: Path) -> bool:
+        """`target` and its checksum exist and match (else: rewrite it)."""
+        check = _checksum_file(target)
+        if not (target.exists() and check.exists()):
+            return False
+        try:
+            _check_file(target, _ids_npy_size(self.num_tokens), check.read_text().strip(),
+                        self.verify)
+        except DamagedCacheError as e:
+            logger.warning("%s: damaged (%s); rewriting it", target, e)
+            return False
+        return True
 
 
 def _checksum_file(target: Path) -> Path:
     return target.with_suffix(".sha256")
 
 
-def _intact(target: Path) -> bool:
-    """`target` exists and matches the checksum written beside it (else: rewrite it)."""
-    check = _checksum_file(target)
-    if not (target.exists() and check.exists()):
-        return False
-    if sha256_file(target) == check.read_text().strip():
-        return True
-    logger.warning("%s: damaged (checksum differs); rewriting it", target)
-    return False
+def _ids_npy_header(n_tokens: int) -> dict[str, Any]:
+    return {"descr": "<i4", "fortran_order": False, "shape": (n_tokens,)}
+
+
+def _ids_npy_size(n_tokens: int) -> int:
+    """Bytes of a vocab-id .npy file of `n_tokens` ids (its header, then int32 data)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, _ids_npy_header(n_tokens))
+    return header.tell() + 4 * n_tokens
 
 
 def _write_mapped_ids(target: Path, raw_ids: np.ndarray, lookup: np.ndarray,
@@ -243,29 +221,14 @@ def _write_mapped_ids(target: Path, raw_ids: np.ndarray, lookup: np.ndarray,
     """Writes `lookup[raw_ids]` to `target` (.npy) and its checksum, each atomically."""
     with disk_full_is_clear(f"the token cache file {target}"):
         # Written with write() rather than a memmap: a full disk is then an OSError, not SIGBUS.
-        header = {"descr": "<i4", "fortran_order": False, "shape": (len(raw_ids),)}
-        with _atomic_file(target) as f:
-            np.lib.format.write_array_header_1_0(f, header)
+        with atomic_file(target) as f:
+            np.lib.format.write_array_header_1_0(f, _ids_npy_header(len(raw_ids)))
             for start in range(0, len(raw_ids), chunk_tokens):
                 f.write(lookup[raw_ids[start:start + chunk_tokens]].astype("<i4").tobytes())
-        with _atomic_file(_checksum_file(target)) as f:
-            f.write(sha256_file(target).encode())
+        atomic_write(_checksum_file(target), sha256_file(target))
 
 
-@contextlib.contextmanager
-def _atomic_file(target: Path) -> Iterator[Any]:
-    """A binary file written to a temp name, fsynced and renamed to `target` when complete."""
-    tmp = target.with_name(f"{target.name}{_TMP_MARKER}{_owner_tag()}")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        _fsync_path(target.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+# ---------------------------------------------------------------- building
 
 
 def cache_key(corpus_fingerprint: str, tokenizer_fingerprint: str) -> str:
@@ -274,75 +237,84 @@ def cache_key(corpus_fingerprint: str, tokenizer_fingerprint: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def split_document(doc: Any) -> tuple[str, int | None]:
-    """(text, label) of one source item: a str, a (text, label) pair, a dict or an object
-    with `.text` / `.label`."""
-    if isinstance(doc, str):
-        return doc, None
-    if isinstance(doc, dict):
-        return doc["text"], doc.get("label")
-    if hasattr(doc, "text"):
-        return doc.text, getattr(doc, "label", None)
-    if isinstance(doc, tuple | list) and len(doc) == 2 and isinstance(doc[0], str):
-        return doc[0], doc[1]
-    raise TypeError(f"cannot read a document from {type(doc).__name__}: expected str, "
-                    "(text, label), {'text': ..., 'label': ...} or an object with .text")
+def build_token_cache(source: Iterable[Any], tokenizer: FingerprintedTokenizer,
+                      cache_root: str | os.PathLike, *, corpus_fp: str | None = None,
+                      workers: int | None = None, chunk_size: int = 1000,
+                      max_in_flight: int | None = None, progress: bool = True,
+                      mp_context: str = "fork", verify: Verify = "sizes") -> TokenCache:
+    """Tokenizes `source` once into `<cache_root>/<key>` and opens it; a hit does no work.
 
-
-def corpus_fingerprint(source: Iterable[Any]) -> str:
-    """The source's own `fingerprint()`, else a hash of every text and label (one pass)."""
-    fp = getattr(source, "fingerprint", None)
-    if callable(fp):
-        return str(fp())
-    h = hashlib.sha256()
-    for doc in source:
-        text, label = split_document(doc)
-        h.update(json.dumps([text, label]).encode())
-    return "content-" + h.hexdigest()
-
-
-# ---------------------------------------------------------------- worker side
-
-_WORKER_TOKENIZER: Tokenizer | None = None
-
-
-def _init_worker(tokenizer: Tokenizer) -> None:
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = tokenizer
-
-
-def _encode_chunk(tokenizer: Tokenizer, texts: list[str]
-                  ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Tokenizes a chunk into (local itos in first-appearance order, local ids, doc lengths).
-
-    Local ids keep the pickled reply small and leave the parent O(distinct tokens) dict work.
+    source: re-iterable documents (see `source_documents.split_document`); `corpus_fp`
+    defaults to `source.fingerprint()` or a content hash. workers: processes (default: CPU
+    count, 0 = tokenize in this process). max_in_flight: chunks submitted but not yet consumed
+    (default 2 * workers). verify: how a hit is checked ("sizes" or "hashes"); a fresh build
+    is checked by hash. Crashes leave no partial cache (see module docstring).
     """
-    docs = tokenizer.tokenize(texts)
-    if len(docs) != len(texts):
-        raise ValueError(f"tokenizer returned {len(docs)} documents for {len(texts)} texts")
-    local: dict[str, int] = {}
-    flat = [local.setdefault(tok, len(local)) for doc in docs for tok in doc]
-    lengths = np.array([len(doc) for doc in docs], dtype=np.int64)
-    return list(local), np.asarray(flat, dtype=np.int32), lengths
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    cache_root = Path(cache_root)
+    # A sources.DocStream carries class names; its `as_pairs()` view gives class indices.
+    source = source.as_pairs() if callable(getattr(source, "as_pairs", None)) else source
+    corpus_fp = corpus_fingerprint(source) if corpus_fp is None else corpus_fp
+    key = cache_key(corpus_fp, tokenizer.fingerprint())
+    final = cache_root / key
+    if final.exists():
+        try:
+            return TokenCache(final, verify)
+        except (FileNotFoundError, DamagedCacheError) as e:
+            logger.warning("token cache %s is damaged (%s); rebuilding it", final, e)
+            _discard(final)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(cache_root)
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    max_in_flight = max(1, 2 * workers if max_in_flight is None else max_in_flight)
+    meta = {"format_version": CACHE_FORMAT_VERSION, "corpus_fingerprint": corpus_fp,
+            "tokenizer_fingerprint": tokenizer.fingerprint()}
+    tmp = Path(temp_sibling(final))
+    try:
+        with disk_full_is_clear(f"the token cache {final}"):
+            tmp.mkdir()
+            _build_into(tmp, source, tokenizer, meta, workers=workers, chunk_size=chunk_size,
+                        max_in_flight=max_in_flight, progress=progress, mp_context=mp_context)
+            _publish(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return TokenCache(final, verify="hashes")  # the one full check of what was just written
 
 
-def _encode_chunk_in_worker(texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    assert _WORKER_TOKENIZER is not None, "worker started without a tokenizer"
-    return _encode_chunk(_WORKER_TOKENIZER, texts)
+def _build_into(tmp: Path, source: Iterable[Any], tokenizer: FingerprintedTokenizer,
+                meta: dict[str, Any], *, workers: int, chunk_size: int, max_in_flight: int,
+                progress: bool, mp_context: str) -> None:
+    """Every file of the layout but vocab files, into `tmp`, fsynced."""
+    labels: list[Any] = []
+    texts = text_chunks(source, chunk_size, labels)
+    encoded = encoded_chunks(texts, tokenizer, workers, max_in_flight, mp_context)
+    total = len(source) if hasattr(source, "__len__") else None
+    with (_RawWriter(tmp) as writer,
+          tqdm(total=total, desc="tokenizing", unit="doc", disable=not progress) as bar):
+        for n_docs, chunk in encoded:
+            writer.add(*chunk)
+            bar.update(n_docs)
+        writer.finish(labels, meta)
 
-
-# ---------------------------------------------------------------- parent side
 
 class _RawWriter:
     """Parent-side state of a build: global raw vocab, counts, ids file, offsets, labels."""
 
-    def __init__(self, tmp_dir: Path) -> None:
-        self.tmp_dir = tmp_dir
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self.stoi: dict[str, int] = {}
         self.counts = np.zeros(0, dtype=np.int64)
-        self.ids_file = open(tmp_dir / "raw_ids.bin", "wb")  # noqa: SIM115 (closed in finish)
         self.lengths: list[np.ndarray] = []
         self.n_tokens = 0
+        # Appended chunk by chunk; the temp directory, not this file, is the atomic unit.
+        self.ids_file = open(directory / "raw_ids.bin", "wb")  # noqa: SIM115 (closed in __exit__)
+
+    def __enter__(self) -> _RawWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.ids_file.close()
 
     def add(self, local_itos: list[str], local_ids: np.ndarray, lengths: np.ndarray) -> None:
         to_global = np.array([self.stoi.setdefault(t, len(self.stoi)) for t in local_itos],
@@ -356,161 +328,33 @@ class _RawWriter:
         self.lengths.append(lengths)
         self.n_tokens += int(local_ids.size)
 
-    def finish(self, labels: list[int | None], meta: dict[str, Any]) -> None:
+    def finish(self, labels: list[Any], meta: dict[str, Any]) -> None:
         self.ids_file.flush()
         os.fsync(self.ids_file.fileno())
         self.ids_file.close()
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        _save_npy(self.tmp_dir / "offsets.npy", offsets)
-        _save_npy(self.tmp_dir / "raw_counts.npy", self.counts)
-        _write_text(self.tmp_dir / "raw_itos.json", json.dumps(list(self.stoi)))
-        label_array = _labels_array(labels)
+        _save_npy(self.directory / "offsets.npy", offsets)
+        _save_npy(self.directory / "raw_counts.npy", self.counts)
+        atomic_write(self.directory / "raw_itos.json", json.dumps(list(self.stoi)))
+        label_array = labels_array(labels)
         if label_array is not None:
-            _save_npy(self.tmp_dir / "labels.npy", label_array)
+            _save_npy(self.directory / "labels.npy", label_array)
         meta = dict(meta, n_docs=len(lengths), n_tokens=self.n_tokens, n_raw=len(self.stoi),
-                    files=_manifest(self.tmp_dir))
-        _write_text(self.tmp_dir / "meta.json", json.dumps(meta, indent=1))
-        _fsync_path(self.tmp_dir)
-
-    def close(self) -> None:
-        self.ids_file.close()
+                    files=_manifest(self.directory))
+        atomic_write(self.directory / "meta.json", json.dumps(meta, indent=1))
 
 
-def _labels_array(labels: list[int | None]) -> np.ndarray | None:
-    """int64 `[n_docs]` labels, None when no document has one; mixed presence is an error."""
-    missing = [i for i, lab in enumerate(labels) if lab is None]
-    if len(missing) == len(labels):
-        return None
-    if missing:
-        raise ValueError(f"documents {missing[:5]} have no label while others do")
-    if all(isinstance(lab, tuple | list) for lab in labels):
-        # Multi-label: multi-hot rows, int64 [n_docs, n_classes].
-        if len({len(lab) for lab in labels}) != 1:
-            raise ValueError("multi-hot labels must all have the same length")
-        return np.array(labels, dtype=np.int64)
-    try:
-        return np.array([int(lab) for lab in labels], dtype=np.int64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"labels must be integer class indices or multi-hot tuples, got "
-                         f"{e}") from e
-
-
-def _chunks(source: Iterable[Any], chunk_size: int, labels: list[int | None]
-            ) -> Iterator[list[str]]:
-    """Lists of `chunk_size` texts; labels are appended to `labels` as a side effect."""
-    chunk: list[str] = []
-    for doc in source:
-        text, label = split_document(doc)
-        if not isinstance(text, str):
-            raise TypeError(f"document {len(labels)}: text is {type(text).__name__}, not str")
-        labels.append(label)
-        chunk.append(text)
-        if len(chunk) == chunk_size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _encoded_chunks(chunks: Iterator[list[str]], tokenizer: Tokenizer, workers: int,
-                    max_in_flight: int, mp_context: str
-                    ) -> Iterator[tuple[int, tuple[list[str], np.ndarray, np.ndarray]]]:
-    """(n_docs, encoded chunk) in corpus order, tokenized by `workers` processes.
-
-    `Pool.imap` would read the whole input ahead in its feeder thread; submitting one chunk
-    at a time and waiting whenever `max_in_flight` chunks are pending bounds memory.
-    """
-    if workers == 0:
-        for texts in chunks:
-            yield len(texts), _encode_chunk(tokenizer, texts)
-        return
-    ctx = multiprocessing.get_context(mp_context)
-    # ProcessPoolExecutor (not Pool) because a worker killed by the OOM killer then raises
-    # BrokenProcessPool instead of hanging the build forever.
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(tokenizer,))
-    try:
-        pending: collections.deque = collections.deque()
-        for texts in chunks:
-            pending.append((len(texts), pool.submit(_encode_chunk_in_worker, texts)))
-            if len(pending) >= max_in_flight:
-                n, future = pending.popleft()
-                yield n, future.result()
-        while pending:
-            n, future = pending.popleft()
-            yield n, future.result()
-    finally:
-        # On error or Ctrl-C, drop queued chunks; at most `workers` running ones finish.
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def build_token_cache(source: Iterable[Any], tokenizer: Tokenizer,
-                      cache_root: str | os.PathLike, *, corpus_fp: str | None = None,
-                      workers: int | None = None, chunk_size: int = 1000,
-                      max_in_flight: int | None = None, progress: bool = True,
-                      mp_context: str = "fork") -> TokenCache:
-    """Tokenizes `source` once into `<cache_root>/<key>` and opens it; a hit does no work.
-
-    source: re-iterable documents (see `split_document`); `corpus_fp` defaults to
-    `source.fingerprint()` or a content hash. workers: processes (default: CPU count, 0 =
-    tokenize in this process). max_in_flight: chunks submitted but not yet consumed
-    (default 2 * workers). Crashes leave no partial cache (see module docstring).
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    cache_root = Path(cache_root)
-    # A sources.DocStream carries class names; its `as_pairs()` view gives class indices.
-    source = source.as_pairs() if callable(getattr(source, "as_pairs", None)) else source
-    corpus_fp = corpus_fingerprint(source) if corpus_fp is None else corpus_fp
-    key = cache_key(corpus_fp, tokenizer.fingerprint())
-    final = cache_root / key
-    if final.exists():
-        try:
-            return TokenCache(final)
-        except (FileNotFoundError, DamagedCacheError) as e:
-            logger.warning("token cache %s is damaged (%s); rebuilding it", final, e)
-            _discard(final)
-    cache_root.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(cache_root)
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    max_in_flight = max(1, 2 * workers if max_in_flight is None else max_in_flight)
-    meta = {"format_version": CACHE_FORMAT_VERSION, "corpus_fingerprint": corpus_fp,
-            "tokenizer_fingerprint": tokenizer.fingerprint()}
-    tmp = Path(tempfile.mkdtemp(prefix=f"{key}{_TMP_MARKER}{_owner_tag()}-", dir=cache_root))
-    try:
-        with disk_full_is_clear(f"the token cache {final}"):
-            _build_into(tmp, source, tokenizer, meta, workers=workers, chunk_size=chunk_size,
-                        max_in_flight=max_in_flight, progress=progress, mp_context=mp_context)
-            _publish(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return TokenCache(final)
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_file(path) as f:
+        np.save(f, array)
 
 
 def _discard(directory: Path) -> None:
     """Move a damaged cache out of the way (atomically), then delete it."""
-    aside = directory.with_name(f"{directory.name}{_TMP_MARKER}{_owner_tag()}-damaged")
+    aside = Path(temp_sibling(directory))
     os.rename(directory, aside)
     shutil.rmtree(aside, ignore_errors=True)
-
-
-def _build_into(tmp: Path, source: Iterable[Any], tokenizer: Tokenizer, meta: dict[str, Any],
-                *, workers: int, chunk_size: int, max_in_flight: int, progress: bool,
-                mp_context: str) -> None:
-    writer = _RawWriter(tmp)
-    labels: list[int | None] = []
-    try:
-        chunks = _chunks(source, chunk_size, labels)
-        encoded = _encoded_chunks(chunks, tokenizer, workers, max_in_flight, mp_context)
-        total = len(source) if hasattr(source, "__len__") else None
-        with tqdm(total=total, desc="tokenizing", unit="doc", disable=not progress) as bar:
-            for n_docs, chunk in encoded:
-                writer.add(*chunk)
-                bar.update(n_docs)
-        writer.finish(labels, meta)
-    finally:
-        writer.close()
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -520,57 +364,4 @@ def _publish(tmp: Path, final: Path) -> None:
     except OSError:
         if not (final / "meta.json").exists():
             raise
-    _fsync_path(final.parent)
-
-
-def _owner_tag() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def remove_stale_temp_dirs(cache_root: str | os.PathLike) -> list[Path]:
-    """Deletes temp dirs left by builds on this host whose process no longer runs."""
-    removed = []
-    host = socket.gethostname()
-    for entry in Path(cache_root).glob(f"*{_TMP_MARKER}*"):
-        tag = entry.name.split(_TMP_MARKER, 1)[1]
-        owner_host, _, rest = tag.rpartition("-")[0].rpartition("-")
-        if owner_host != host or not rest.isdigit() or _pid_alive(int(rest)):
-            continue
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_text(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(final.parent)

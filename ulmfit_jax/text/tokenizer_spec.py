@@ -25,6 +25,8 @@ from ulmfit_jax.text.sentencepiece_tokenizer import SentencePieceTokenizer
 SPEC_FILE, SP_MODEL_FILE = "tokenizer.json", "tokenizer.model"
 _FORMAT, _VERSION = "ulmfit_jax.tokenizer", 1
 Tokenizer = FastaiTokenizer | SentencePieceTokenizer
+"""A tokenizer a model can carry: one of the package's two, which `tokenizer.json` can name.
+(The token cache takes any `tokenize_pool.FingerprintedTokenizer`.)"""
 logger = logging.getLogger(__name__)
 
 

