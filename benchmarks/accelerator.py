@@ -1,7 +1,7 @@
 """Accelerator benchmark: ulmfit_jax vs fastai on one GPU or TPU, same device, same run.
 
-For each batch size it measures, interleaved step by step (as `lm_throughput.py` does, whose
-step builders it reuses), the median over timed rounds after warm-up of:
+For each batch size it measures, interleaved step by step (as `lm_throughput.py` does, with the
+step builders of `common.py`), the median over timed rounds after warm-up of:
 
 - LM training tokens/s: the trainer's jitted `lm_train_step` with `ulmfit_adam` (ours);
   `get_language_model(AWD_LSTM)` + fastai's Adam, loss + AR/TAR + clipping (fastai);
@@ -47,15 +47,21 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from lm_throughput import (
+from common import (
+    MAX_CHUNKS,
+    N_CLASSES,
     SIZES,
     BenchSetting,
     JaxStep,
     adam_hparams,
+    classifier_batch,
+    fastai_classifier_model,
+    fastai_optimizer,
     fastai_steps,
     interleaved_seconds,
     load_average,
     machine,
+    our_optimizer,
     ours_steps,
     timed,
     torch_amp,
@@ -63,8 +69,6 @@ from lm_throughput import (
 )
 
 TASKS = ("lm_train", "lm_eval", "clf_train")
-N_CLASSES = 2
-MAX_CHUNKS = 20  # fastai's classifier max_len = 20 * bptt
 WT103_TOKENS = 103_000_000
 GOAL_BATCH, GOAL_SPEEDUP, GOAL_TOKENS_PER_S, GOAL_EPOCH_MIN_8 = 256, 5.0, 1e6, 2.0
 GOAL_DEVICE = re.compile(r"H100|H200|H800", re.IGNORECASE)
@@ -90,20 +94,13 @@ class Measured:
     memory: int | None
 
 
-def classifier_batch(setting: BenchSetting, vocab_size: int, doc_len: int):
-    """Random documents `[batch, doc_len]` (no pad or unk ids: 0 and 1) and labels `[batch]`."""
-    rng = np.random.default_rng(1)
-    docs = rng.integers(2, vocab_size, size=(setting.batch_size, doc_len), dtype=np.int32)
-    return docs, rng.integers(0, N_CLASSES, size=setting.batch_size, dtype=np.int32)
-
-
 def ours_classifier_step(setting: BenchSetting, doc_len: int, **model_options: Any) -> JaxStep:
     """The trainer's jitted classifier step with `ulmfit_adam`, every layer group training."""
     from flax import nnx
 
     from ulmfit_jax.model.classifier import AWDLSTMClassifier
     from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
-    from ulmfit_jax.optim.optimizer import classifier_layer_groups, ulmfit_adam
+    from ulmfit_jax.optim.optimizer import classifier_layer_groups
     from ulmfit_jax.trainer import sharding
     from ulmfit_jax.trainer.steps import (
         classifier_train_step,
@@ -115,8 +112,7 @@ def ours_classifier_step(setting: BenchSetting, doc_len: int, **model_options: A
     config = ClassifierConfig(encoder, N_CLASSES, bptt=setting.bptt,
                               max_len=MAX_CHUNKS * setting.bptt)
     model = AWDLSTMClassifier(config, rngs=nnx.Rngs(0))
-    tx, _ = ulmfit_adam(nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-                        classifier_layer_groups(encoder.n_layers), wd=0.01)
+    tx = our_optimizer(model, classifier_layer_groups(encoder.n_layers))
     graphdef, state = create_classifier_state(model, tx)
     mesh = sharding.make_data_mesh()
     docs, labels = classifier_batch(setting, encoder.vocab_size, doc_len)
@@ -133,18 +129,13 @@ def fastai_classifier_step(
     """A fastai classifier training step (cross-entropy, backward, Adam) on `device`."""
     import torch
     import torch.nn.functional as F
-    from fastai.optimizer import Adam
-    from fastai.text.all import AWD_LSTM, awd_lstm_clas_config, get_text_classifier
 
-    sizes = SIZES[setting.size]
-    config = dict(awd_lstm_clas_config, emb_sz=sizes["emb_size"], n_hid=sizes["hidden_size"],
-                  n_layers=sizes["n_layers"])
-    model = get_text_classifier(AWD_LSTM, sizes["vocab_size"], N_CLASSES, seq_len=setting.bptt,
-                                config=config, max_len=MAX_CHUNKS * setting.bptt).to(device)
-    optimizer = Adam(list(model.parameters()), lr=1e-3, mom=0.8, sqr_mom=0.99, wd=0.01)
+    model = fastai_classifier_model(setting.size, setting.bptt, device)
+    optimizer = fastai_optimizer(model)
     autocast, scaler, sync = torch_amp(device, amp)
     docs, labels = (torch.from_numpy(a).long().to(device)
-                    for a in classifier_batch(setting, sizes["vocab_size"], doc_len))
+                    for a in classifier_batch(setting, SIZES[setting.size]["vocab_size"],
+                                              doc_len))
 
     def train_step() -> None:
         model.train()
@@ -164,9 +155,8 @@ def our_variants() -> list[Variant]:
     """scan / cuDNN x float32 / bfloat16, with the reason where one cannot run here."""
     from ulmfit_jax.errors import ConfigError
     from ulmfit_jax.model.config import AWDLSTMConfig
-    from ulmfit_jax.model.cudnn_lstm import resolve_lstm_impl
+    from ulmfit_jax.model.cudnn_lstm import on_cuda
 
-    on_cuda = resolve_lstm_impl("auto", jnp.float32) == "cudnn"
     variants = []
     for impl, dtype in (("scan", "float32"), ("scan", "bfloat16"),
                         ("cudnn", "float32"), ("cudnn", "bfloat16")):
@@ -176,7 +166,7 @@ def our_variants() -> list[Variant]:
             AWDLSTMConfig(vocab_size=2, **options)
         except ConfigError as error:  # the package's own rule, its first clause for the cell
             why = str(error).split(" (")[0]
-        if impl == "cudnn" and not on_cuda and why is None:
+        if impl == "cudnn" and not on_cuda() and why is None:
             why = f"cuDNN needs a CUDA GPU; backend: {jax.default_backend()}"
         name = f"ours {'cuDNN' if impl == 'cudnn' else impl} {_short(dtype)}"
         variants.append(Variant(name, "ours", options, why))

@@ -1,7 +1,7 @@
 """cuDNN LSTM vs the scan LSTM on this device: the check to run first on a lent CUDA GPU.
 
     python benchmarks/cudnn_parity.py                 # WT103 size (60k vocab, 400/1152/3)
-    python benchmarks/cudnn_parity.py --size small    # 8k vocab, 128/256/2
+    python benchmarks/cudnn_parity.py --size small    # 8k vocab, 128/256/2 (`common.SIZES`)
 
 Same parameters, same batch, `model.lstm_impl` "scan" vs "cudnn", float32:
   * LM eval logits (carried state from zeros) and a classifier's eval logits on documents
@@ -23,22 +23,18 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import SIZES, adam_hparams, our_optimizer
 from flax import nnx
 
 from ulmfit_jax.model.classifier import AWDLSTMClassifier
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
+from ulmfit_jax.model.cudnn_lstm import on_cuda
 from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
-from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.optim.optimizer import lm_layer_groups
 from ulmfit_jax.trainer import sharding
 from ulmfit_jax.trainer import steps as train_step
 
-SIZES = {"full": (60000, 400, 1152, 3), "small": (8000, 128, 256, 2)}
 EVAL_GOAL, TRAIN_TOLERANCE = 1e-5, 1e-4
-
-
-def on_cuda() -> bool:
-    device = jax.devices()[0]
-    return device.platform == "gpu" and "cuda" in device.client.platform_version.lower()
 
 
 def _max_diff(a, b) -> float:
@@ -74,18 +70,17 @@ def classifier_eval_diff(encoder: AWDLSTMConfig, ids: np.ndarray, bptt: int) -> 
 def lm_train_diff(config: AWDLSTMConfig, ids: np.ndarray) -> float:
     mesh = sharding.make_data_mesh(jax.devices()[:1])
     batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
-    hp = {"lr": jnp.float32(1e-3), "mom": jnp.float32(0.8)}
     params_after = []
     for impl in ("scan", "cudnn"):
         model_config = dataclasses.replace(config, lstm_impl=impl)
         model = AWDLSTMLanguageModel(model_config, rngs=nnx.Rngs(0))
-        tx, _ = opt.ulmfit_adam(nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-                                opt.lm_layer_groups(config.n_layers), wd=0.01, clip_norm=0.4)
+        tx = our_optimizer(model, lm_layer_groups(config.n_layers), clip_norm=0.4)
         graphdef, state = train_step.create_lm_state(model, tx, ids.shape[0])
         step = train_step.make_train_step(train_step.lm_train_step, mesh, state,
                                           graphdef=graphdef, model_config=model_config,
                                           optimizer=tx, alpha=2.0, beta=1.0)
-        state, _ = step(sharding.place_state(state, mesh), batch, jax.random.PRNGKey(1), hp)
+        state, _ = step(sharding.place_state(state, mesh), batch, jax.random.PRNGKey(1),
+                        adam_hparams())
         params_after.append(jax.device_get(state["params"]))
     return _max_diff(*params_after)
 
@@ -103,14 +98,14 @@ def main() -> None:
     if not on_cuda():
         print(f"n/a: cuDNN needs a CUDA GPU; this device is {jax.devices()[0].platform}")
         return
-    vocab, emb, hidden, layers = SIZES[args.size]
-    config = AWDLSTMConfig.lm_defaults(vocab, emb_size=emb, hidden_size=hidden, n_layers=layers)
+    sizes = SIZES[args.size]
+    vocab, sizes = sizes["vocab_size"], {k: v for k, v in sizes.items() if k != "vocab_size"}
+    config = AWDLSTMConfig.lm_defaults(vocab, **sizes)
     rng = np.random.default_rng(0)
     ids = rng.integers(2, vocab, (args.batch, args.bptt + 1), dtype=np.int32)
     docs = rng.integers(2, vocab, (args.batch, 2 * args.bptt), dtype=np.int32)
     docs[: args.batch // 2, : args.bptt // 2] = 1  # leading padding in half of the documents
-    encoder = AWDLSTMConfig.classifier_defaults(vocab, emb_size=emb, hidden_size=hidden,
-                                                n_layers=layers)
+    encoder = AWDLSTMConfig.classifier_defaults(vocab, **sizes)
     print(f"device {jax.devices()[0].device_kind}, size {args.size}, batch {args.batch}, "
           f"bptt {args.bptt}: max |cudnn - scan|")
     print(f"  LM eval logits:          {_verdict(lm_eval_diff(config, ids[:, :-1]), EVAL_GOAL)}")

@@ -9,7 +9,7 @@ appends to `DIR/events.jsonl` one line per epoch (`stage`, `epoch`, validation `
 from the launch of this process: importing torch and fastai, tokenizing and training all count.
 
 The same as ours:
-- the documents: chosen by `quickstart_frontier.chosen_documents` with the trainer's own code
+- the documents: chosen by `common.chosen_documents` with the trainer's own functions
   and seeds (classifier subsets, LM corpus order, LM validation split, `max_lm_docs` draw);
 - the tokens and vocab: fastai's `tokenize_df` (its rules and spaCy's tokenizer, in
   `data.workers` processes, -1 = one per core, as our trainer), `make_vocab` over every LM
@@ -60,7 +60,7 @@ import fastai.text.all as fa
 import ml_collections
 import pandas as pd
 import torch
-from quickstart_frontier import EVENTS, Documents, chosen_documents
+from common import EVENTS, Documents, chosen_documents
 
 
 def write_event(events: Path, **fields: object) -> None:

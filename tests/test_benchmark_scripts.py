@@ -1,18 +1,37 @@
-"""Every benchmark script still imports and parses its flags (they share helpers, and a
-benchmark that breaks silently is only found when someone needs its figures)."""
+"""Every benchmark script still imports and parses its flags (they share `common.py`, and a
+benchmark that breaks silently is only found when someone needs its figures); scripts share
+code through `common.py` only, never by importing each other."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+FOLDER = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(p for p in FOLDER.glob("*.py") if p.name != "common.py")
 
 
-@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_benchmark_script_starts(script):
     proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
                           text=True, timeout=300, cwd=script.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage:" in proc.stdout
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names}
+    return names | {node.module for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module}
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_import_common_not_each_other(script):
+    siblings = {p.stem for p in SCRIPTS}
+    imported = {name.split(".")[0] for name in _imported_modules(script)}
+    assert not imported & siblings
+    assert "sys.path" not in script.read_text()  # no path games: `common` is a sibling

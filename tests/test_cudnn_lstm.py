@@ -150,16 +150,17 @@ def test_run_config_names_bad_kernel_settings():
         check_config(config)
 
 
-def test_the_gpu_parity_script_measures_small_differences_through_the_reference(cudnn_on_cpu):
+def test_the_gpu_parity_script_measures_small_differences_through_the_reference(
+    cudnn_on_cpu, monkeypatch
+):
     """benchmarks/cudnn_parity.py's three checks, run here on jax's reference LSTM: the script
     is ready for a lent GPU (there it uses cuDNN itself)."""
-    import importlib.util
+    import importlib
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cudnn_parity.py"
-    spec = importlib.util.spec_from_file_location("cudnn_parity", path)
-    parity = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(parity)
+    # The script imports its sibling benchmarks/common.py.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    parity = importlib.import_module("cudnn_parity")
     vocab, bptt = 50, 6
     config = AWDLSTMConfig.lm_defaults(vocab, emb_size=8, hidden_size=12, n_layers=2)
     encoder = AWDLSTMConfig.classifier_defaults(vocab, emb_size=8, hidden_size=12, n_layers=2)

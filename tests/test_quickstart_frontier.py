@@ -18,9 +18,15 @@ SCRIPT = ROOT / "benchmarks" / "quickstart_frontier.py"
 
 @pytest.fixture
 def frontier(monkeypatch):
-    """The benchmark script as a module (it imports its siblings)."""
+    """The benchmark script as a module (it imports `benchmarks/common.py`)."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     return importlib.import_module("quickstart_frontier")
+
+
+@pytest.fixture
+def common(frontier):
+    """The benchmarks' shared module (`chosen_documents`, `tfidf_accuracy`)."""
+    return importlib.import_module("common")
 
 
 def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -28,7 +34,7 @@ def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=ROOT)
 
 
-def test_documents_and_vocab_are_the_trainers(frontier, tmp_path):
+def test_documents_and_vocab_are_the_trainers(frontier, common, tmp_path):
     """Same classifier reviews, LM split and `max_lm_docs` draw as `prepare_data`, and
     fastai's tokens and `make_vocab` on them give our vocab, token for token."""
     import fastai.text.all as fa
@@ -38,7 +44,7 @@ def test_documents_and_vocab_are_the_trainers(frontier, tmp_path):
 
     config = frontier.load_config(frontier.SMOKE_CONFIG,
                                   ["data.max_lm_docs=60", "data.lm_valid_fraction=0.2"])
-    docs = frontier.chosen_documents(config)
+    docs = common.chosen_documents(config)
     prepared = prepare_data(config, tmp_path)
     lm_tokens, counts = tokenize(docs.lm_texts, 0)
     assert fa.make_vocab(counts, min_freq=config.model.min_freq,
@@ -62,10 +68,10 @@ def test_documents_and_vocab_are_the_trainers(frontier, tmp_path):
                 prepared.vocab.numericalize(clf_tokens[offset + k]), corpus.doc(k))
 
 
-def test_quickstart_documents_with_a_separate_lm_corpus(frontier):
+def test_quickstart_documents_with_a_separate_lm_corpus(frontier, common):
     """configs/quickstart.py's sizes: every embedded text (30,091 + 3,343) for the LM, 2% of
     them held out, a 4,000-document sample trained on; 12,000 of the 19,924 training reviews."""
-    docs = frontier.chosen_documents(frontier.load_config(ROOT / "configs" / "quickstart.py", []))
+    docs = common.chosen_documents(frontier.load_config(ROOT / "configs" / "quickstart.py", []))
     assert len(docs.lm_texts) == 30_091 + 3_343
     assert len(docs.lm_valid) == round(0.02 * len(docs.lm_texts)) and len(docs.lm_train) == 4000
     assert np.intersect1d(docs.lm_train, docs.lm_valid).size == 0
@@ -128,7 +134,7 @@ def _increasing(minutes: list[float]) -> bool:
 
 
 @pytest.mark.slow
-def test_smoke_run_of_every_side_and_report(frontier, tmp_path):
+def test_smoke_run_of_every_side_and_report(frontier, common, tmp_path):
     out, plot, runs = tmp_path / "results.jsonl", tmp_path / "frontier.png", tmp_path / "runs"
     proc = _run("--smoke", "--side", "ours", "fastai", "tfidf", "--out", str(out), "--poll",
                 "0.2", "--workdir", str(runs), "--keep")
@@ -155,11 +161,8 @@ def test_smoke_run_of_every_side_and_report(frontier, tmp_path):
         float(row[-1]) for row in valid_rows]
     assert ours["accuracy"] == summary["classifier_fwd"]["accuracy"]
 
-    from tfidf_baseline import tfidf_accuracy
-
-    _, train, valid = frontier.classifier_documents(frontier.load_config(frontier.SMOKE_CONFIG,
-                                                                         []))
-    assert tfidf["accuracy"] == tfidf_accuracy(train, valid) and tfidf["points"] == []
+    _, train, valid = common.classifier_documents(frontier.load_config(frontier.SMOKE_CONFIG, []))
+    assert tfidf["accuracy"] == common.tfidf_accuracy(train, valid) and tfidf["points"] == []
 
     report = _run("--report", "--out", str(out), "--plot", str(plot))
     assert report.returncode == 0, report.stderr[-3000:]

@@ -33,14 +33,19 @@ LSTM_IMPLS = ("auto", "scan", "cudnn")
 LSTMFn = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
 
 
+def on_cuda() -> bool:
+    """Whether jax's default device is a CUDA GPU, the only place cuDNN's LSTM runs."""
+    device = jax.devices()[0]
+    return device.platform == "gpu" and "cuda" in device.client.platform_version.lower()
+
+
 @functools.cache
 def resolve_lstm_impl(impl: str, compute_dtype: Any) -> str:
     """`auto` -> `cudnn` on a CUDA GPU with float32 compute, else `scan`; logs its choice."""
     if impl != "auto":
         return impl
     device = jax.devices()[0]
-    on_cuda = device.platform == "gpu" and "cuda" in device.client.platform_version.lower()
-    chosen = "cudnn" if on_cuda and jnp.dtype(compute_dtype) == jnp.float32 else "scan"
+    chosen = "cudnn" if on_cuda() and jnp.dtype(compute_dtype) == jnp.float32 else "scan"
     logger.info("lstm_impl auto -> %s (%s, %s)", chosen, device.platform,
                 jnp.dtype(compute_dtype).name)
     return chosen

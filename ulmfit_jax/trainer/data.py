@@ -100,6 +100,24 @@ def load_dataset(data: ml_collections.ConfigDict, name: str | None = None) -> so
     return sources.load_source(data, name)
 
 
+def classifier_splits(data: ml_collections.ConfigDict,
+                      dataset: sources.TextDataset) -> tuple[_Subset, _Subset]:
+    """The classifier's training and validation documents a run reads: a seeded random
+    `data.max_train_docs` / `data.max_valid_docs` of each split (every one when 0)."""
+    return _Subset(dataset.train, data.max_train_docs), _Subset(dataset.valid, data.max_valid_docs)
+
+
+def lm_corpus_splits(dataset: sources.TextDataset, lm_dataset: sources.TextDataset | None,
+                     train: _Subset, valid: _Subset) -> list[_Subset]:
+    """The document streams whose concatenation, in this order, is the LM corpus: the separate
+    LM corpus's splits (`data.lm_source`), else the classifier's `train` and `valid`
+    documents and the unlabelled split."""
+    if lm_dataset is not None:
+        return [_Subset(s, 0) for s in (lm_dataset.train, lm_dataset.valid, lm_dataset.unsup)
+                if s]
+    return [train, valid] + ([_Subset(dataset.unsup, 0)] if dataset.unsup is not None else [])
+
+
 def make_tokenizer(data: ml_collections.ConfigDict, train: _Subset, workdir: Path,
                    cache_root: Path) -> Tokenizer:
     """fastai's tokenizer, or the run's SentencePiece model: read back from
@@ -185,23 +203,17 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | Path) -> Prep
     data = config.data
     root = Path(data.cache_dir) if data.cache_dir else workdir / "cache"
     dataset = load_dataset(data)
-    train_docs = _Subset(dataset.train, data.max_train_docs)
+    train_docs, valid_docs = classifier_splits(data, dataset)
+    # A separate LM corpus (e.g. movie_reviews_lm: every embedded text, deduplicated).
     lm_dataset = load_dataset(data, data.lm_source) if data.lm_source else None
     # SentencePiece learns its pieces from the LM's training texts.
     tokenizer = make_tokenizer(data, _Subset(lm_dataset.train, 0) if lm_dataset else train_docs,
                                workdir, root)
     train = _cache(train_docs, tokenizer, root, data.workers)
-    valid = _cache(_Subset(dataset.valid, data.max_valid_docs), tokenizer, root, data.workers)
-    if lm_dataset is not None:
-        # A separate LM corpus (e.g. movie_reviews_lm: every embedded text, deduplicated).
-        lm_splits = [lm_dataset.train, lm_dataset.valid, lm_dataset.unsup]
-        lm_caches = [
-            _cache(_Subset(s, 0), tokenizer, root, data.workers) for s in lm_splits if s
-        ]
-    else:
-        lm_caches = [train, valid]
-        if dataset.unsup is not None:
-            lm_caches.append(_cache(_Subset(dataset.unsup, 0), tokenizer, root, data.workers))
+    valid = _cache(valid_docs, tokenizer, root, data.workers)
+    opened = {id(train_docs): train, id(valid_docs): valid}
+    lm_caches = [opened.get(id(s)) or _cache(s, tokenizer, root, data.workers)
+                 for s in lm_corpus_splits(dataset, lm_dataset, train_docs, valid_docs)]
     pretraining = sources.source_entry(data.lm_source or data.source).pretraining
     vocab = _vocab(workdir / "vocab.json", lm_caches[:1] if pretraining else lm_caches,
                    config.model)

