@@ -24,7 +24,9 @@ import torch
 from fastai.text.models import awdlstm
 from flax import nnx
 
-from ulmfit_jax.model.dropout import ClassifierDropoutMasks, LMDropoutMasks
+from ulmfit_jax.model.awd_lstm import AWDLSTMMasks
+from ulmfit_jax.model.classifier import ClassifierDropoutMasks
+from ulmfit_jax.model.language_model import LMDropoutMasks
 
 TINY_WEIGHT_P = 1e-6
 
@@ -164,13 +166,13 @@ def lm_masks_from_fastai(model: torch.nn.Module, recorder: DropoutRecorder,
                          draw: int = -1) -> LMDropoutMasks:
     """The masks fastai drew in forward call number `draw`, in our layout."""
     enc, dec = model[0], model[1]
-    return LMDropoutMasks(
+    encoder = AWDLSTMMasks(
         embed=_np(recorder.masks[enc.encoder_dp][draw][:, 0]),
         input=_np(recorder.masks[enc.input_dp][draw][:, 0]),
         hidden=tuple(_np(recorder.masks[dp][draw][:, 0]) for dp in enc.hidden_dps[:-1]),
         weight=tuple(_np(recorder.masks[rnn][draw].T) for rnn in enc.rnns),
-        output=_np(recorder.masks[dec.output_dp][draw][:, 0]),
     )
+    return LMDropoutMasks(encoder=encoder, output=_np(recorder.masks[dec.output_dp][draw][:, 0]))
 
 
 def install_head_dropouts(model: torch.nn.Module) -> list[_HeadDropout]:
@@ -187,12 +189,12 @@ def install_head_dropouts(model: torch.nn.Module) -> list[_HeadDropout]:
 def classifier_masks_to_fastai(model: torch.nn.Module, masks: ClassifierDropoutMasks,
                                head_dropouts: list[_HeadDropout]) -> dict:
     """Replay table making fastai use our classifier masks (the same ones for every chunk)."""
-    enc = model[0].module
+    enc, ours = model[0].module, masks.encoder
     t = lambda a: torch.from_numpy(np.asarray(a).copy())  # noqa: E731
-    replay = {enc.encoder_dp: t(masks.embed)[:, None], enc.input_dp: t(masks.input)[:, None]}
-    for dp, m in zip(enc.hidden_dps[:-1], masks.hidden, strict=True):
+    replay = {enc.encoder_dp: t(ours.embed)[:, None], enc.input_dp: t(ours.input)[:, None]}
+    for dp, m in zip(enc.hidden_dps[:-1], ours.hidden, strict=True):
         replay[dp] = t(m)[:, None]
-    for rnn, m in zip(enc.rnns, masks.weight, strict=True):
+    for rnn, m in zip(enc.rnns, ours.weight, strict=True):
         replay[rnn] = t(np.asarray(m).T)
     for dp, m in zip(head_dropouts, masks.head, strict=True):
         replay[dp] = t(m)

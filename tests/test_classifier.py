@@ -19,8 +19,7 @@ from tests.fastai_reference import (
 )
 from ulmfit_jax.convert.fastai_weights import classifier_params_from_fastai
 from ulmfit_jax.model.batch_norm import BatchNorm
-from ulmfit_jax.model.classifier import AWDLSTMClassifier
-from ulmfit_jax.model.dropout import sample_classifier_masks
+from ulmfit_jax.model.classifier import AWDLSTMClassifier, sample_classifier_masks
 
 PAD, VOCAB, BPTT, MAX_LEN = 1, 31, 5, 10
 

@@ -16,12 +16,11 @@ from flax import nnx
 from jax.experimental import rnn
 
 from ulmfit_jax.errors import ConfigError
-from ulmfit_jax.model import encoder as encoder_module
+from ulmfit_jax.model import awd_lstm
 from ulmfit_jax.model.classifier import AWDLSTMClassifier
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.cudnn_lstm import cudnn_layer, pack_weights, resolve_lstm_impl
-from ulmfit_jax.model.dropout import sample_lm_masks
-from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
+from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, sample_lm_masks
 from ulmfit_jax.model.lstm import input_projection_time_major, recurrence_time_major
 
 TIME, BATCH, N_IN, HIDDEN = 9, 4, 5, 6
@@ -94,7 +93,7 @@ def test_layer_outputs_state_and_gradients_equal_the_scan(skipped):
 @pytest.fixture
 def cudnn_on_cpu(monkeypatch):
     """lstm_impl='cudnn' models run `cudnn_layer` with jax's reference LSTM inside."""
-    monkeypatch.setattr(encoder_module, "cudnn_layer", ref_layer)
+    monkeypatch.setattr(awd_lstm, "cudnn_layer", ref_layer)
 
 
 def test_language_model_with_dropout_equals_scan(cudnn_on_cpu):

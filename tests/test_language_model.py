@@ -19,8 +19,12 @@ from tests.fastai_reference import (
 )
 from ulmfit_jax.convert.fastai_weights import lm_params_from_fastai
 from ulmfit_jax.model.config import AWDLSTMConfig
-from ulmfit_jax.model.dropout import LMDropoutMasks, sample_lm_masks
-from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, resize_state
+from ulmfit_jax.model.language_model import (
+    AWDLSTMLanguageModel,
+    LMDropoutMasks,
+    resize_state,
+    sample_lm_masks,
+)
 
 PAD = 1
 
@@ -153,11 +157,12 @@ def _at(tree, path):
 def test_sampled_masks_have_fastai_shapes_and_scaling():
     config = AWDLSTMConfig.lm_defaults(100, emb_size=8, hidden_size=12, n_layers=3)
     masks = sample_lm_masks(jax.random.key(0), config, batch_size=5)
-    assert masks.embed.shape == (100,)
-    assert masks.input.shape == masks.output.shape == (5, 8)
-    assert [m.shape for m in masks.hidden] == [(5, 12), (5, 12)]
-    assert [m.shape for m in masks.weight] == [(12, 48), (12, 48), (8, 32)]
-    for mask, p in [(masks.input, 0.25), (masks.weight[0], 0.2), (masks.output, 0.1)]:
+    enc = masks.encoder
+    assert enc.embed.shape == (100,)
+    assert enc.input.shape == masks.output.shape == (5, 8)
+    assert [m.shape for m in enc.hidden] == [(5, 12), (5, 12)]
+    assert [m.shape for m in enc.weight] == [(12, 48), (12, 48), (8, 32)]
+    for mask, p in [(enc.input, 0.25), (enc.weight[0], 0.2), (masks.output, 0.1)]:
         values = np.unique(np.asarray(mask))
         np.testing.assert_allclose(values, [0.0, 1 / (1 - p)], rtol=1e-6)
 

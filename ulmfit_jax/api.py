@@ -374,7 +374,7 @@ class LanguageModel:
 
     def to_fastai(self, weights_path: str | os.PathLike, itos_path: str | os.PathLike) -> None:
         """Write `.pth` + itos pickle for fastai's `load_pretrained` / `Learner.load`."""
-        sd = fastai_weights.lm_params_to_fastai(self.params)
+        sd = fastai_weights.lm_params_to_fastai(self.params, self.config)
         fastai_files.save_language_model(sd, self.vocab, weights_path, itos_path)
 
     def zero_state(self, batch_size: int) -> EncoderState:
@@ -394,7 +394,7 @@ class LanguageModel:
         batch = ids.shape[0]
         if state is None:
             state = self.zero_state(batch)
-        elif state[0][0].shape[0] != batch:
+        elif jax.tree.leaves(state)[0].shape[0] != batch:
             state = resize_state(state, batch)
         graphdef, params = nnx.split(self.module)
         return _lm_forward(graphdef, params, ids, state)
@@ -541,7 +541,7 @@ class TextClassifier:
             encoder_config.vocab_size, drop_mult=drop_mult, emb_size=encoder_config.emb_size,
             hidden_size=encoder_config.hidden_size, n_layers=encoder_config.n_layers,
             pad_id=encoder_config.pad_id, compute_dtype=encoder_config.compute_dtype,
-            lstm_impl=encoder_config.lstm_impl,
+            lstm_impl=encoder_config.lstm_impl, encoder_kind=encoder_config.encoder_kind,
         )
         config = ClassifierConfig(encoder=enc, n_classes=n_classes, **classifier_options)
         clf = cls.create(config, vocab, seed, tokenizer, class_names, backward)

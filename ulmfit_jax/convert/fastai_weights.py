@@ -2,6 +2,9 @@
 
 No torch here: `fastai_files` reads/writes the files and hands over numpy dicts. The keys,
 their order and shapes are `fastai_layout`'s; every reader validates through it.
+Only the AWD-LSTM encoder kind has a fastai layout (`FASTAI_ENCODER_KINDS`); the writers
+refuse a model of another kind with one line (a new kind with a fastai counterpart adds its
+own converter and layout, and its entry there).
 torch keeps two LSTM biases; we keep their sum and write it back as `bias_ih` with a zero
 `bias_hh` (the sum, which is all the LSTM uses, is preserved).
 """
@@ -15,6 +18,8 @@ import numpy as np
 
 from ulmfit_jax.convert import fastai_layout as layout
 from ulmfit_jax.convert.fastai_layout import KIND_CLASSIFIER, KIND_ENCODER, KIND_LM, LayoutSizes
+from ulmfit_jax.errors import ModelFileError
+from ulmfit_jax.model.awd_lstm import KIND as AWD_LSTM
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 
 StateDict = Mapping[str, np.ndarray]
@@ -28,6 +33,17 @@ def _f32(x: Any) -> np.ndarray:
 def _child(tree: Mapping[Any, Any], key: int) -> Any:
     """Sub-tree of a list node whose keys may be ints (nnx) or strings (after a round trip)."""
     return tree[key] if key in tree else tree[str(key)]
+
+
+# Encoder kinds whose parameter tree this module converts (fastai's AWD_LSTM, qrnn=False).
+FASTAI_ENCODER_KINDS = (AWD_LSTM,)
+
+
+def _check_convertible(config: AWDLSTMConfig | None) -> None:
+    """Refuse (one line) a model whose encoder kind has no fastai layout here."""
+    if config is not None and config.encoder_kind not in FASTAI_ENCODER_KINDS:
+        raise ModelFileError(f"encoder kind {config.encoder_kind!r} has no fastai file layout; "
+                             f"fastai conversion exists for {FASTAI_ENCODER_KINDS} only")
 
 
 def _encoder_config(sizes: LayoutSizes) -> AWDLSTMConfig:
@@ -75,8 +91,12 @@ def encoder_params_from_fastai(
     return _encoder_config(sizes), _encoder_params(state_dict, sizes.n_layers, "")
 
 
-def encoder_params_to_fastai(encoder_params: Mapping[str, Any]) -> OrderedDict[str, np.ndarray]:
-    """Encoder subtree -> `save_encoder` layout, in fastai's key order."""
+def encoder_params_to_fastai(
+    encoder_params: Mapping[str, Any], config: AWDLSTMConfig | None = None
+) -> OrderedDict[str, np.ndarray]:
+    """Encoder subtree -> `save_encoder` layout, in fastai's key order (`config`, when given,
+    must be of a convertible encoder kind)."""
+    _check_convertible(config)
     return _in_fastai_order(_encoder_state_dict(encoder_params, ""), KIND_ENCODER)
 
 
@@ -96,8 +116,12 @@ def lm_params_from_fastai(
     return _encoder_config(sizes), params
 
 
-def lm_params_to_fastai(params: Mapping[str, Any]) -> OrderedDict[str, np.ndarray]:
-    """LM params pure dict -> fastai's 16-key (3 layers) LM state dict in fastai's order."""
+def lm_params_to_fastai(
+    params: Mapping[str, Any], config: AWDLSTMConfig | None = None
+) -> OrderedDict[str, np.ndarray]:
+    """LM params pure dict -> fastai's 16-key (3 layers) LM state dict in fastai's order
+    (`config`, when given, must be of a convertible encoder kind)."""
+    _check_convertible(config)
     out = _encoder_state_dict(params["encoder"], "0.")
     out["1.decoder.weight"] = out["0.encoder.weight"].copy()
     out["1.decoder.bias"] = _f32(params["decoder_bias"]).copy()
@@ -145,6 +169,7 @@ def classifier_params_to_fastai(
     LinBnDrop has no Dropout layer then); otherwise index 2. num_batches_tracked is written as 0
     (torch ignores it when momentum is set).
     """
+    _check_convertible(None if config is None else config.encoder)
     out = _encoder_state_dict(state["encoder"], "0.module.")
     blocks = state["head"]["blocks"]
     for k in range(len(blocks)):

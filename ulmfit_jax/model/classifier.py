@@ -1,5 +1,8 @@
 """AWD-LSTM classifier: BPT3C over chunks, masked concat pooling and the pooling head.
 
+The encoder is whichever kind `config.encoder.encoder_kind` names (`model.encoder`): the chunk
+loop only carries its state and passes its masks and the leading-padding `step_mask`.
+
 Each document's result equals fastai's result for that document run alone (batch of one):
 - leading padding (before a document's first real token) leaves its state at zero, which is
   what fastai's shrinking `real_bs` achieves in the layouts where it is batch-consistent;
@@ -13,19 +16,47 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from ulmfit_jax.model.batch_norm import BatchNorm
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
-from ulmfit_jax.model.dropout import ClassifierDropoutMasks
+from ulmfit_jax.model.dropout import dropout_mask
 from ulmfit_jax.model.encoder import (
-    AWDLSTMEncoder,
+    EncoderMasks,
     EncoderState,
     EncoderWeights,
-    encode,
+    build_encoder,
+    encoder_class,
     stop_gradient_weights,
     zero_state,
 )
+
+
+@struct.dataclass
+class ClassifierDropoutMasks:
+    """Masks for one classifier forward call: the encoder's and the head's.
+
+    The encoder masks are drawn once per call and shared by all BPT3C chunks (fastai redraws
+    them per chunk). head: tuple over head blocks of [batch, features_k].
+    """
+
+    encoder: EncoderMasks
+    head: tuple[jax.Array, ...]
+
+
+def sample_classifier_masks(
+    key: jax.Array, config: ClassifierConfig, batch_size: int
+) -> ClassifierDropoutMasks:
+    """Draw the encoder masks and one [batch, features_k] mask per head block."""
+    encoder_key, head_key = jax.random.split(key)
+    encoder = encoder_class(config.encoder).sample_masks(encoder_key, config.encoder, batch_size)
+    features = config.head_features[:-1]
+    keys = jax.random.split(head_key, len(features))
+    head = tuple(
+        dropout_mask(k, (batch_size, n), p)
+        for k, n, p in zip(keys, features, config.head_dropouts, strict=True)
+    )
+    return ClassifierDropoutMasks(encoder=encoder, head=head)
 
 
 class HeadBlock(nnx.Module):
@@ -69,7 +100,7 @@ class AWDLSTMClassifier(nnx.Module):
 
     def __init__(self, config: ClassifierConfig, *, rngs: nnx.Rngs):
         self.config = config
-        self.encoder = AWDLSTMEncoder(config.encoder, rngs=rngs)
+        self.encoder = build_encoder(config.encoder, rngs=rngs)
         self.head = PoolingHead(config.head_features, rngs=rngs)
 
     def __call__(
@@ -161,6 +192,7 @@ def bpt3c_pool(
     detaches it); the chunks before the kept window run without any backward.
     """
     enc_cfg, bptt = config.encoder, config.bptt
+    encoder_masks = None if masks is None else masks.encoder
     batch, time = ids.shape
     n_chunks = -(-time // bptt)
     padded = jnp.pad(ids, ((0, 0), (0, n_chunks * bptt - time)), constant_values=enc_cfg.pad_id)
@@ -171,10 +203,11 @@ def bpt3c_pool(
     if c0 > 0:
         frozen = stop_gradient_weights(weights)
         state, _ = _scan_chunks(frozen, enc_cfg, padded[:, : c0 * bptt],
-                                active[:, : c0 * bptt], state, masks, bptt, keep_outputs=False)
+                                active[:, : c0 * bptt], state, encoder_masks, bptt,
+                                keep_outputs=False)
         state = jax.lax.stop_gradient(state)
     _, outputs = _scan_chunks(weights, enc_cfg, padded[:, c0 * bptt:], active[:, c0 * bptt:],
-                              state, masks, bptt, keep_outputs=True)
+                              state, encoder_masks, bptt, keep_outputs=True)
     mask, last_index = pooling_mask(padded, config, c0 * bptt)
     window = c0 * bptt
     return masked_concat_pool(outputs, mask[:, window:], last_index - window)
@@ -186,17 +219,18 @@ def _scan_chunks(
     ids: jax.Array,
     active: jax.Array,
     state: EncoderState,
-    masks: ClassifierDropoutMasks | None,
+    masks: EncoderMasks | None,
     bptt: int,
     keep_outputs: bool,
 ) -> tuple[EncoderState, jax.Array | None]:
-    """Scan `encode` over consecutive bptt chunks of ids [batch, n*bptt].
+    """Scan the encoder over consecutive bptt chunks of ids [batch, n*bptt].
 
     Returns the final state and, if keep_outputs, outputs [batch, n*bptt, emb].
     """
     batch = ids.shape[0]
     ids_c = jnp.swapaxes(ids.reshape(batch, -1, bptt), 0, 1)
     active_c = jnp.swapaxes(active.reshape(batch, -1, bptt), 0, 1)
+    encode = encoder_class(config).encode
 
     def step(carry: EncoderState, xs: tuple[jax.Array, jax.Array]):
         chunk_ids, chunk_active = xs

@@ -16,7 +16,11 @@ from ulmfit_jax.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class AWDLSTMConfig:
-    """Sizes and dropouts of an AWD-LSTM (defaults: fastai's `awd_lstm_lm_config`)."""
+    """Sizes and dropouts of an AWD-LSTM (defaults: fastai's `awd_lstm_lm_config`).
+
+    `encoder_kind` names the recurrent encoder (`model.encoder`'s registry); the sizes and AWD
+    dropouts apply to every kind, as fastai's AWD_LSTM config does to its LSTM and QRNN.
+    """
 
     vocab_size: int
     emb_size: int = 400
@@ -29,11 +33,13 @@ class AWDLSTMConfig:
     hidden_p: float = 0.15
     output_p: float = 0.1
     drop_mult: float = 1.0
-    # Parameters stay float32; matmuls run in this dtype (bfloat16 on accelerators later).
+    # Precision of the whole model: parameters stay float32; every matmul (encoder, decoder,
+    # head) runs in this dtype.
     compute_dtype: Any = jnp.float32
-    # "scan" (lax.scan, any backend), "cudnn" (cuDNN's fused LSTM, CUDA, float32) or "auto"
-    # (cuDNN where it can run, else the scan).
+    # The AWD-LSTM encoder's LSTM kernel: "scan" (lax.scan, any backend), "cudnn" (cuDNN's
+    # fused LSTM, CUDA, float32) or "auto" (cuDNN where it can run, else the scan).
     lstm_impl: str = "auto"
+    encoder_kind: str = "awd_lstm"
 
     def __post_init__(self) -> None:
         if self.vocab_size <= 0 or self.emb_size <= 0 or self.hidden_size <= 0:

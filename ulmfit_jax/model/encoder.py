@@ -1,152 +1,121 @@
-"""AWD-LSTM encoder: embedding + stacked LSTMs + AWD dropouts, explicit hidden state.
+"""The encoder seam: what an encoder kind provides, and the registry that names the kinds.
 
-The module holds the parameters; the forward pass is the pure function `encode` on plain
-arrays (`EncoderWeights`), so the classifier can scan it over BPT3C chunks and run a
-gradient-free prefix without touching module state.
+The LM (`language_model.py`) and the classifier (`classifier.py`) reach their encoder only
+through this module, so a new recurrent encoder (a QRNN, say) is one module of its own that
+registers itself here, plus, if it has a fastai counterpart, its converter in `convert/`.
+`AWDLSTMConfig.encoder_kind` picks the kind (default "awd_lstm", `awd_lstm.AWDLSTMEncoder`);
+the sizes and the AWD dropout probabilities of that config apply to every kind.
+
+An encoder kind is an `nnx.Module` class satisfying `Encoder`. Its parameters sit under
+`encoder/` in the model's tree with these paths, which the optimizer's layer groups, the
+checkpoints and the fastai converters rely on:
+  encoder/embedding       [vocab, emb]   the LM's decoder is tied to it
+  encoder/layers/{l}/...  layer l's parameters (one optimizer layer group per layer)
+The last layer is `emb` wide (tied decoder; the classifier pools 3 * emb features).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Any, ClassVar, Protocol
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
+from ulmfit_jax.errors import ConfigError
+from ulmfit_jax.model.awd_lstm import KIND as AWD_LSTM
+from ulmfit_jax.model.awd_lstm import AWDLSTMEncoder
 from ulmfit_jax.model.config import AWDLSTMConfig
-from ulmfit_jax.model.cudnn_lstm import cudnn_layer, resolve_lstm_impl
-from ulmfit_jax.model.lstm import (
-    LSTMLayer,
-    LSTMState,
-    input_projection_time_major,
-    recurrence_time_major,
-)
 
-EncoderState = tuple[LSTMState, ...]
-
-
-class EncoderMasks(Protocol):
-    """The four encoder mask kinds (see `dropout.LMDropoutMasks`)."""
-
-    embed: jax.Array
-    input: jax.Array
-    hidden: tuple[jax.Array, ...]
-    weight: tuple[jax.Array, ...]
+# Pytrees whose structure belongs to the encoder kind; every array of a state or of a
+# variational mask has the batch on its first axis.
+EncoderWeights = Any  # plain arrays of the parameters (traceable, differentiable)
+EncoderState = Any  # the carried recurrent state, e.g. per layer (h, c) [batch, hid_l]
+EncoderMasks = Any  # one forward call's dropout masks
+# (regex over the '/'-joined parameter path, multiplicity): the optimizer multiplies the Adam
+# step of a matching parameter, and its gradient's weight in the clipping norm, by this.
+StepMultiplicity = tuple[tuple[str, float], ...]
 
 
-class EncoderWeights(NamedTuple):
-    """Plain arrays of an encoder: embedding [vocab, emb]; layers of (w_ih, w_hh, bias)."""
+class Encoder(Protocol):
+    """An encoder kind: an `nnx.Module` class holding the `encoder/...` parameters.
 
-    embedding: jax.Array
-    layers: tuple[tuple[jax.Array, jax.Array, jax.Array], ...]
+    `fastai_step_multiplicity` tells the optimizer how fastai's Adam steps these parameters
+    when one of ours stands for several of fastai's (the AWD-LSTM's fused bias); `()` for
+    none. The training stages pass it to the optimizer.
+    The static functions are pure and traceable (jit, grad, scan over BPT3C chunks):
+    - `encode(weights, config, ids, state, masks, step_mask)`: ids [batch, time] int; state
+      as `zero_state` gives (None = zeros); masks from `sample_masks` (None = eval);
+      step_mask [batch, time] bool or None, False leaves the state untouched (the
+      classifier's leading padding, the generator's right padding). Returns the raw
+      (undropped) last-layer output [batch, time, emb] and the new state. Output dropout
+      is the caller's (the LM decoder's, the classifier head's), as in fastai.
+    - `zero_state(config, batch_size)`: the all-zero state for `batch_size` rows.
+    - `sample_masks(key, config, batch_size)`: the encoder's dropout masks for one call.
+    """
+
+    fastai_step_multiplicity: ClassVar[StepMultiplicity]
+    config: AWDLSTMConfig
+    embedding: nnx.Param
+
+    def __init__(self, config: AWDLSTMConfig, *, rngs: nnx.Rngs) -> None: ...
+
+    def weights(self) -> EncoderWeights:
+        """The parameters as plain arrays, the first argument of `encode`."""
+        ...
+
+    def __call__(
+        self, ids: jax.Array, state: EncoderState | None = None,
+        masks: EncoderMasks | None = None, step_mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, EncoderState]:
+        """`encode` on this module's own weights."""
+        ...
+
+    @staticmethod
+    def encode(
+        weights: EncoderWeights, config: AWDLSTMConfig, ids: jax.Array,
+        state: EncoderState | None = None, masks: EncoderMasks | None = None,
+        step_mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, EncoderState]: ...
+
+    @staticmethod
+    def zero_state(config: AWDLSTMConfig, batch_size: int) -> EncoderState: ...
+
+    @staticmethod
+    def sample_masks(key: jax.Array, config: AWDLSTMConfig, batch_size: int) -> EncoderMasks: ...
+
+
+ENCODERS: dict[str, type[Encoder]] = {AWD_LSTM: AWDLSTMEncoder}
+
+
+def register_encoder(kind: str, encoder: type[Encoder]) -> type[Encoder]:
+    """Make `encoder` the class of `AWDLSTMConfig(encoder_kind=kind)`; returns it."""
+    if ENCODERS.get(kind, encoder) is not encoder:
+        raise ValueError(f"encoder kind {kind!r} is already {ENCODERS[kind].__name__}")
+    ENCODERS[kind] = encoder
+    return encoder
+
+
+def encoder_class(config: AWDLSTMConfig) -> type[Encoder]:
+    """The registered class of `config.encoder_kind` (`ConfigError` for an unknown kind)."""
+    try:
+        return ENCODERS[config.encoder_kind]
+    except KeyError:
+        raise ConfigError(f"encoder_kind={config.encoder_kind!r}; expected one of "
+                          f"{sorted(ENCODERS)}") from None
+
+
+def build_encoder(config: AWDLSTMConfig, *, rngs: nnx.Rngs) -> Encoder:
+    """A freshly initialised encoder module of `config.encoder_kind`."""
+    return encoder_class(config)(config, rngs=rngs)
 
 
 def zero_state(config: AWDLSTMConfig, batch_size: int) -> EncoderState:
-    """All-zero hidden state: per layer (h, c), each [batch, hid_l]."""
-    return tuple(
-        (jnp.zeros((batch_size, n_out), jnp.float32), jnp.zeros((batch_size, n_out), jnp.float32))
-        for _, n_out in config.layer_sizes()
-    )
+    """The all-zero carried state of `config`'s encoder for `batch_size` rows."""
+    return encoder_class(config).zero_state(config, batch_size)
 
 
-class AWDLSTMEncoder(nnx.Module):
-    """Parameters: embedding [vocab, emb] and layers/{l} = `LSTMLayer`."""
-
-    def __init__(self, config: AWDLSTMConfig, *, rngs: nnx.Rngs):
-        self.config = config
-        # fastai re-initialises the whole matrix (pad row included) with U(-0.1, 0.1).
-        self.embedding = nnx.Param(
-            jax.random.uniform(
-                rngs.params(), (config.vocab_size, config.emb_size), jnp.float32, -0.1, 0.1
-            )
-        )
-        self.layers = nnx.List(
-            [LSTMLayer(n_in, n_out, rngs=rngs) for n_in, n_out in config.layer_sizes()]
-        )
-
-    def weights(self) -> EncoderWeights:
-        """The parameters as plain arrays (traceable, differentiable)."""
-        layers = tuple((lay.w_ih[...], lay.w_hh[...], lay.bias[...]) for lay in self.layers)
-        return EncoderWeights(self.embedding[...], layers)
-
-    def __call__(
-        self,
-        ids: jax.Array,
-        state: EncoderState | None = None,
-        masks: EncoderMasks | None = None,
-        step_mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, EncoderState]:
-        """ids [batch, time] -> raw last-layer output [batch, time, emb] and the new state."""
-        return encode(self.weights(), self.config, ids, state, masks, step_mask)
-
-
-def embed_tokens(
-    embedding: jax.Array, ids: jax.Array, pad_id: int, row_mask: jax.Array | None
-) -> jax.Array:
-    """Rows of the (row-dropped) embedding: ids [...] -> [..., emb].
-
-    Gathers first and scales by the gathered row mask, so the dropped [vocab, emb] matrix is
-    never built. The pad row gets no gradient through the lookup, as torch's `padding_idx`.
-    """
-    rows = jnp.take(embedding, ids, axis=0)
-    if row_mask is not None:
-        rows = rows * jnp.take(row_mask, ids, axis=0)[..., None]
-    return jnp.where((ids == pad_id)[..., None], jax.lax.stop_gradient(rows), rows)
-
-
-def encode(
-    weights: EncoderWeights,
-    config: AWDLSTMConfig,
-    ids: jax.Array,
-    state: EncoderState | None = None,
-    masks: EncoderMasks | None = None,
-    step_mask: jax.Array | None = None,
-) -> tuple[jax.Array, EncoderState]:
-    """Pure encoder forward.
-
-    ids [batch, time] int; state per layer (h, c) [batch, hid_l] or None (zeros); masks None =
-    eval; step_mask [batch, time] bool, False leaves the state untouched (leading padding).
-    Returns the raw (undropped) last-layer output [batch, time, emb] and the new state.
-    """
-    if ids.ndim != 2:
-        raise ValueError(f"ids must be [batch, time], got shape {ids.shape}")
-    if state is None:
-        state = zero_state(config, ids.shape[0])
-    # The layers run time-major ([time, batch, ...]), the scan's layout, so the only layout
-    # changes are the ids on the way in and the last output on the way out.
-    x = embed_tokens(
-        weights.embedding, ids.T, config.pad_id, None if masks is None else masks.embed
-    )
-    if masks is not None:
-        x = x * masks.input[None, :, :]
-    steps = None if step_mask is None else step_mask.T
-    new_state = []
-    last = len(weights.layers) - 1
-    for layer, (w_ih, w_hh, bias) in enumerate(weights.layers):
-        x, layer_state = _run_layer(x, state[layer], w_ih, w_hh, bias, masks, layer, steps, config)
-        new_state.append(layer_state)
-        if masks is not None and layer != last:
-            x = x * masks.hidden[layer][None, :, :]
-    return jnp.swapaxes(x, 0, 1), tuple(new_state)
-
-
-def _run_layer(
-    x: jax.Array,
-    state: LSTMState,
-    w_ih: jax.Array,
-    w_hh: jax.Array,
-    bias: jax.Array,
-    masks: EncoderMasks | None,
-    layer: int,
-    step_mask: jax.Array | None,
-    config: AWDLSTMConfig,
-) -> tuple[jax.Array, LSTMState]:
-    """One layer, time-major: x [time, batch, in], step_mask [time, batch] -> [time, batch, hid]."""
-    if masks is not None:
-        w_hh = w_hh * masks.weight[layer]  # DropConnect before any kernel sees W_hh
-    if resolve_lstm_impl(config.lstm_impl, config.compute_dtype) == "cudnn":
-        return cudnn_layer(x, state, w_ih, w_hh, bias, step_mask)
-    projected = input_projection_time_major(x, w_ih, bias, config.compute_dtype)
-    return recurrence_time_major(projected, state, w_hh, step_mask, config.compute_dtype)
+def fastai_step_multiplicity(config: AWDLSTMConfig) -> StepMultiplicity:
+    """What the optimizer must multiply to step `config`'s encoder as fastai does."""
+    return encoder_class(config).fastai_step_multiplicity
 
 
 def stop_gradient_weights(weights: EncoderWeights) -> EncoderWeights:

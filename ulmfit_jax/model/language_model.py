@@ -1,20 +1,42 @@
-"""AWD-LSTM language model: encoder + decoder tied to the embedding, with a bias."""
+"""AWD-LSTM language model: encoder + decoder tied to the embedding, with a bias.
+
+The encoder is whichever kind `config.encoder_kind` names (`model.encoder`); the LM owns the
+output dropout before its decoder.
+"""
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from ulmfit_jax.model.config import AWDLSTMConfig
-from ulmfit_jax.model.dropout import LMDropoutMasks
-from ulmfit_jax.model.encoder import AWDLSTMEncoder, EncoderState
+from ulmfit_jax.model.dropout import dropout_mask
+from ulmfit_jax.model.encoder import EncoderMasks, EncoderState, build_encoder, encoder_class
+
+
+@struct.dataclass
+class LMDropoutMasks:
+    """Masks for one LM forward call (scaled by 1 / (1 - p)): the encoder's (`encoder`, its
+    kind's `sample_masks`) and the output mask [batch, emb] before the decoder."""
+
+    encoder: EncoderMasks
+    output: jax.Array
+
+
+def sample_lm_masks(key: jax.Array, config: AWDLSTMConfig, batch_size: int) -> LMDropoutMasks:
+    """Draw every LM dropout mask for one forward call of `batch_size` rows."""
+    encoder_key, output_key = jax.random.split(key)
+    encoder = encoder_class(config).sample_masks(encoder_key, config, batch_size)
+    output = dropout_mask(output_key, (batch_size, config.emb_size), config.output_dropout)
+    return LMDropoutMasks(encoder=encoder, output=output)
 
 
 class LMOutput(NamedTuple):
-    """logits [batch, time, vocab]; state per layer (h, c); raw_last and dropped_last
-    [batch, time, emb] are the last layer's output before / after output dropout (for AR/TAR)."""
+    """logits [batch, time, vocab]; state the encoder's (AWD-LSTM: per layer (h, c));
+    raw_last and dropped_last [batch, time, emb] are the last layer's output before / after
+    output dropout (for AR/TAR)."""
 
     logits: jax.Array
     state: EncoderState
@@ -23,11 +45,11 @@ class LMOutput(NamedTuple):
 
 
 class AWDLSTMLanguageModel(nnx.Module):
-    """Parameters: encoder/... (see `AWDLSTMEncoder`) and decoder_bias [vocab]."""
+    """Parameters: encoder/... (see `model.encoder`) and decoder_bias [vocab]."""
 
     def __init__(self, config: AWDLSTMConfig, *, rngs: nnx.Rngs):
         self.config = config
-        self.encoder = AWDLSTMEncoder(config, rngs=rngs)
+        self.encoder = build_encoder(config, rngs=rngs)
         self.decoder_bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
 
     def __call__(
@@ -40,7 +62,7 @@ class AWDLSTMLanguageModel(nnx.Module):
 
         The caller cuts the gradient of the returned state between windows.
         """
-        raw, new_state = self.encoder(ids, state, masks)
+        raw, new_state = self.encoder(ids, state, None if masks is None else masks.encoder)
         dropped = raw if masks is None else raw * masks.output[:, None, :]
         logits = tied_decoder(dropped, self.encoder.embedding[...], self.decoder_bias[...],
                               self.config)
@@ -74,7 +96,7 @@ def tied_decoder(
 
 def resize_state(state: EncoderState, batch_size: int) -> EncoderState:
     """fastai's rule when the batch size changes between calls: keep the first rows when
-    shrinking, append zero rows when growing. Each (h, c) is [batch, hid_l]."""
+    shrinking, append zero rows when growing. Every array of the state is [batch, ...]."""
 
     def resize(x: jax.Array) -> jax.Array:
         current = x.shape[0]
@@ -82,4 +104,4 @@ def resize_state(state: EncoderState, batch_size: int) -> EncoderState:
             return x[:batch_size]
         return jnp.concatenate([x, jnp.zeros((batch_size - current, *x.shape[1:]), x.dtype)])
 
-    return tuple((resize(h), resize(c)) for h, c in state)
+    return jax.tree.map(resize, state)

@@ -22,6 +22,7 @@ import numpy as np
 from ulmfit_jax.api import LanguageModel, TextClassifier
 from ulmfit_jax.atomic_io import atomic_write
 from ulmfit_jax.errors import MissingFileError
+from ulmfit_jax.model.encoder import fastai_step_multiplicity
 from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.text.classifier_batches import ClassifierBatches, repad, restore_order
 from ulmfit_jax.text.token_cache import TokenizedCorpus
@@ -115,7 +116,8 @@ def train_classifier(
     pad_id, max_tokens = clf.config.encoder.pad_id, c.max_tokens or None
     tx, groups = opt.ulmfit_adam(clf.params,
                                  opt.classifier_layer_groups(clf.config.encoder.n_layers),
-                                 wd=c.wd, clip_norm=c.clip or None)
+                                 wd=c.wd, clip_norm=c.clip or None,
+                                 multiplicity=fastai_step_multiplicity(clf.config.encoder))
     graphdef, state = train_step.create_classifier_state(clf.module, tx)
     state = sharding.place_state(state, mesh)
     labels = {"multi_label": clf.multi_label, "threshold": clf.threshold}

@@ -8,6 +8,8 @@ The model's part becomes frozen dataclasses at the boundary (`lm_model_config`,
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax.numpy as jnp
 import ml_collections
 
@@ -165,15 +167,15 @@ def lm_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> AWDLS
     m = config.model
     return AWDLSTMConfig.lm_defaults(
         vocab_size, drop_mult=config.lm.drop_mult, emb_size=m.emb_size,
-        hidden_size=m.hidden_size, n_layers=m.n_layers, **kernel_options(config),
+        hidden_size=m.hidden_size, n_layers=m.n_layers, compute_dtype=compute_dtype(config),
+        lstm_impl=m.lstm_impl,
     )
 
 
-def kernel_options(config: ml_collections.ConfigDict) -> dict:
-    """How the model computes (`compute_dtype`, `lstm_impl`), for any `AWDLSTMConfig`; sizes
-    aside, they also apply to models converted from fastai files."""
-    return {"compute_dtype": getattr(jnp, config.model.compute_dtype),
-            "lstm_impl": config.model.lstm_impl}
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+    """`model.compute_dtype` as the jnp dtype every matmul of the model runs in (the LSTM
+    kernel, `model.lstm_impl`, is a separate choice of the AWD-LSTM encoder)."""
+    return getattr(jnp, config.model.compute_dtype)
 
 
 def classifier_options(config: ml_collections.ConfigDict) -> dict:

@@ -18,12 +18,12 @@ import numpy as np
 from ulmfit_jax.api import LanguageModel
 from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.config import AWDLSTMConfig
-from ulmfit_jax.model.encoder import zero_state
+from ulmfit_jax.model.encoder import fastai_step_multiplicity, zero_state
 from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.text.lm_stream import LMStream
 from ulmfit_jax.trainer import distributed, sharding
 from ulmfit_jax.trainer import steps as train_step
-from ulmfit_jax.trainer.config import kernel_options, lm_model_config
+from ulmfit_jax.trainer.config import compute_dtype, lm_model_config
 from ulmfit_jax.trainer.data import PreparedData
 from ulmfit_jax.trainer.loop import Phase, Stage, run_stage_with_checkpoints
 from ulmfit_jax.trainer.metric_logger import MetricLogger
@@ -49,7 +49,8 @@ def _initial_model(
         return LanguageModel.create(model_config, data.vocab.itos, seed=config.seed), [unfrozen]
     itos = c.init_itos_backward if backward else c.init_itos
     lm = LanguageModel.from_fastai(init_from, itos, new_vocab=data.vocab.itos,
-                                   drop_mult=c.drop_mult, **kernel_options(config))
+                                   drop_mult=c.drop_mult, compute_dtype=compute_dtype(config),
+                                   lstm_impl=config.model.lstm_impl)
     _check_pretrained_size(config, lm.config, init_from)
     phases = [Phase(c.frozen_epochs, c.frozen_lr, 1.0, freeze_to=-1)] if c.frozen_epochs else []
     return lm, phases + [unfrozen]
@@ -103,7 +104,8 @@ def build_lm_stage(
     sharding.check_batch_size(c.batch_size, mesh)
     lm, phases = _initial_model(config, data, backward)
     tx, _ = opt.ulmfit_adam(lm.params, opt.lm_layer_groups(lm.config.n_layers), wd=c.wd,
-                            clip_norm=c.clip or None)
+                            clip_norm=c.clip or None,
+                            multiplicity=fastai_step_multiplicity(lm.config))
     graphdef, state = train_step.create_lm_state(lm.module, tx, c.batch_size)
     state = sharding.place_state(state, mesh)
     step_fn = train_step.make_train_step(

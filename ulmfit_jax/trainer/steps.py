@@ -29,9 +29,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from ulmfit_jax.model.classifier import sample_classifier_masks
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
-from ulmfit_jax.model.dropout import sample_classifier_masks, sample_lm_masks
 from ulmfit_jax.model.encoder import zero_state
+from ulmfit_jax.model.language_model import sample_lm_masks
 from ulmfit_jax.trainer import sharding
 
 
