@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from ulmfit_jax.model.config import AWDLSTMConfig
-from ulmfit_jax.model.cudnn_lstm import cudnn_layer, resolve_lstm_impl
+from ulmfit_jax.model.cudnn_lstm import cudnn_layer
 from ulmfit_jax.model.dropout import dropout_mask, embed_tokens
 from ulmfit_jax.model.lstm import (
     LSTMLayer,
@@ -23,6 +23,8 @@ from ulmfit_jax.model.lstm import (
     input_projection_time_major,
     recurrence_time_major,
 )
+from ulmfit_jax.model.lstm_impl import resolve_lstm_impl
+from ulmfit_jax.model.wavefront import wavefront_lstm
 
 KIND = "awd_lstm"
 # Per layer (h, c), each [batch, hid_l].
@@ -105,6 +107,9 @@ def encode(
     if masks is not None:
         x = x * masks.input[None, :, :]
     steps = None if step_mask is None else step_mask.T
+    if resolve_lstm_impl(config.lstm_impl, config.compute_dtype) == "wavefront":
+        x, wave_state = _run_wavefront(x, state, weights.layers, masks, steps, config)
+        return jnp.swapaxes(x, 0, 1), wave_state
     new_state = []
     last = len(weights.layers) - 1
     for layer, (w_ih, w_hh, bias) in enumerate(weights.layers):
@@ -172,3 +177,19 @@ def _run_layer(
         return cudnn_layer(x, state, w_ih, w_hh, bias, step_mask)
     projected = input_projection_time_major(x, w_ih, bias, config.compute_dtype)
     return recurrence_time_major(projected, state, w_hh, step_mask, config.compute_dtype)
+
+
+def _run_wavefront(
+    x: jax.Array,
+    state: AWDLSTMState,
+    layers: tuple[tuple[jax.Array, jax.Array, jax.Array], ...],
+    masks: AWDLSTMMasks | None,
+    step_mask: jax.Array | None,
+    config: AWDLSTMConfig,
+) -> tuple[jax.Array, AWDLSTMState]:
+    """All layers in one wavefront loop, time-major: x [time, batch, emb] -> [time, batch, emb]."""
+    if masks is not None:  # DropConnect before the loop, once per forward call as in the scan
+        layers = tuple((w_ih, w_hh * drop, bias)
+                       for (w_ih, w_hh, bias), drop in zip(layers, masks.weight, strict=True))
+    hidden = None if masks is None else tuple(masks.hidden[: len(layers) - 1])
+    return wavefront_lstm(x, state, layers, hidden, step_mask, config.compute_dtype)

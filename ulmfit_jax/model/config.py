@@ -12,6 +12,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from ulmfit_jax.errors import ConfigError
+from ulmfit_jax.model.lstm_impl import LSTM_IMPLS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +37,9 @@ class AWDLSTMConfig:
     # Precision of the whole model: parameters stay float32; every matmul (encoder, decoder,
     # head) runs in this dtype.
     compute_dtype: Any = jnp.float32
-    # The AWD-LSTM encoder's LSTM kernel: "scan" (lax.scan, any backend), "cudnn" (cuDNN's
-    # fused LSTM, CUDA, float32) or "auto" (cuDNN where it can run, else the scan).
+    # The AWD-LSTM encoder's LSTM kernel (model/lstm_impl.py): "scan" (lax.scan per layer, any
+    # backend), "wavefront" (one loop advancing every layer), "cudnn" (cuDNN's fused LSTM, CUDA,
+    # float32) or "auto" (the one measured fastest on the device).
     lstm_impl: str = "auto"
     encoder_kind: str = "awd_lstm"
 
@@ -46,8 +48,8 @@ class AWDLSTMConfig:
             raise ConfigError(f"sizes must be positive, got {self}")
         if self.n_layers < 1:
             raise ConfigError(f"n_layers must be >= 1, got {self.n_layers}")
-        if self.lstm_impl not in ("auto", "scan", "cudnn"):
-            raise ConfigError(f"lstm_impl={self.lstm_impl!r}; expected auto, scan or cudnn")
+        if self.lstm_impl not in LSTM_IMPLS:
+            raise ConfigError(f"lstm_impl={self.lstm_impl!r}; expected one of {LSTM_IMPLS}")
         if self.lstm_impl == "cudnn" and jnp.dtype(self.compute_dtype) != jnp.float32:
             raise ConfigError("lstm_impl='cudnn' runs in float32 only (cuDNN's LSTM in jax has "
                               f"no {jnp.dtype(self.compute_dtype).name}); use 'scan' or 'auto'")

@@ -9,17 +9,15 @@ AWD-LSTM's widths differ per layer) with:
 - leading padding (the classifier's `step_mask`, False before a document's first token) moved
   to the end of each row, where cuDNN's `seq_lengths` ignore it: the state then stays untouched
   there, as in the scan, and outputs are shifted back. Masks must be such prefixes.
-cuDNN's LSTM is float32 only (jax raises for bfloat16), so `auto` picks it for float32 on CUDA.
+cuDNN's LSTM is float32 only (jax raises for bfloat16). On an H200 it was slower than the scan,
+so `auto` does not pick it (`lstm_impl.py`).
 CPU tests pass jax's own pure-JAX `lstm_ref` (behind jax's `unpack_lstm_weights`) as `lstm_fn`,
 which checks the packing, the state layout and the masking against the scan without a GPU.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +25,6 @@ from jax.experimental import rnn
 
 from ulmfit_jax.model.lstm import LSTMState
 
-logger = logging.getLogger(__name__)
-
-LSTM_IMPLS = ("auto", "scan", "cudnn")
 LSTMFn = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
 
 
@@ -37,18 +32,6 @@ def on_cuda() -> bool:
     """Whether jax's default device is a CUDA GPU, the only place cuDNN's LSTM runs."""
     device = jax.devices()[0]
     return device.platform == "gpu" and "cuda" in device.client.platform_version.lower()
-
-
-@functools.cache
-def resolve_lstm_impl(impl: str, compute_dtype: Any) -> str:
-    """`auto` -> `cudnn` on a CUDA GPU with float32 compute, else `scan`; logs its choice."""
-    if impl != "auto":
-        return impl
-    device = jax.devices()[0]
-    chosen = "cudnn" if on_cuda() and jnp.dtype(compute_dtype) == jnp.float32 else "scan"
-    logger.info("lstm_impl auto -> %s (%s, %s)", chosen, device.platform,
-                jnp.dtype(compute_dtype).name)
-    return chosen
 
 
 def pack_weights(w_ih: jax.Array, w_hh: jax.Array, bias: jax.Array) -> jax.Array:

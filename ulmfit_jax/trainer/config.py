@@ -15,7 +15,7 @@ import ml_collections
 
 from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.config import AWDLSTMConfig
-from ulmfit_jax.model.cudnn_lstm import LSTM_IMPLS
+from ulmfit_jax.model.lstm_impl import LSTM_IMPLS
 from ulmfit_jax.text import sources
 from ulmfit_jax.text.fastai_tokenizer import SPECIAL_TOKENS
 
