@@ -14,7 +14,7 @@ step builders of `common.py`), the median over timed rounds after warm-up of:
 
 for these variants, each in the same process on the same device:
 
-- ours: `lstm_impl` scan or cuDNN x `compute_dtype` float32 or bfloat16;
+- ours: `lstm_impl` scan, wavefront or cuDNN x `compute_dtype` float32 or bfloat16;
 - fastai: float32, and AMP (`torch.autocast` float16 + `GradScaler`, as `Learner.to_fp16()`).
 
 A variant that cannot run here (cuDNN off CUDA, cuDNN in bfloat16, AMP off CUDA, fastai not
@@ -152,13 +152,15 @@ BUILDERS = {"ours": (ours_steps, ours_classifier_step),
 
 
 def our_variants() -> list[Variant]:
-    """scan / cuDNN x float32 / bfloat16, with the reason where one cannot run here."""
+    """scan / wavefront / cuDNN x float32 / bfloat16, with the reason where one cannot run
+    here."""
     from ulmfit_jax.errors import ConfigError
     from ulmfit_jax.model.config import AWDLSTMConfig
     from ulmfit_jax.model.cudnn_lstm import on_cuda
 
     variants = []
     for impl, dtype in (("scan", "float32"), ("scan", "bfloat16"),
+                        ("wavefront", "float32"), ("wavefront", "bfloat16"),
                         ("cudnn", "float32"), ("cudnn", "bfloat16")):
         options = {"lstm_impl": impl, "compute_dtype": getattr(jnp, dtype)}
         why = None

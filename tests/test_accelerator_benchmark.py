@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ["ours scan fp32", "ours scan bf16", "ours cuDNN fp32", "ours cuDNN bf16",
-            "fastai fp32", "fastai AMP fp16"]
-RUNNABLE_ON_CPU = ["ours scan fp32", "ours scan bf16", "fastai fp32"]
+VARIANTS = ["ours scan fp32", "ours scan bf16", "ours wavefront fp32", "ours wavefront bf16",
+            "ours cuDNN fp32", "ours cuDNN bf16", "fastai fp32", "fastai AMP fp16"]
+RUNNABLE_ON_CPU = ["ours scan fp32", "ours scan bf16", "ours wavefront fp32",
+                   "ours wavefront bf16", "fastai fp32"]
 COLUMNS = ["batch", "variant", "LM train tok/s", "vs fastai fp32", "LM eval tok/s",
            "vs fastai fp32", "clf train docs/s", "vs fastai fp32",
            "first call s (LM train / LM eval / clf)", "step memory MiB"]
@@ -63,7 +64,7 @@ def test_smoke_run_prints_every_variant_with_finite_figures():
             _positive(row[column])
         assert len([_positive(s) for s in row[FIRST_CALLS].split("/")]) == 3
     assert [rows["fastai fp32"][column] for column in RATIOS] == ["1.00x"] * 3
-    for name in ("ours scan fp32", "ours scan bf16"):
+    for name in RUNNABLE_ON_CPU[:4]:
         _positive(rows[name][MEMORY])
     assert rows["fastai fp32"][MEMORY] == "n/a"  # no CUDA peak on a CPU
     reasons = {"ours cuDNN fp32": "CUDA", "ours cuDNN bf16": "float32 only",
@@ -77,7 +78,7 @@ def test_smoke_run_prints_every_variant_with_finite_figures():
 
 def test_variants_that_cannot_run_on_cpu_say_why(accelerator):
     variants = {v.name: v for v in accelerator.our_variants()}
-    assert [n for n, v in variants.items() if v.unavailable is None] == RUNNABLE_ON_CPU[:2]
+    assert [n for n, v in variants.items() if v.unavailable is None] == RUNNABLE_ON_CPU[:4]
     assert "CUDA" in variants["ours cuDNN fp32"].unavailable
     assert "float32 only" in variants["ours cuDNN bf16"].unavailable  # on any backend
     amp = accelerator.fastai_variants(no_fastai=False)[1]
