@@ -29,8 +29,7 @@ from ulmfit_jax.model.classifier import AWDLSTMClassifier
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
 from ulmfit_jax.optim import optimizer as opt
-from ulmfit_jax.trainer import sharding
-from ulmfit_jax.trainer import steps as train_step
+from ulmfit_jax.trainer import sharding, steps
 
 SIZES = {"full": (60000, 400, 1152, 3), "small": (8000, 128, 256, 2)}
 EVAL_GOAL, TRAIN_TOLERANCE = 1e-5, 1e-4
@@ -81,12 +80,12 @@ def lm_train_diff(config: AWDLSTMConfig, ids: np.ndarray) -> float:
         model = AWDLSTMLanguageModel(model_config, rngs=nnx.Rngs(0))
         tx, _ = opt.ulmfit_adam(nnx.to_pure_dict(nnx.state(model, nnx.Param)),
                                 opt.lm_layer_groups(config.n_layers), wd=0.01, clip_norm=0.4)
-        graphdef, state = train_step.create_lm_state(model, tx, ids.shape[0])
-        step = train_step.make_train_step(train_step.lm_train_step, mesh, state,
-                                          graphdef=graphdef, model_config=model_config,
-                                          optimizer=tx, alpha=2.0, beta=1.0)
+        graphdef, state = steps.create_lm_state(model, tx, ids.shape[0])
+        step = steps.make_train_step(steps.lm_train_step, mesh, state,
+                                     graphdef=graphdef, model_config=model_config,
+                                     optimizer=tx, alpha=2.0, beta=1.0)
         state, _ = step(sharding.place_state(state, mesh), batch, jax.random.PRNGKey(1), hp)
-        params_after.append(jax.device_get(state["params"]))
+        params_after.append(jax.device_get(state.params))
     return _max_diff(*params_after)
 
 

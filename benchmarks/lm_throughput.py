@@ -6,11 +6,11 @@ AWD-LSTM, and prints ours/fastai ratios. Both sides do the same work:
 - train: forward with all five AWD dropouts, mean token cross-entropy + AR (alpha=2) + TAR
   (beta=1), backward, gradient clipping to norm 0.1, Adam with decoupled weight decay 0.01;
   the hidden state is carried between steps. Ours is the trainer's own jitted step
-  (`train_step.lm_train_step` + `optimizer.ulmfit_adam`, dropout masks sampled inside the
+  (`steps.lm_train_step` + `optimizer.ulmfit_adam`, dropout masks sampled inside the
   step); fastai's is `get_language_model(AWD_LSTM)` + `fastai.optimizer.Adam`.
 - eval: forward without dropout, summed cross-entropy and number of correct argmax
   predictions (what a validation pass computes); the hidden state is carried. Ours is
-  `train_step.make_lm_eval_step`; fastai's is the same model under `torch.no_grad()`.
+  `steps.make_lm_eval_step`; fastai's is the same model under `torch.no_grad()`.
 
 The two sides alternate step by step (fastai train, ours train, fastai eval, ours eval, ...)
 so that a shared, loaded machine slows both alike; the reported figures are medians over the
@@ -199,6 +199,7 @@ def ours_steps(setting: BenchSetting, **model_options: Any) -> tuple[JaxStep, Ja
         make_lm_eval_step,
         make_train_step,
     )
+    from ulmfit_jax.trainer.train_state import LMEvalState
 
     config = AWDLSTMConfig(**SIZES[setting.size], **model_options)
     model = AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0))
@@ -211,7 +212,7 @@ def ours_steps(setting: BenchSetting, **model_options: Any) -> tuple[JaxStep, Ja
     batch = sharding.shard_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh)
     train = make_train_step(lm_train_step, mesh, state, graphdef=graphdef, model_config=config,
                             optimizer=optimizer, alpha=2.0, beta=1.0)
-    eval_state = {"params": state["params"], "hidden": state["hidden"]}
+    eval_state = LMEvalState(params=state.params, hidden=state.hidden)
     evaluate = make_lm_eval_step(mesh, eval_state, graphdef)
     # The train step donates its state: the eval side gets its own copy.
     eval_state = jax.tree.map(jax.numpy.copy, eval_state)

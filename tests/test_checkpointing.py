@@ -14,19 +14,17 @@ from ulmfit_jax.trainer.checkpointing import (
     key_from_list,
     key_to_list,
 )
+from ulmfit_jax.trainer.train_state import LMTrainState
 
 
-def make_state(scale: float = 1.0) -> dict:
+def make_state(scale: float = 1.0) -> LMTrainState:
     params = {"encoder": {"embedding": jnp.full((6, 4), scale)}, "decoder_bias": jnp.zeros(6)}
     tx, _ = opt.ulmfit_adam(
         params, (("embedding", "encoder/embedding"), ("bias", "decoder_bias")), wd=0.1
     )
-    return {
-        "params": params,
-        "opt_state": opt.freeze_to(tx.init(params), -1),
-        "step": jnp.int32(3),
-        "hidden": ((jnp.ones((2, 4)) * scale, jnp.zeros((2, 4))),),
-    }
+    return LMTrainState(params=params, opt_state=opt.freeze_to(tx.init(params), -1),
+                        step=jnp.int32(3),
+                        hidden=((jnp.ones((2, 4)) * scale, jnp.zeros((2, 4))),))
 
 
 def test_round_trip_restores_values_structure_shardings_and_meta(tmp_path):
@@ -41,7 +39,7 @@ def test_round_trip_restores_values_structure_shardings_and_meta(tmp_path):
     restored, restored_meta = ckpt.restore_latest(template)
     ckpt.close()
     assert jax.tree.structure(restored) == jax.tree.structure(state)
-    assert isinstance(restored["opt_state"], opt.FastaiAdamState)
+    assert isinstance(restored, LMTrainState)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert b.sharding == a.sharding
@@ -73,7 +71,7 @@ def test_partial_save_is_invisible_and_restore_of_nothing_is_none(tmp_path):
     assert ckpt.latest_step() == 1
     restored, meta = ckpt.restore_latest(make_state(5.0))
     assert meta["step"] == 1
-    np.testing.assert_array_equal(restored["params"]["encoder"]["embedding"], 1.0)
+    np.testing.assert_array_equal(restored.params["encoder"]["embedding"], 1.0)
     ckpt.close()
 
 
