@@ -101,3 +101,35 @@ def test_async_save_writes_the_metadata_as_it_was_at_save_time(tmp_path, monkeyp
     _, meta = ckpt.restore_latest(make_state())
     ckpt.close()
     assert meta["metrics"] == {"interval": {"loss_sum": 1.0, "count": 1.0}}
+
+
+def _save_old_format(directory, step: int, state) -> None:
+    """A checkpoint as ulmfit_jax wrote it before `CHECKPOINT_FORMAT`: a dict train state and
+    a `meta` without `format`."""
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(create=True))
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({"step": step, "rng": [0]})))
+    manager.wait_until_finished()
+    manager.close()
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_not_taken_for_damage(tmp_path):
+    from ulmfit_jax.trainer.checkpointing import CHECKPOINT_FORMAT, CheckpointFormatError
+
+    state = make_state()
+    old = {"params": state.params, "step": state.step, "hidden": state.hidden}
+    _save_old_format(tmp_path / "ck", 4, old)
+    ckpt = Checkpointer(tmp_path / "ck", keep=3, async_save=False)
+    ckpt.save(2, state, {})  # an older step of the current format is no fallback either
+    with pytest.raises(CheckpointFormatError, match=(
+            rf"ck/4 was written by an older ulmfit_jax \(checkpoint format 1; this version "
+            rf"reads format {CHECKPOINT_FORMAT}\); rerun with --fresh")):
+        ckpt.restore_latest(make_state())
+    assert sorted(ckpt.all_steps()) == [2, 4]  # nothing set aside as damaged
+    assert not (tmp_path / "ck.damaged").exists()
+    _, meta = ckpt.restore(2, make_state())
+    assert meta["format"] == CHECKPOINT_FORMAT
+    ckpt.close()

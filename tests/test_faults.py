@@ -391,3 +391,24 @@ def test_disk_full_while_saving_a_model_keeps_the_previous_model(tmp_path, monke
     loaded = api.LanguageModel.load(tmp_path / "lm")
     for a, b in zip(jax.tree.leaves(old.params), jax.tree.leaves(loaded.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_workdir_checkpointed_by_an_older_version_is_refused_in_one_line(tmp_path):
+    """train.py on a workdir whose LM checkpoint has no format (ulmfit_jax before typed train
+    states): exit 2 with one line saying so, not a tree-structure traceback."""
+    import orbax.checkpoint as ocp
+
+    workdir = tmp_path / "w"
+    manager = ocp.CheckpointManager(workdir / "checkpoints" / "lm_fwd",
+                                    item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(create=True))
+    manager.save(3, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"params": {"w": np.zeros(2)}, "step": np.int32(3)}),
+        meta=ocp.args.JsonSave({"step": 3, "rng": [0, 0]})))
+    manager.wait_until_finished()
+    manager.close()
+    proc = run_train("--workdir", str(workdir), "--stage", "lm")
+    line = assert_one_line_error(proc, "lm_fwd/3 was written by an older ulmfit_jax",
+                                 "--fresh", "the ulmfit_jax version that started it")
+    assert "Traceback" not in proc.stderr, line
+    assert (workdir / "checkpoints" / "lm_fwd" / "3").exists()
