@@ -50,6 +50,7 @@ import numpy as np
 
 from ulmfit_jax.errors import ConfigError, UserError
 from ulmfit_jax.text.token_cache import TokenizedCorpus
+from ulmfit_jax.trainer.config import load_config
 from ulmfit_jax.trainer.data import _Subset, lm_budget, load_dataset, split_lm_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,31 +109,6 @@ def chosen_documents(config) -> Documents:
                           split_lm_corpus(index, data.lm_valid_fraction, config.seed))
     lm_train = lm_train[lm_budget(len(lm_train), data.max_lm_docs, config.seed)]
     return Documents(list(dataset.labels), train, valid, lm_texts, lm_train, lm_valid)
-
-
-def load_config(path: str | Path, overrides: list[str]):
-    """The ConfigDict of `path` with `key=value` overrides, parsed as train.py parses them
-    (`--config.key=value`); a ConfigError names the bad file or key."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    from ulmfit_jax.trainer.config import check_config
-
-    argv = ["frontier", f"--config={path}", *[f"--config.{o}" for o in overrides]]
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", str(path), flag_values=flag_values,
-                                    lock_config=True, sys_argv=argv)
-    try:
-        flag_values(argv)
-        config = flag_values.config
-        config.keys()
-    except (KeyError, AttributeError) as e:  # ml_collections' unknown key
-        raise ConfigError(f"--config {path}: unknown config key in --set "
-                          f"{' '.join(overrides)} ({e})") from None
-    except (flags.Error, TypeError, ValueError, OSError) as e:
-        raise ConfigError(f"--config {path}: {e}") from None
-    check_config(config)
-    return config
 
 
 def machine_info() -> dict:
