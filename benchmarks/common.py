@@ -170,6 +170,7 @@ def ours_steps(setting: BenchSetting, **model_options: Any) -> tuple[JaxStep, Ja
         make_lm_eval_step,
         make_train_step,
     )
+    from ulmfit_jax.trainer.train_state import LMEvalState
 
     config = AWDLSTMConfig(**SIZES[setting.size], **model_options)
     model = AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0))
@@ -181,7 +182,7 @@ def ours_steps(setting: BenchSetting, **model_options: Any) -> tuple[JaxStep, Ja
     batch = sharding.shard_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh)
     train = make_train_step(lm_train_step, mesh, state, graphdef=graphdef, model_config=config,
                             optimizer=optimizer, alpha=2.0, beta=1.0)
-    eval_state = {"params": state["params"], "hidden": state["hidden"]}
+    eval_state = LMEvalState(params=state.params, hidden=state.hidden)
     evaluate = make_lm_eval_step(mesh, eval_state, graphdef)
     # The train step donates its state: the eval side gets its own copy.
     eval_state = jax.tree.map(jax.numpy.copy, eval_state)

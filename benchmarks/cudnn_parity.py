@@ -31,8 +31,7 @@ from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.cudnn_lstm import on_cuda
 from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
 from ulmfit_jax.optim.optimizer import lm_layer_groups
-from ulmfit_jax.trainer import sharding
-from ulmfit_jax.trainer import steps as train_step
+from ulmfit_jax.trainer import sharding, steps
 
 EVAL_GOAL, TRAIN_TOLERANCE = 1e-5, 1e-4
 
@@ -75,13 +74,13 @@ def lm_train_diff(config: AWDLSTMConfig, ids: np.ndarray) -> float:
         model_config = dataclasses.replace(config, lstm_impl=impl)
         model = AWDLSTMLanguageModel(model_config, rngs=nnx.Rngs(0))
         tx = our_optimizer(model, lm_layer_groups(config.n_layers), clip_norm=0.4)
-        graphdef, state = train_step.create_lm_state(model, tx, ids.shape[0])
-        step = train_step.make_train_step(train_step.lm_train_step, mesh, state,
-                                          graphdef=graphdef, model_config=model_config,
-                                          optimizer=tx, alpha=2.0, beta=1.0)
+        graphdef, state = steps.create_lm_state(model, tx, ids.shape[0])
+        step = steps.make_train_step(steps.lm_train_step, mesh, state,
+                                     graphdef=graphdef, model_config=model_config,
+                                     optimizer=tx, alpha=2.0, beta=1.0)
         state, _ = step(sharding.place_state(state, mesh), batch, jax.random.PRNGKey(1),
                         adam_hparams())
-        params_after.append(jax.device_get(state["params"]))
+        params_after.append(jax.device_get(state.params))
     return _max_diff(*params_after)
 
 

@@ -168,9 +168,10 @@ def train_classifier(config, docs: Documents, tokens: list[list[str]], vocab: li
         cbs=[*clip_callbacks(c.clip), EpochEvents(f"classifier_{direction(backward)}",
                                                    run_dir / EVENTS)])
     learn.model[0].module.load_state_dict(language_model.model[0].state_dict())
-    for freeze_to, epochs, lr_max, lr_div in c.phases:
-        learn.freeze_to(int(freeze_to))
-        learn.fit_one_cycle(int(epochs), slice(lr_max / lr_div, lr_max))
+    for phase in c.phases:
+        learn.freeze_to(int(phase["freeze_to"]))
+        learn.fit_one_cycle(int(phase["epochs"]), slice(phase["lr_max"] / phase["lr_div"],
+                                                        phase["lr_max"]))
     return learn
 
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from common import EVENTS, classifier_documents, machine, tfidf_accuracy
 
 from ulmfit_jax.errors import ConfigError, UserError
+from ulmfit_jax.trainer.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 FRONTIER_DIR = REPO / "benchmarks" / "frontier"
@@ -58,31 +59,6 @@ SMOKE_CONFIG = REPO / "configs" / "tiny.py"
 FASTAI_SCRIPT = Path(__file__).resolve().with_name("frontier_fastai.py")
 BUDGET_MINUTES = 15.0
 SIDES = ("ours", "fastai", "tfidf")
-
-
-def load_config(path: str | Path, overrides: list[str]):
-    """The ConfigDict of `path` with `key=value` overrides, parsed as train.py parses them
-    (`--config.key=value`); a ConfigError names the bad file or key."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    from ulmfit_jax.trainer.config import check_config
-
-    argv = ["frontier", f"--config={path}", *[f"--config.{o}" for o in overrides]]
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", str(path), flag_values=flag_values,
-                                    lock_config=True, sys_argv=argv)
-    try:
-        flag_values(argv)
-        config = flag_values.config
-        config.keys()
-    except (KeyError, AttributeError) as e:  # ml_collections' unknown key
-        raise ConfigError(f"--config {path}: unknown config key in --set "
-                          f"{' '.join(overrides)} ({e})") from None
-    except (flags.Error, TypeError, ValueError, OSError) as e:
-        raise ConfigError(f"--config {path}: {e}") from None
-    check_config(config)
-    return config
 
 
 def machine_info() -> dict:

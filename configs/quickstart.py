@@ -43,9 +43,13 @@ def get_config():
     c.lm.update(batch_size=32, bptt=64, epochs=1, lr=1e-2, drop_mult=0.3, wd=0.01, clip=0.4)
     c.classifier.update(batch_size=32, eval_batch_size=128, bptt=80, max_len=160,
                         max_tokens=160, drop_mult=0.5, wd=0.01)
-    # (freeze_to, epochs, lr_max, lr_div): head, then last LSTM + head, then all; lr_div 2.6
+    # Head, then last LSTM + head, then all; lr_div 2.6
     # (not fastai's 2.6**4) so the embedding and first LSTM of a quick LM still learn.
-    c.classifier.phases = ((-1, 1, 2e-2, 1.0), (-2, 1, 2e-2, 2.6), (0, 2, 1e-2, 2.6))
+    c.classifier.phases = (
+        dict(freeze_to=-1, epochs=1, lr_max=2e-2, lr_div=1.0),
+        dict(freeze_to=-2, epochs=1, lr_max=2e-2, lr_div=2.6),
+        dict(freeze_to=0, epochs=2, lr_max=1e-2, lr_div=2.6),
+    )
     c.checkpoint.every_steps = 200
     c.log_every_steps = 50
     return c

@@ -18,21 +18,23 @@ margin of 9 of the 4,980 reviews, one seed). The way there, same machine: all re
 skipped the backward pass of frozen layers (and 192 tokens are padded to 240 anyway).
 """
 
-import importlib.util
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location("quickstart",
-                                               Path(__file__).with_name("quickstart.py"))
-_quickstart = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_quickstart)
+from ulmfit_jax.trainer.config import load_config
+
+QUICKSTART = Path(__file__).with_name("quickstart.py")
 
 
 def get_config():
     """configs/quickstart.py with every training review, 10,000 LM documents, reviews' last 240
     tokens and a third fully unfrozen classifier epoch."""
-    c = _quickstart.get_config()
+    c = load_config(QUICKSTART)
     c.data.update(max_train_docs=0, max_lm_docs=10000)
     # 3 bptt chunks: batches are padded to whole chunks, so 192 tokens would cost as much.
     c.classifier.update(max_len=240, max_tokens=240)
-    c.classifier.phases = ((-1, 1, 2e-2, 1.0), (-2, 1, 2e-2, 2.6), (0, 3, 1e-2, 2.6))
+    c.classifier.phases = (
+        dict(freeze_to=-1, epochs=1, lr_max=2e-2, lr_div=1.0),
+        dict(freeze_to=-2, epochs=1, lr_max=2e-2, lr_div=2.6),
+        dict(freeze_to=0, epochs=3, lr_max=1e-2, lr_div=2.6),
+    )
     return c

@@ -9,18 +9,16 @@ text through it. Everything else is `configs/quickstart.py`. For another languag
 `data.source` at your corpus (e.g. `text_files`) and pretrain the LM on it first.
 """
 
-import importlib.util
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location("quickstart",
-                                               Path(__file__).with_name("quickstart.py"))
-_quickstart = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_quickstart)
+from ulmfit_jax.trainer.config import load_config
+
+QUICKSTART = Path(__file__).with_name("quickstart.py")
 
 
 def get_config():
     """configs/quickstart.py with `data.tokenizer="sentencepiece"` (8k unigram pieces)."""
-    c = _quickstart.get_config()
+    c = load_config(QUICKSTART)
     c.data.update(tokenizer="sentencepiece", sp_vocab_size=8000, sp_model_type="unigram")
     # Every piece the model has is a vocab entry: sentencepiece already chose the vocab.
     c.model.update(max_vocab=8000, min_freq=1)

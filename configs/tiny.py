@@ -17,7 +17,10 @@ def get_config():
     c.model.update(emb_size=16, hidden_size=32, n_layers=2, max_vocab=2000, min_freq=2)
     c.lm.update(batch_size=16, bptt=32, epochs=1, lr=1e-2, drop_mult=0.5)
     c.classifier.update(batch_size=16, eval_batch_size=32, bptt=24, max_len=96, max_tokens=96)
-    c.classifier.phases = ((-1, 1, 2e-2, 1.0), (0, 1, 1e-2, 2.6**4))
+    c.classifier.phases = (
+        dict(freeze_to=-1, epochs=1, lr_max=2e-2, lr_div=1.0),
+        dict(freeze_to=0, epochs=1, lr_max=1e-2, lr_div=2.6**4),
+    )
     c.checkpoint.every_steps = 20
     c.log_every_steps = 10
     c.progress = False

@@ -14,19 +14,17 @@ from ulmfit_jax.trainer.checkpointing import (
     key_from_list,
     key_to_list,
 )
+from ulmfit_jax.trainer.train_state import LMTrainState
 
 
-def make_state(scale: float = 1.0) -> dict:
+def make_state(scale: float = 1.0) -> LMTrainState:
     params = {"encoder": {"embedding": jnp.full((6, 4), scale)}, "decoder_bias": jnp.zeros(6)}
     tx, _ = opt.ulmfit_adam(
         params, (("embedding", "encoder/embedding"), ("bias", "decoder_bias")), wd=0.1
     )
-    return {
-        "params": params,
-        "opt_state": opt.freeze_to(tx.init(params), -1),
-        "step": jnp.int32(3),
-        "hidden": ((jnp.ones((2, 4)) * scale, jnp.zeros((2, 4))),),
-    }
+    return LMTrainState(params=params, opt_state=opt.freeze_to(tx.init(params), -1),
+                        step=jnp.int32(3),
+                        hidden=((jnp.ones((2, 4)) * scale, jnp.zeros((2, 4))),))
 
 
 def test_round_trip_restores_values_structure_shardings_and_meta(tmp_path):
@@ -41,7 +39,7 @@ def test_round_trip_restores_values_structure_shardings_and_meta(tmp_path):
     restored, restored_meta = ckpt.restore_latest(template)
     ckpt.close()
     assert jax.tree.structure(restored) == jax.tree.structure(state)
-    assert isinstance(restored["opt_state"], opt.FastaiAdamState)
+    assert isinstance(restored, LMTrainState)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert b.sharding == a.sharding
@@ -73,7 +71,7 @@ def test_partial_save_is_invisible_and_restore_of_nothing_is_none(tmp_path):
     assert ckpt.latest_step() == 1
     restored, meta = ckpt.restore_latest(make_state(5.0))
     assert meta["step"] == 1
-    np.testing.assert_array_equal(restored["params"]["encoder"]["embedding"], 1.0)
+    np.testing.assert_array_equal(restored.params["encoder"]["embedding"], 1.0)
     ckpt.close()
 
 
@@ -103,3 +101,35 @@ def test_async_save_writes_the_metadata_as_it_was_at_save_time(tmp_path, monkeyp
     _, meta = ckpt.restore_latest(make_state())
     ckpt.close()
     assert meta["metrics"] == {"interval": {"loss_sum": 1.0, "count": 1.0}}
+
+
+def _save_old_format(directory, step: int, state) -> None:
+    """A checkpoint as ulmfit_jax wrote it before `CHECKPOINT_FORMAT`: a dict train state and
+    a `meta` without `format`."""
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(create=True))
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({"step": step, "rng": [0]})))
+    manager.wait_until_finished()
+    manager.close()
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_not_taken_for_damage(tmp_path):
+    from ulmfit_jax.trainer.checkpointing import CHECKPOINT_FORMAT, CheckpointFormatError
+
+    state = make_state()
+    old = {"params": state.params, "step": state.step, "hidden": state.hidden}
+    _save_old_format(tmp_path / "ck", 4, old)
+    ckpt = Checkpointer(tmp_path / "ck", keep=3, async_save=False)
+    ckpt.save(2, state, {})  # an older step of the current format is no fallback either
+    with pytest.raises(CheckpointFormatError, match=(
+            rf"ck/4 was written by an older ulmfit_jax \(checkpoint format 1; this version "
+            rf"reads format {CHECKPOINT_FORMAT}\); rerun with --fresh")):
+        ckpt.restore_latest(make_state())
+    assert sorted(ckpt.all_steps()) == [2, 4]  # nothing set aside as damaged
+    assert not (tmp_path / "ck.damaged").exists()
+    _, meta = ckpt.restore(2, make_state())
+    assert meta["format"] == CHECKPOINT_FORMAT
+    ckpt.close()

@@ -1,7 +1,6 @@
 """train.py end to end on configs/tiny.py, and the config typo error."""
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ulmfit_jax.trainer.config import load_config
 from ulmfit_jax.trainer.data import prepare_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,10 +78,7 @@ def logged(workdir: Path, stage: str, split: str, name: str) -> list[float]:
 
 
 def tiny_config():
-    spec = importlib.util.spec_from_file_location("tiny", ROOT / "configs" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config(ROOT / "configs" / "tiny.py")
 
 
 def test_unknown_config_key_is_an_error_naming_it(tmp_path):

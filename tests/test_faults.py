@@ -34,7 +34,12 @@ from ulmfit_jax.errors import (
 from ulmfit_jax.text import token_cache
 from ulmfit_jax.text.token_cache import build_token_cache
 from ulmfit_jax.text.tokenized_corpus import TokenizedCorpus
-from ulmfit_jax.trainer.config import base_config, check_config
+from ulmfit_jax.trainer.config import (
+    FASTAI_CLASSIFIER_PHASES,
+    base_config,
+    check_config,
+    load_config,
+)
 from ulmfit_jax.trainer.data import PreparedData
 from ulmfit_jax.trainer.validate_data import check_classifier_data, check_lm_data
 from ulmfit_jax.trainer.workdir import claim
@@ -44,12 +49,7 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
 
 
 def tiny_config():
-    sys.path.insert(0, str(ROOT / "configs"))
-    try:
-        import tiny
-    finally:
-        sys.path.pop(0)
-    return tiny.get_config()
+    return load_config(ROOT / "configs" / "tiny.py")
 
 
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
@@ -139,9 +139,20 @@ def test_check_config_refuses_unknown_sources_and_missing_required_keys(data, ne
 def test_check_config_names_key_value_and_what_is_allowed():
     config = base_config()
     check_config(config)
-    config.classifier.phases = ((-9, 1, 1e-2, 1.0),)
-    with pytest.raises(ConfigError, match=r"config\.classifier\.phases=\(-9, 1, .*freeze_to in "
-                                          r"\[-5, 5\]"):
+    config.classifier.phases = (dict(freeze_to=-9, epochs=1, lr_max=1e-2, lr_div=1.0),)
+    with pytest.raises(ConfigError, match=r"config\.classifier\.phases\[0\]\.freeze_to=-9 is "
+                                          r"not allowed: an integer in \[-5, 5\]"):
+        check_config(config)
+    # The positional form of earlier versions, a missing key and an unknown one: named.
+    for bad, key in [((-1, 1, 1e-2, 1.0), r"phases\[1\]=\(-1, 1, 0\.01, 1\.0\)"),
+                     (dict(freeze_to=0, epochs=1, lr_max=1e-2), r"phases\[1\]=\{'freeze_to'"),
+                     (dict(freeze_to=0, epochs=1, lr_max=1e-2, lr_div=1.0, lr=1), r"phases\[1\]")]:
+        config.classifier.phases = (dict(freeze_to=-1, epochs=1, lr_max=1e-2, lr_div=1.0), bad)
+        with pytest.raises(ConfigError, match=key + r".* not allowed: a dict with exactly the "
+                                                     r"keys freeze_to, epochs, lr_max, lr_div"):
+            check_config(config)
+    config.classifier.phases = (dict(freeze_to=-1, epochs=0, lr_max=1e-2, lr_div=1.0),)
+    with pytest.raises(ConfigError, match=r"phases\[0\]\.epochs=0 is not allowed"):
         check_config(config)
 
 
@@ -255,6 +266,24 @@ def test_a_workdir_refuses_a_config_that_changes_results_and_lists_the_keys(tmp_
         pass
     assert "lm.lr: 0.002 -> 0.5; model.hidden_size: 1152 -> 64" in str(e.value)
     assert "--fresh" in str(e.value) and "progress" not in str(e.value)
+
+
+def test_a_run_config_of_positional_phases_reads_as_named_phases(tmp_path):
+    """run_config.json of ulmfit_jax before named phases stored them as lists."""
+    with claim(tmp_path, base_config(), "all"):
+        pass
+    path = tmp_path / "run_config.json"
+    stored = json.loads(path.read_text())
+    stored["config"]["classifier.phases"] = [[p["freeze_to"], p["epochs"], p["lr_max"],
+                                              p["lr_div"]] for p in FASTAI_CLASSIFIER_PHASES]
+    path.write_text(json.dumps(stored))
+    with claim(tmp_path, base_config(), "all") as first:  # the same recipe
+        assert not first
+    other = base_config()
+    other.classifier.phases = FASTAI_CLASSIFIER_PHASES[:1]
+    changed = r"classifier\.phases: \[\{'freeze_to': -1, 'epochs': 1, 'lr_max': 0\.02, "
+    with pytest.raises(WorkdirError, match=changed), claim(tmp_path, other, "all"):
+        pass
 
 
 def test_lr_find_fixes_only_the_data_keys(tmp_path):
@@ -423,3 +452,24 @@ def test_disk_full_while_saving_a_model_keeps_the_previous_model(tmp_path, monke
     loaded = api.LanguageModel.load(tmp_path / "lm")
     for a, b in zip(jax.tree.leaves(old.params), jax.tree.leaves(loaded.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_workdir_checkpointed_by_an_older_version_is_refused_in_one_line(tmp_path):
+    """train.py on a workdir whose LM checkpoint has no format (ulmfit_jax before typed train
+    states): exit 2 with one line saying so, not a tree-structure traceback."""
+    import orbax.checkpoint as ocp
+
+    workdir = tmp_path / "w"
+    manager = ocp.CheckpointManager(workdir / "checkpoints" / "lm_fwd",
+                                    item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(create=True))
+    manager.save(3, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"params": {"w": np.zeros(2)}, "step": np.int32(3)}),
+        meta=ocp.args.JsonSave({"step": 3, "rng": [0, 0]})))
+    manager.wait_until_finished()
+    manager.close()
+    proc = run_train("--workdir", str(workdir), "--stage", "lm")
+    line = assert_one_line_error(proc, "lm_fwd/3 was written by an older ulmfit_jax",
+                                 "--fresh", "the ulmfit_jax version that started it")
+    assert "Traceback" not in proc.stderr, line
+    assert (workdir / "checkpoints" / "lm_fwd" / "3").exists()

@@ -1,7 +1,6 @@
 """The whole pipeline learns: a separable synthetic task through `train.py`."""
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 
 from tests.synthetic import write_separable_csvs
 from ulmfit_jax.trainer import train_and_evaluate
+from ulmfit_jax.trainer.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,18 +21,17 @@ def config_file(directory: Path, train: Path, valid: Path) -> Path:
     """configs/tiny.py on all the synthetic documents, a little wider, more classifier epochs."""
     path = directory / "separable.py"
     path.write_text(
-        "import importlib.util\n"
-        "spec = importlib.util.spec_from_file_location(\n"
-        f"    'tiny', {str(ROOT / 'configs/tiny.py')!r})\n"
-        "tiny = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(tiny)\n\n\n"
+        "from ulmfit_jax.trainer.config import load_config\n\n\n"
         "def get_config():\n"
-        "    c = tiny.get_config()\n"
+        f"    c = load_config({str(ROOT / 'configs/tiny.py')!r})\n"
         f"    c.data.update(source='csv', path={str(train)!r}, valid_path={str(valid)!r},\n"
         "                  max_train_docs=0, max_valid_docs=0)\n"
         "    c.model.update(emb_size=32, hidden_size=64)\n"
         "    c.lm.epochs = 2\n"
-        "    c.classifier.phases = ((-1, 1, 2e-2, 1.0), (0, 4, 1e-2, 2.6))\n"
+        "    c.classifier.phases = (\n"
+        "        dict(freeze_to=-1, epochs=1, lr_max=2e-2, lr_div=1.0),\n"
+        "        dict(freeze_to=0, epochs=4, lr_max=1e-2, lr_div=2.6),\n"
+        "    )\n"
         "    c.predict_examples = False\n"
         "    return c\n"
     )
@@ -64,12 +63,9 @@ def test_separable_task_is_learned(tmp_path):
 @pytest.mark.slow
 def test_bfloat16_matmuls_train_like_float32(tmp_path):
     """The tiny LM in bfloat16 compute: finite, its validation loss within 2% of float32's."""
-    spec = importlib.util.spec_from_file_location("tiny", ROOT / "configs" / "tiny.py")
-    tiny = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tiny)
     losses = {}
     for dtype in ("float32", "bfloat16"):
-        config = tiny.get_config()
+        config = load_config(ROOT / "configs" / "tiny.py")
         config.model.compute_dtype = dtype
         config.data.cache_dir = str(tmp_path / "cache")  # tokenize once for both runs
         summary = train_and_evaluate(config, tmp_path / dtype, stage="lm")

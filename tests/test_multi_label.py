@@ -72,7 +72,8 @@ def test_synthetic_multi_label_task_is_learned(tmp_path):
         "--config.data.csv_label_delim=|", "--config.data.max_train_docs=0",
         "--config.data.max_valid_docs=0", "--config.model.emb_size=32",
         "--config.model.hidden_size=64", "--config.lm.epochs=2",
-        "--config.classifier.phases=((-1, 2, 5e-2, 1.0), (0, 8, 2e-2, 2.6))",
+        "--config.classifier.phases=({'freeze_to': -1, 'epochs': 2, 'lr_max': 5e-2, "
+        "'lr_div': 1.0}, {'freeze_to': 0, 'epochs': 8, 'lr_max': 2e-2, 'lr_div': 2.6})",
         "--config.predict_examples=False", "--config.tensorboard=False",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

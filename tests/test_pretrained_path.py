@@ -6,7 +6,6 @@ them in the corpus, then filler). Only the data, the epoch counts and the batch 
 shrunk on the command line; the model is the real one.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from spacy.lang.en.stop_words import STOP_WORDS
 from ulmfit_jax.api import LanguageModel
 from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.text.fastai_tokenizer import SPECIAL_TOKENS
+from ulmfit_jax.trainer.config import load_config
 from ulmfit_jax.trainer.data import prepare_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +39,7 @@ SMALL_DATA = (
 
 def small_imdb_config():
     """configs/imdb.py with SMALL_DATA's data keys (what the run tokenized)."""
-    spec = importlib.util.spec_from_file_location("imdb", ROOT / "configs" / "imdb.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config(ROOT / "configs" / "imdb.py")
     config.data.update(max_train_docs=16, max_valid_docs=8, max_lm_docs=4, workers=0)
     return config
 

@@ -23,18 +23,17 @@ def run_lm_steps(out_path: str) -> None:
     from ulmfit_jax.model.config import AWDLSTMConfig
     from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
     from ulmfit_jax.optim import optimizer as opt
-    from ulmfit_jax.trainer import sharding
-    from ulmfit_jax.trainer import steps as train_step
+    from ulmfit_jax.trainer import sharding, steps
 
     config = AWDLSTMConfig(vocab_size=VOCAB, emb_size=8, hidden_size=16, n_layers=2)
     model = AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     tx, _ = opt.ulmfit_adam(params, opt.lm_layer_groups(2), wd=0.1, clip_norm=0.4)
-    graphdef, state = train_step.create_lm_state(model, tx, BATCH)
+    graphdef, state = steps.create_lm_state(model, tx, BATCH)
     mesh = sharding.make_data_mesh()
     sharding.check_batch_size(BATCH, mesh)
-    step = train_step.make_train_step(
-        train_step.lm_train_step, mesh, state, graphdef=graphdef, model_config=config,
+    step = steps.make_train_step(
+        steps.lm_train_step, mesh, state, graphdef=graphdef, model_config=config,
         optimizer=tx, alpha=2.0, beta=1.0,
     )
     state = sharding.place_state(state, mesh)
@@ -49,10 +48,10 @@ def run_lm_steps(out_path: str) -> None:
         state, metrics = step(state, batch, jax.random.PRNGKey(7), hp)
         losses.append(float(metrics["loss_sum"]) / float(metrics["count"]))
     shardings = {
-        "hidden": list(state["hidden"][0][0].sharding.spec),
-        "params": list(state["params"]["decoder_bias"].sharding.spec),
+        "hidden": list(state.hidden[0][0].sharding.spec),
+        "params": list(state.params["decoder_bias"].sharding.spec),
     }
-    leaves = [np.asarray(x).tolist() for x in jax.tree.leaves(state["params"])]
+    leaves = [np.asarray(x).tolist() for x in jax.tree.leaves(state.params)]
     Path(out_path).write_text(json.dumps({
         "devices": jax.device_count(), "losses": losses, "params": leaves, "specs": shardings,
     }))

@@ -10,8 +10,8 @@ from ulmfit_jax.model.classifier import AWDLSTMClassifier
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
 from ulmfit_jax.optim import optimizer as opt
-from ulmfit_jax.trainer import sharding
-from ulmfit_jax.trainer import steps as train_step
+from ulmfit_jax.trainer import sharding, steps
+from ulmfit_jax.trainer.train_state import ClassifierEvalState, LMEvalState
 
 VOCAB, BATCH, TIME = 48, 4, 7
 HP = {"lr": jnp.float32(1e-2), "mom": jnp.float32(0.8)}
@@ -22,10 +22,10 @@ def lm_setup(alpha=2.0, beta=1.0):
     model = AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     tx, groups = opt.ulmfit_adam(params, opt.lm_layer_groups(2), wd=0.01, clip_norm=0.4)
-    graphdef, state = train_step.create_lm_state(model, tx, BATCH)
+    graphdef, state = steps.create_lm_state(model, tx, BATCH)
     mesh = sharding.make_data_mesh()
-    step = train_step.make_train_step(
-        train_step.lm_train_step, mesh, state, graphdef=graphdef, model_config=config,
+    step = steps.make_train_step(
+        steps.lm_train_step, mesh, state, graphdef=graphdef, model_config=config,
         optimizer=tx, alpha=alpha, beta=beta,
     )
     return step, sharding.place_state(state, mesh), groups, mesh
@@ -51,22 +51,22 @@ def changed_paths(before, after):
 def test_lm_step_moves_trainable_and_keeps_frozen_without_recompiling():
     step, state, groups, mesh = lm_setup()
     rng = jax.random.PRNGKey(0)
-    state["opt_state"] = opt.freeze_to(state["opt_state"], -1)  # embedding + decoder only
-    before = copy_tree(state["params"])
+    state = state.replace(opt_state=opt.freeze_to(state.opt_state, -1))  # embedding + decoder only
+    before = copy_tree(state.params)
     state, metrics = step(state, lm_batch(0), rng, HP)
-    moved = changed_paths(before, state["params"])
+    moved = changed_paths(before, state.params)
     for path, did_move in moved.items():
         expect = "embedding" in path or "decoder_bias" in path
         assert did_move == expect, path
     assert float(metrics["count"]) == BATCH * TIME
     assert np.isfinite(float(metrics["loss_sum"]))
-    assert any(np.abs(np.asarray(h)).max() > 0 for pair in state["hidden"] for h in pair)
+    assert any(np.abs(np.asarray(h)).max() > 0 for pair in state.hidden for h in pair)
 
-    state["opt_state"] = opt.unfreeze(state["opt_state"])
-    before = copy_tree(state["params"])
+    state = state.replace(opt_state=opt.unfreeze(state.opt_state))
+    before = copy_tree(state.params)
     state, _ = step(state, lm_batch(1), rng, {"lr": jnp.float32(3e-3), "mom": jnp.float32(0.7)})
-    assert all(changed_paths(before, state["params"]).values())
-    assert int(state["step"]) == 2
+    assert all(changed_paths(before, state.params).values())
+    assert int(state.step) == 2
     assert step._cache_size() == 1, "freezing or a new lr/mom recompiled the step"
 
 
@@ -76,7 +76,7 @@ def test_ar_tar_change_gradient_but_not_reported_loss():
     for alpha, beta in [(0.0, 0.0), (50.0, 50.0)]:
         step, state, _, _ = lm_setup(alpha, beta)
         state, metrics = step(state, lm_batch(0), rng, HP)
-        results.append((float(metrics["loss_sum"]), copy_tree(state["params"])))
+        results.append((float(metrics["loss_sum"]), copy_tree(state.params)))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     assert not np.array_equal(
         results[0][1]["encoder"]["layers"][0]["w_hh"], results[1][1]["encoder"]["layers"][0]["w_hh"]
@@ -87,9 +87,9 @@ def test_lm_dropout_depends_on_step_number():
     step, state, _, _ = lm_setup()
     rng = jax.random.PRNGKey(0)
     batch = lm_batch(0)
-    hidden0 = jax.tree.map(np.array, state["hidden"])
-    _, m0 = step(jax.tree.map(jnp.array, {**state, "hidden": hidden0}), batch, rng, HP)
-    shifted = {**jax.tree.map(jnp.array, state), "step": jnp.int32(5)}
+    hidden0 = jax.tree.map(np.array, state.hidden)
+    _, m0 = step(jax.tree.map(jnp.array, state.replace(hidden=hidden0)), batch, rng, HP)
+    shifted = jax.tree.map(jnp.array, state).replace(step=jnp.int32(5))
     _, m5 = step(shifted, batch, rng, HP)
     assert float(m0["loss_sum"]) != float(m5["loss_sum"])
 
@@ -97,11 +97,11 @@ def test_lm_dropout_depends_on_step_number():
 def test_lm_eval_step_is_deterministic_and_carries_state():
     config = AWDLSTMConfig(vocab_size=VOCAB, emb_size=8, hidden_size=12, n_layers=2)
     model = AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0))
-    graphdef, state = train_step.create_lm_state(model, opt.ulmfit_adam(
+    graphdef, state = steps.create_lm_state(model, opt.ulmfit_adam(
         nnx.to_pure_dict(nnx.state(model, nnx.Param)), opt.lm_layer_groups(2))[0], BATCH)
     mesh = sharding.make_data_mesh()
-    eval_state = {"params": state["params"], "hidden": state["hidden"]}
-    evaluate = train_step.make_lm_eval_step(mesh, eval_state, graphdef)
+    eval_state = LMEvalState(params=state.params, hidden=state.hidden)
+    evaluate = steps.make_lm_eval_step(mesh, eval_state, graphdef)
     s1, m1 = evaluate(eval_state, lm_batch(0))
     _, m2 = evaluate(eval_state, lm_batch(0))
     _, m3 = evaluate(s1, lm_batch(0))
@@ -115,10 +115,10 @@ def test_classifier_step_trains_head_and_batchnorm_only_when_frozen():
     model = AWDLSTMClassifier(config, rngs=nnx.Rngs(1))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     tx, _ = opt.ulmfit_adam(params, opt.classifier_layer_groups(2), wd=0.01)
-    graphdef, state = train_step.create_classifier_state(model, tx)
+    graphdef, state = steps.create_classifier_state(model, tx)
     mesh = sharding.make_data_mesh()
-    step = train_step.make_train_step(
-        train_step.classifier_train_step, mesh, state, graphdef=graphdef, model_config=config,
+    step = steps.make_train_step(
+        steps.classifier_train_step, mesh, state, graphdef=graphdef, model_config=config,
         optimizer=tx,
     )
     state = sharding.place_state(state, mesh)
@@ -126,22 +126,22 @@ def test_classifier_step_trains_head_and_batchnorm_only_when_frozen():
     ids[0, :3] = 1  # a padded document
     batch = {"inputs": ids, "labels": np.array([0, 1, 2, 1], np.int32)}
     rng = jax.random.PRNGKey(0)
-    state["opt_state"] = opt.freeze_to(state["opt_state"], -1)
-    before, stats_before = copy_tree(state["params"]), copy_tree(state["batch_stats"])
+    state = state.replace(opt_state=opt.freeze_to(state.opt_state, -1))
+    before, stats_before = copy_tree(state.params), copy_tree(state.batch_stats)
     state, metrics = step(state, batch, rng, HP)
-    for path, did_move in changed_paths(before, state["params"]).items():
+    for path, did_move in changed_paths(before, state.params).items():
         assert did_move == ("head" in path), path
-    assert all(changed_paths(stats_before, state["batch_stats"]).values())
+    assert all(changed_paths(stats_before, state.batch_stats).values())
     assert float(metrics["count"]) == BATCH
 
-    state["opt_state"] = opt.unfreeze(state["opt_state"])
-    before = copy_tree(state["params"])
+    state = state.replace(opt_state=opt.unfreeze(state.opt_state))
+    before = copy_tree(state.params)
     state, _ = step(state, batch, rng, HP)
-    assert all(changed_paths(before, state["params"]).values())
+    assert all(changed_paths(before, state.params).values())
     assert step._cache_size() == 1
 
-    evaluate = train_step.make_classifier_eval_step(mesh, graphdef)
-    eval_state = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    evaluate = steps.make_classifier_eval_step(mesh, graphdef)
+    eval_state = ClassifierEvalState(params=state.params, batch_stats=state.batch_stats)
     out = evaluate(eval_state, {**batch, "weights": np.array([1, 1, 1, 0], np.float32)})
     assert float(out["count"]) == 3
     np.testing.assert_allclose(np.asarray(out["probs"]).sum(-1), 1.0, rtol=1e-6)
@@ -153,7 +153,7 @@ def _classifier_setup():
     model = AWDLSTMClassifier(config, rngs=nnx.Rngs(1))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     tx, groups = opt.ulmfit_adam(params, opt.classifier_layer_groups(2), wd=0.01, clip_norm=0.5)
-    graphdef, state = train_step.create_classifier_state(model, tx)
+    graphdef, state = steps.create_classifier_state(model, tx)
     options = {"graphdef": graphdef, "model_config": config, "optimizer": tx}
     return params, groups, state, options
 
@@ -163,10 +163,10 @@ def test_a_step_without_frozen_gradients_updates_like_the_full_step_for_less_wor
     params, groups, state, options = _classifier_setup()
     mesh = sharding.make_data_mesh()
     frozen = opt.frozen_mask(params, groups, freeze_to)
-    full = train_step.make_train_step(train_step.classifier_train_step, mesh, state, **options)
-    cut = train_step.make_train_step(train_step.classifier_train_step, mesh, state,
+    full = steps.make_train_step(steps.classifier_train_step, mesh, state, **options)
+    cut = steps.make_train_step(steps.classifier_train_step, mesh, state,
                                      frozen=frozen, **options)
-    state["opt_state"] = opt.freeze_to(state["opt_state"], freeze_to)
+    state = state.replace(opt_state=opt.freeze_to(state.opt_state, freeze_to))
     ids = np.random.default_rng(0).integers(2, VOCAB, (BATCH, 10), dtype=np.int32)
     batch = {"inputs": ids, "labels": np.array([0, 1, 2, 1], np.int32)}
     args = (batch, jax.random.PRNGKey(0), HP)
@@ -191,7 +191,7 @@ def test_sum_metrics_count_correct_predictions_like_argmax():
     targets[:, :4] = logits[:, :4].argmax(-1)  # some right, the rest mostly wrong
     weights = (rng.random((6, 9)) > 0.3).astype(np.float32)
     ce = np.zeros((6, 9), np.float32)
-    metrics = train_step._sum_metrics(jnp.asarray(ce), jnp.asarray(logits),
+    metrics = steps._sum_metrics(jnp.asarray(ce), jnp.asarray(logits),
                                       jnp.asarray(targets), jnp.asarray(weights))
     expected = ((logits.argmax(-1) == targets) * weights).sum()
     assert float(metrics["correct"]) == pytest.approx(expected)

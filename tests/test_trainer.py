@@ -1,10 +1,12 @@
 """Trainer: NaN guard keeps the last good checkpoint; SIGKILL + rerun == uninterrupted run."""
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -16,8 +18,9 @@ from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.text.classifier_batches import bucket_chunks, repad
 from ulmfit_jax.text.resumable import ResumableBatches
 from ulmfit_jax.trainer.checkpointing import Checkpointer, NonFiniteLossError
-from ulmfit_jax.trainer.loop import Phase, Stage, run_stage
+from ulmfit_jax.trainer.loop import Phase, Stage, phase_schedule, run_stage
 from ulmfit_jax.trainer.metric_logger import MetricLogger
+from ulmfit_jax.trainer.train_state import TrainState
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,26 +41,68 @@ class CountingIterator(ResumableBatches):
         return {}
 
 
+@dataclasses.dataclass
+class ToyStage:
+    """A `Stage` around one jitted step: what the loop needs and nothing else."""
+
+    name: str
+    phases: list[Phase]
+    iterator: ResumableBatches
+    step: Callable
+    evaluate: Callable[[TrainState], dict]
+    summarize: Callable[[dict], dict]
+    schedule_kind: str = "constant"
+    best_metric: str = "accuracy"
+    best_mode: str = "max"
+
+    def schedule(self, n_steps, lr_max):
+        return phase_schedule(self.schedule_kind, (0.8, 0.7, 0.8), n_steps, lr_max)
+
+    def train_step(self, freeze_to):
+        return self.step
+
+    def to_device(self, batch):
+        return batch, 1
+
+    def start_epoch(self, state):
+        return state
+
+
+
+
+def toy_state(params: dict) -> TrainState:
+    tx, _ = opt.ulmfit_adam(params, (("all", "w"),))
+    return TrainState(params=params, opt_state=tx.init(params), step=jnp.int32(0))
+
+
 @jax.jit
 def diverging_step(state, batch, rng, hp):
     """Loss 1 until the 7th step, whose loss (and parameters) become NaN."""
-    bad = state["step"] == 6
+    bad = state.step == 6
     loss = jnp.where(bad, jnp.nan, 1.0)
-    params = jax.tree.map(lambda p: p + jnp.where(bad, jnp.nan, hp["lr"]), state["params"])
-    new = {**state, "params": params, "step": state["step"] + 1}
+    params = jax.tree.map(lambda p: p + jnp.where(bad, jnp.nan, hp["lr"]), state.params)
+    new = state.replace(params=params, step=state.step + 1)
     return new, {"loss_sum": loss, "correct": jnp.float32(0), "count": jnp.float32(1)}
 
 
+def test_a_stage_provides_what_the_loop_uses():
+    from ulmfit_jax.trainer.classifier_stage import ClassifierStage
+    from ulmfit_jax.trainer.lm_stage import LMStage
+
+    assert isinstance(ToyStage("s", [], CountingIterator(1), diverging_step, dict, dict), Stage)
+    assert not isinstance(CountingIterator(1), Stage)
+    methods = ("schedule", "train_step", "to_device", "start_epoch", "evaluate", "summarize")
+    for cls in (LMStage, ClassifierStage):
+        assert all(callable(getattr(cls, m, None)) for m in methods), cls
+        assert (cls.best_metric, cls.best_mode) == ("accuracy", "max")
+
+
 def test_nan_loss_stops_with_stage_and_step_and_keeps_last_good_checkpoint(tmp_path):
-    params = {"w": jnp.zeros(3)}
-    tx, _ = opt.ulmfit_adam(params, (("all", "w"),))
-    state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
-    stage = Stage(
+    state = toy_state({"w": jnp.zeros(3)})
+    stage = ToyStage(
         name="lm_fwd", phases=[Phase(epochs=2, lr_max=0.1)], iterator=CountingIterator(5),
-        step_fn=diverging_step, to_device=lambda b: (b, 1),
-        evaluate=lambda s: {"loss": 0.0, "accuracy": 0.0},
+        step=diverging_step, evaluate=lambda s: {"loss": 0.0, "accuracy": 0.0},
         summarize=lambda sums: {"loss": sums["loss_sum"] / sums["count"], "accuracy": 0.0},
-        schedule="constant",
     )
     ckpt = Checkpointer(tmp_path / "ck", keep=3, async_save=False)
     with pytest.raises(NonFiniteLossError, match=r"step 7 of stage 'lm_fwd'"):
@@ -65,7 +110,7 @@ def test_nan_loss_stops_with_stage_and_step_and_keeps_last_good_checkpoint(tmp_p
                   every_steps=2, log_every=1, config_dict={}, progress=False)
     assert ckpt.latest_step() == 6  # step 6 was checked before saving; step 7 never saved
     restored, meta = ckpt.restore_latest(state)
-    assert np.all(np.isfinite(np.asarray(restored["params"]["w"])))
+    assert np.all(np.isfinite(np.asarray(restored.params["w"])))
     assert meta["data"] == {"epoch": 1, "step": 1}
     ckpt.close()
 
@@ -73,7 +118,7 @@ def test_nan_loss_stops_with_stage_and_step_and_keeps_last_good_checkpoint(tmp_p
 @jax.jit
 def counting_step(state, batch, rng, hp):
     """Every step adds 1 to the parameter: its value tells which step a state is from."""
-    new = {**state, "params": {"w": state["params"]["w"] + 1.0}, "step": state["step"] + 1}
+    new = state.replace(params={"w": state.params["w"] + 1.0}, step=state.step + 1)
     return new, {"loss_sum": jnp.float32(1), "correct": jnp.float32(0), "count": jnp.float32(1)}
 
 
@@ -83,14 +128,12 @@ def test_best_checkpoint_is_kept_and_restored_when_asked(tmp_path, restore_best)
     from ulmfit_jax.trainer.loop import run_stage_with_checkpoints
 
     accuracy_after_epoch = {3: 0.5, 6: 0.9, 9: 0.7}  # the best epoch is the second
-    params = {"w": jnp.zeros(())}
-    tx, _ = opt.ulmfit_adam(params, (("all", "w"),))
-    state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
-    stage = Stage(
+    state = toy_state({"w": jnp.zeros(())})
+    stage = ToyStage(
         name="clf", phases=[Phase(epochs=3, lr_max=0.1)], iterator=CountingIterator(3),
-        step_fn=counting_step, to_device=lambda b: (b, 1),
-        evaluate=lambda s: {"loss": 0.0, "accuracy": accuracy_after_epoch[int(s["step"])]},
-        summarize=lambda sums: {"loss": sums["loss_sum"] / sums["count"]}, schedule="constant",
+        step=counting_step,
+        evaluate=lambda s: {"loss": 0.0, "accuracy": accuracy_after_epoch[int(s.step)]},
+        summarize=lambda sums: {"loss": sums["loss_sum"] / sums["count"]},
     )
     config = base_config()
     config.checkpoint.keep, config.checkpoint.async_save = 1, False
@@ -99,7 +142,7 @@ def test_best_checkpoint_is_kept_and_restored_when_asked(tmp_path, restore_best)
                                               MetricLogger(tmp_path, False), seed_offset=0)
     kept = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "clf").iterdir())
     assert kept == [6, 9]  # the last one and the best one
-    assert float(final["params"]["w"]) == (6.0 if restore_best else 9.0)
+    assert float(final.params["w"]) == (6.0 if restore_best else 9.0)
     assert valid["accuracy"] == (0.9 if restore_best else 0.7)
 
 

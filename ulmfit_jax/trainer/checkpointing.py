@@ -2,11 +2,17 @@
 
 One checkpoint directory per training stage (`<workdir>/checkpoints/<stage>`), each step a
 composite of
-  * `state`: `StandardSave` of the train-state dict (params, opt_state, step, carried LM hidden
-    state, BatchNorm statistics), restored with the mesh shardings of a template state;
-  * `meta`: `JsonSave` of host-side values: `step`, `rng` (the base key as a list of ints),
-    `data` (the data iterator's `get_state()`), `config` (the run's config as a dict) and any
-    extra bookkeeping (epoch, phase, best metric).
+  * `state`: `StandardSave` of the typed train state (`train_state`: params, opt_state, step,
+    carried LM hidden state or BatchNorm statistics), restored with the mesh shardings of a
+    template state;
+  * `meta`: `JsonSave` of host-side values: `format` (`CHECKPOINT_FORMAT`), `step`, `rng` (the
+    base key as a list of ints), `data` (the data iterator's `get_state()`), `config` (the
+    run's config as a dict) and any extra bookkeeping (epoch, phase, best metric).
+
+The state's tree changes when the train state or the optimizer does; `CHECKPOINT_FORMAT`
+counts those changes. A checkpoint of another format is refused before its state is read
+(`CheckpointFormatError`, one line suggesting `--fresh` or the version that wrote it), never
+taken for a damaged one.
 
 Saves are atomic: orbax writes into a temporary directory and renames it once complete, so a
 run killed at any moment leaves only whole checkpoints (`latest_step` never sees a partial one).
@@ -52,6 +58,26 @@ from ulmfit_jax.errors import WorkdirError, disk_full_is_clear
 from ulmfit_jax.trainer import distributed
 
 logger = logging.getLogger(__name__)
+# 1 (no `format` key): dict train states and the hand-written fastai Adam state;
+# 2: typed train states (`train_state`) and the optimizer built from optax's parts.
+CHECKPOINT_FORMAT = 2
+
+
+class CheckpointFormatError(WorkdirError):
+    """A checkpoint written by another ulmfit_jax version, whose state tree differs."""
+
+
+def check_format(meta: dict, where: str) -> None:
+    """Raise `CheckpointFormatError` unless `meta` was saved in `CHECKPOINT_FORMAT`."""
+    found = meta.get("format", 1)
+    if found == CHECKPOINT_FORMAT:
+        return
+    age, fix = (("an older", "finish it with the ulmfit_jax version that started it")
+                if isinstance(found, int) and found < CHECKPOINT_FORMAT
+                else ("a newer", "finish it with that newer ulmfit_jax"))
+    raise CheckpointFormatError(
+        f"{where} was written by {age} ulmfit_jax (checkpoint format {found}; this version "
+        f"reads format {CHECKPOINT_FORMAT}); rerun with --fresh to start this run over, or {fix}")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -123,38 +149,40 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(
-        self, step: int, state: dict, meta: dict, metrics: dict[str, float] | None = None
+        self, step: int, state: Any, meta: dict, metrics: dict[str, float] | None = None
     ) -> None:
         """Save `state` (arrays) and `meta` (JSON) as checkpoint `step` (asynchronously)."""
         # A deep copy: orbax may serialise the JSON in its own thread after this returns, while
         # the caller keeps mutating what `meta` refers to (the loop's metric accumulators).
-        meta = copy.deepcopy({**meta, "step": int(step)})
+        meta = copy.deepcopy({**meta, "step": int(step), "format": CHECKPOINT_FORMAT})
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         with disk_full_is_clear(f"checkpoint step {step} in {self.directory}"):
             self._manager.save(step, args=args, metrics=metrics, force=True)
 
-    def restore(self, step: int, state_template: dict) -> tuple[dict, dict]:
-        """Restore checkpoint `step` with the shapes, dtypes and shardings of `state_template`."""
+    def restore(self, step: int, state_template: Any) -> tuple[Any, dict]:
+        """Restore checkpoint `step` with the shapes, dtypes and shardings of `state_template`;
+        `CheckpointFormatError` when its `meta` names another format (the state is not read)."""
+        meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        check_format(meta["meta"], f"checkpoint {self.directory}/{step}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
         restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-            ),
-        )
-        return restored["state"], restored["meta"]
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        return restored["state"], meta["meta"]
 
-    def restore_latest(self, state_template: dict) -> tuple[dict, dict] | None:
+    def restore_latest(self, state_template: Any) -> tuple[Any, dict] | None:
         """`restore` of the newest readable checkpoint, or None when there is none.
 
         A checkpoint that cannot be read (truncated or garbled files) is logged and the next
         older one is tried; once one restores, the unreadable newer ones are moved to
         `<directory>.damaged/` so training can write those steps again. When none can be read,
-        `WorkdirError` (nothing is moved)."""
+        `WorkdirError` (nothing is moved). A checkpoint of another format is not damaged:
+        `CheckpointFormatError` at once."""
         bad: list[int] = []
         for step in sorted(self.all_steps(), reverse=True):
             try:
                 restored = self.restore(step, state_template)
+            except CheckpointFormatError:
+                raise
             except Exception as e:  # orbax, tensorstore and json raise many types here
                 logger.warning("checkpoint %s/%d cannot be read (%s: %s); trying an older one",
                                self.directory, step, type(e).__name__, str(e)[:200])

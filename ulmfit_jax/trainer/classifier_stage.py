@@ -13,27 +13,32 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+import optax
+from flax import nnx
 
 from ulmfit_jax.api import LanguageModel, TextClassifier
 from ulmfit_jax.atomic_io import atomic_write
 from ulmfit_jax.errors import MissingFileError
 from ulmfit_jax.model.encoder import fastai_step_multiplicity
 from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.optim.schedules import Schedule
 from ulmfit_jax.text.classifier_batches import ClassifierBatches, repad, restore_order
 from ulmfit_jax.text.token_cache import TokenizedCorpus
-from ulmfit_jax.trainer import distributed, sharding
-from ulmfit_jax.trainer import steps as train_step
+from ulmfit_jax.trainer import distributed, sharding, steps
 from ulmfit_jax.trainer.config import classifier_options
 from ulmfit_jax.trainer.data import PreparedData
 from ulmfit_jax.trainer.lm_stage import lm_name
-from ulmfit_jax.trainer.loop import Phase, Stage, run_stage_with_checkpoints
+from ulmfit_jax.trainer.loop import Phase, TrainStep, phase_schedule, run_stage_with_checkpoints
 from ulmfit_jax.trainer.metric_logger import MetricLogger
 from ulmfit_jax.trainer.metrics import classifier_summary, report
+from ulmfit_jax.trainer.train_state import ClassifierEvalState, ClassifierTrainState
 
 VALID_PROBS = "valid_probs.npy"
 
@@ -59,8 +64,8 @@ def _gather_rows(x) -> np.ndarray:
 
 
 def predict_probs(
-    mesh, graphdef, state: dict, corpus: TokenizedCorpus, batch_size: int, bptt: int,
-    pad_id: int, max_tokens: int | None, evaluate=None,
+    mesh, graphdef, state: ClassifierTrainState, corpus: TokenizedCorpus, batch_size: int,
+    bptt: int, pad_id: int, max_tokens: int | None, evaluate=None,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Probabilities `[docs, n_classes]` in corpus order (sigmoid ones when `evaluate` is
     multi-label), and summed loss/accuracy metrics."""
@@ -68,8 +73,8 @@ def predict_probs(
                                 max_tokens=max_tokens, pad_last_batch=True,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
-    evaluate = evaluate or train_step.make_classifier_eval_step(mesh, graphdef)
-    eval_state = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    evaluate = evaluate or steps.make_classifier_eval_step(mesh, graphdef)
+    eval_state = ClassifierEvalState(params=state.params, batch_stats=state.batch_stats)
     probs, indices, sums = [], [], {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     for batch in batches:
         out = evaluate(eval_state, sharding.shard_batch(_host_batch(batch, bptt, pad_id), mesh))
@@ -96,8 +101,80 @@ def _classifier(config, data: PreparedData, workdir: Path, backward: bool) -> Te
     return clf.with_multi_label(config.classifier.threshold) if data.multi_label else clf
 
 
-def _step(state: dict) -> int:
-    return int(jax.device_get(state["step"]))
+def _step(state: ClassifierTrainState) -> int:
+    return int(jax.device_get(state.step))
+
+
+def config_phases(phases: Sequence[Mapping]) -> list[Phase]:
+    """`config.classifier.phases` (dicts with `Phase`'s keys, checked by `check_config`) ->
+    `Phase`s."""
+    return [Phase(epochs=int(p["epochs"]), lr_max=float(p["lr_max"]),
+                  lr_div=float(p["lr_div"]), freeze_to=int(p["freeze_to"])) for p in phases]
+
+
+class ClassifierStage:
+    """The classifier stage for `run_stage` (`loop.Stage`): gradual unfreezing with one
+    compiled step per `freeze_to` that skips the frozen layers' backward pass; validation
+    probabilities of the last evaluation are kept for saving."""
+
+    best_metric, best_mode = "accuracy", "max"
+
+    def __init__(self, config: ml_collections.ConfigDict, data: PreparedData, mesh, *,
+                 backward: bool, clf: TextClassifier, graphdef: nnx.GraphDef,
+                 state: ClassifierTrainState, tx: optax.GradientTransformationExtraArgs,
+                 groups: Any) -> None:
+        c = config.classifier
+        self.name, self.phases, self.mesh = classifier_name(backward), config_phases(c.phases), mesh
+        self.schedule_kind, self.moms = c.schedule, tuple(c.moms)
+        self.clf, self.graphdef, self.bptt = clf, graphdef, c.bptt
+        self.pad_id, self.max_tokens = clf.config.encoder.pad_id, c.max_tokens or None
+        self.eval_batch_size = c.eval_batch_size
+        train = data.clf_train.reversed() if backward else data.clf_train
+        self.valid = data.clf_valid.reversed() if backward else data.clf_valid
+        self.iterator = ClassifierBatches(
+            train, c.batch_size, bptt=c.bptt, pad_id=self.pad_id, shuffle=True,
+            seed=config.seed, max_tokens=self.max_tokens, process_index=jax.process_index(),
+            process_count=jax.process_count())
+        labels = {"multi_label": clf.multi_label, "threshold": clf.threshold}
+        options = {"graphdef": graphdef, "model_config": clf.config, "optimizer": tx, **labels}
+
+        @functools.cache
+        def step_for(freeze_to: int) -> TrainStep:
+            frozen = opt.frozen_mask(clf.params, groups, freeze_to) if freeze_to else None
+            return steps.make_train_step(steps.classifier_train_step, mesh, state,
+                                         frozen=frozen, **options)
+
+        self._step_for = step_for
+        self._evaluate_batch = steps.make_classifier_eval_step(mesh, graphdef, **labels)
+        self.validated: dict[int, np.ndarray] = {}  # step -> validation probabilities then
+
+    def schedule(self, n_steps: int, lr_max: float) -> Schedule:
+        return phase_schedule(self.schedule_kind, self.moms, n_steps, lr_max)
+
+    def train_step(self, freeze_to: int) -> TrainStep:
+        return self._step_for(freeze_to)
+
+    def to_device(self, batch: dict) -> tuple[dict, int]:
+        host = _host_batch(batch, self.bptt, self.pad_id)
+        del host["weights"]
+        return sharding.shard_batch(host, self.mesh), int(batch["lengths"].sum())
+
+    def start_epoch(self, state: ClassifierTrainState) -> ClassifierTrainState:
+        return state
+
+    def valid_probs(self, state: ClassifierTrainState) -> tuple[np.ndarray, dict[str, float]]:
+        """Validation probabilities in corpus order and summed metrics (every process)."""
+        return predict_probs(self.mesh, self.graphdef, state, self.valid, self.eval_batch_size,
+                             self.bptt, self.pad_id, self.max_tokens, self._evaluate_batch)
+
+    def evaluate(self, state: ClassifierTrainState) -> dict[str, float]:
+        probs, summary = self.valid_probs(state)
+        self.validated.clear()
+        self.validated[_step(state)] = probs
+        return {**summary, **report(np.asarray(self.valid.labels), probs, self.clf.threshold)}
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        return classifier_summary(sums)
 
 
 def train_classifier(
@@ -113,60 +190,21 @@ def train_classifier(
     sharding.check_batch_size(c.batch_size, mesh)
     sharding.check_batch_size(c.eval_batch_size, mesh)
     clf = _classifier(config, data, workdir, backward)
-    pad_id, max_tokens = clf.config.encoder.pad_id, c.max_tokens or None
     tx, groups = opt.ulmfit_adam(clf.params,
                                  opt.classifier_layer_groups(clf.config.encoder.n_layers),
                                  wd=c.wd, clip_norm=c.clip or None,
                                  multiplicity=fastai_step_multiplicity(clf.config.encoder))
-    graphdef, state = train_step.create_classifier_state(clf.module, tx)
+    graphdef, state = steps.create_classifier_state(clf.module, tx)
     state = sharding.place_state(state, mesh)
-    labels = {"multi_label": clf.multi_label, "threshold": clf.threshold}
-    step_options = {"graphdef": graphdef, "model_config": clf.config, "optimizer": tx, **labels}
-    step_fn = train_step.make_train_step(train_step.classifier_train_step, mesh, state,
-                                         **step_options)
-
-    @functools.cache
-    def frozen_step_fn(freeze_to: int):
-        return train_step.make_train_step(
-            train_step.classifier_train_step, mesh, state,
-            frozen=opt.frozen_mask(clf.params, groups, freeze_to), **step_options)
-
-    train = data.clf_train.reversed() if backward else data.clf_train
-    valid = data.clf_valid.reversed() if backward else data.clf_valid
-    iterator = ClassifierBatches(train, c.batch_size, bptt=c.bptt, pad_id=pad_id, shuffle=True,
-                                 seed=config.seed, max_tokens=max_tokens,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count())
-    evaluate_batch = train_step.make_classifier_eval_step(mesh, graphdef, **labels)
-
-    def to_device(batch: dict) -> tuple[dict, int]:
-        host = _host_batch(batch, c.bptt, pad_id)
-        del host["weights"]
-        return sharding.shard_batch(host, mesh), int(batch["lengths"].sum())
-
-    validated: dict[int, np.ndarray] = {}  # step -> validation probabilities at that step
-
-    def valid_probs(state: dict) -> tuple[np.ndarray, dict[str, float]]:
-        return predict_probs(mesh, graphdef, state, valid, c.eval_batch_size, c.bptt, pad_id,
-                             max_tokens, evaluate_batch)
-
-    def evaluate(state: dict) -> dict[str, float]:
-        probs, summary = valid_probs(state)
-        validated.clear()
-        validated[_step(state)] = probs
-        return {**summary, **report(np.asarray(valid.labels), probs, clf.threshold)}
-
-    phases = [Phase(int(e), float(lr), float(div), int(f)) for f, e, lr, div in c.phases]
-    stage = Stage(name=name, phases=phases, iterator=iterator, step_fn=step_fn,
-                  to_device=to_device, evaluate=evaluate, summarize=classifier_summary,
-                  schedule=c.schedule, moms=tuple(c.moms), frozen_step_fn=frozen_step_fn)
+    stage = ClassifierStage(config, data, mesh, backward=backward, clf=clf, graphdef=graphdef,
+                            state=state, tx=tx, groups=groups)
     state, final = run_stage_with_checkpoints(stage, state, config, workdir, log,
                                               seed_offset=3 if backward else 2)
     # The last epoch's validation already computed them, unless this run resumed after it or
     # restored an earlier best epoch (then every process takes part in computing them again).
-    probs = validated.get(_step(state))
+    probs = stage.validated.get(_step(state))
     if probs is None:
-        probs, _ = valid_probs(state)
+        probs, _ = stage.valid_probs(state)
     if distributed.is_primary():
         _save_classifier(clf, state, backward, out_dir, probs)
     log.write_summary({name: final})
@@ -174,10 +212,10 @@ def train_classifier(
     return out_dir
 
 
-def _save_classifier(clf: TextClassifier, state: dict, backward: bool, out_dir: Path,
-                     probs: np.ndarray) -> None:
-    trained = TextClassifier.from_params(clf.config, jax.device_get(state["params"]), clf.vocab,
-                                         jax.device_get(state["batch_stats"]), clf.tokenizer,
+def _save_classifier(clf: TextClassifier, state: ClassifierTrainState, backward: bool,
+                     out_dir: Path, probs: np.ndarray) -> None:
+    trained = TextClassifier.from_params(clf.config, jax.device_get(state.params), clf.vocab,
+                                         jax.device_get(state.batch_stats), clf.tokenizer,
                                          clf.class_names, backward)
     if clf.multi_label:
         trained.with_multi_label(clf.threshold)

@@ -8,6 +8,8 @@ The model's part becomes frozen dataclasses at the boundary (`lm_model_config`,
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
@@ -24,14 +26,18 @@ TOKENIZERS = ("fastai", "sentencepiece")
 SP_MODEL_TYPES = ("unigram", "bpe")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
-# fastai's IMDb recipe for gradual unfreezing: (freeze_to, epochs, lr_max, lr_div), where the
-# lowest group gets lr_max / lr_div and groups in between are spaced geometrically (fastai's
-# `slice(lr_max / lr_div, lr_max)`); lr_div 1 = the same LR for every group.
+# A classifier phase (`trainer.loop.Phase`) in a config: a dict with exactly these keys.
+# freeze_to: fastai's `freeze_to(n)` when the phase starts (0: everything trains); epochs;
+# lr_max: the top group's LR; lr_div: the lowest group gets lr_max / lr_div and groups in
+# between are spaced geometrically (fastai's `slice(lr_max / lr_div, lr_max)`); 1 = the same
+# LR for every group.
+PHASE_KEYS = ("freeze_to", "epochs", "lr_max", "lr_div")
+# fastai's IMDb recipe for gradual unfreezing.
 FASTAI_CLASSIFIER_PHASES = (
-    (-1, 1, 2e-2, 1.0),
-    (-2, 1, 1e-2, 2.6**4),
-    (-3, 1, 5e-3, 2.6**4),
-    (0, 2, 1e-3, 2.6**4),
+    {"freeze_to": -1, "epochs": 1, "lr_max": 2e-2, "lr_div": 1.0},
+    {"freeze_to": -2, "epochs": 1, "lr_max": 1e-2, "lr_div": 2.6**4},
+    {"freeze_to": -3, "epochs": 1, "lr_max": 5e-3, "lr_div": 2.6**4},
+    {"freeze_to": 0, "epochs": 2, "lr_max": 1e-3, "lr_div": 2.6**4},
 )
 
 
@@ -162,6 +168,30 @@ def _classifier_config() -> ml_collections.ConfigDict:
     })
 
 
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The config of a config file (`configs/*.py`: `get_config()`) with `key=value` overrides
+    parsed as train.py parses `--config.key=value`, locked and checked (`check_config`); a
+    missing file, an unknown key or a bad value is a `ConfigError` naming it."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["load_config", f"--config={path}", *[f"--config.{o}" for o in overrides]]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", str(path), flag_values=flag_values,
+                                    lock_config=True, sys_argv=argv)
+    try:
+        flag_values(argv)
+        config = flag_values.config
+        config.keys()  # a file that failed to load raises here
+    except (KeyError, AttributeError) as e:  # ml_collections' unknown key
+        raise ConfigError(f"--config {path}: unknown config key in "
+                          f"{' '.join(overrides)} ({e})") from None
+    except (flags.Error, TypeError, ValueError, OSError) as e:
+        raise ConfigError(f"--config {path}: {e}") from None
+    check_config(config)
+    return config
+
+
 def lm_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> AWDLSTMConfig:
     """The LM's frozen dataclass from the run config."""
     m = config.model
@@ -238,14 +268,26 @@ def _check_data_keys(data: ml_collections.ConfigDict) -> None:
              data.sp_vocab_size, f"an integer >= {2 * len(SPECIAL_TOKENS)}")
 
 
-def _check_phases(phases: tuple, n_layers: int) -> None:
-    """Each phase is (freeze_to, epochs, lr_max, lr_div); freeze_to counts the classifier's
-    n_layers + 2 layer groups (embedding, LSTMs, head) as fastai's `freeze_to` does."""
+def _check_phases(phases: Sequence, n_layers: int) -> None:
+    """Each phase is a dict with `PHASE_KEYS`; freeze_to counts the classifier's n_layers + 2
+    layer groups (embedding, LSTMs, head) as fastai's `freeze_to` does."""
     n_groups = n_layers + 2
-    allowed = (f"a list of (freeze_to in [-{n_groups}, {n_groups}], epochs >= 1, lr_max > 0, "
-               "lr_div >= 1)")
-    _require(len(phases) >= 1, "classifier.phases", phases, allowed)
-    for phase in phases:
-        ok = (len(phase) == 4 and -n_groups <= phase[0] <= n_groups and phase[1] >= 1
-              and phase[2] > 0 and phase[3] >= 1)
-        _require(ok, "classifier.phases", phase, allowed)
+    _require(isinstance(phases, Sequence) and len(phases) >= 1, "classifier.phases", phases,
+             "a list of phases, dicts with keys " + ", ".join(PHASE_KEYS))
+    allowed = {"freeze_to": f"an integer in [-{n_groups}, {n_groups}]",
+               "epochs": "an integer >= 1", "lr_max": "a number > 0", "lr_div": "a number >= 1"}
+    for k, phase in enumerate(phases):
+        key = f"classifier.phases[{k}]"
+        _require(isinstance(phase, Mapping) and set(phase) == set(PHASE_KEYS), key, phase,
+                 "a dict with exactly the keys " + ", ".join(PHASE_KEYS))
+        for name in PHASE_KEYS:
+            _require(_phase_value_ok(name, phase[name], n_groups), f"{key}.{name}",
+                     phase[name], allowed[name])
+
+
+def _phase_value_ok(name: str, value: object, n_groups: int) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    whole = float(value).is_integer()
+    return {"freeze_to": whole and -n_groups <= value <= n_groups,
+            "epochs": whole and value >= 1, "lr_max": value > 0, "lr_div": value >= 1}[name]

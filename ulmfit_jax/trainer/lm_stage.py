@@ -14,20 +14,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from ulmfit_jax.api import LanguageModel
 from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.model.encoder import fastai_step_multiplicity, zero_state
 from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.optim.schedules import Schedule
 from ulmfit_jax.text.lm_stream import LMStream
-from ulmfit_jax.trainer import distributed, sharding
-from ulmfit_jax.trainer import steps as train_step
+from ulmfit_jax.trainer import distributed, sharding, steps
 from ulmfit_jax.trainer.config import compute_dtype, lm_model_config
 from ulmfit_jax.trainer.data import PreparedData
-from ulmfit_jax.trainer.loop import Phase, Stage, run_stage_with_checkpoints
+from ulmfit_jax.trainer.loop import Phase, TrainStep, phase_schedule, run_stage_with_checkpoints
 from ulmfit_jax.trainer.metric_logger import MetricLogger
 from ulmfit_jax.trainer.metrics import SumAccumulator, lm_summary
+from ulmfit_jax.trainer.train_state import LMEvalState, LMTrainState
 
 
 def lm_name(backward: bool) -> str:
@@ -71,34 +73,63 @@ def _check_pretrained_size(
             "(and rerun with --fresh)")
 
 
-def _lm_evaluator(mesh, graphdef, config, data: PreparedData, backward: bool):
-    """Validation: loss, accuracy and perplexity over the held-out LM documents."""
-    c = config.lm
-    stream = LMStream(data.lm_valid, c.batch_size, c.bptt, shuffle=False, backward=backward,
-                      process_index=jax.process_index(), process_count=jax.process_count())
-    model_config = lm_model_config(config, len(data.vocab))
-    hidden = jax.device_put(zero_state(model_config, c.batch_size),
-                            sharding.batch_sharding(mesh))
-    evaluate_window = None
+class LMStage:
+    """The LM stage for `run_stage` (`loop.Stage`): one compiled step for every phase, the
+    carried state zeroed at each epoch, validation over the held-out LM documents."""
 
-    def evaluate(state: dict) -> dict[str, float]:
-        nonlocal evaluate_window
-        eval_state = {"params": state["params"], "hidden": hidden}
-        if evaluate_window is None:
-            evaluate_window = train_step.make_lm_eval_step(mesh, eval_state, graphdef)
+    best_metric, best_mode = "accuracy", "max"
+
+    def __init__(self, config: ml_collections.ConfigDict, data: PreparedData, mesh, *,
+                 backward: bool, phases: list[Phase], model_config: AWDLSTMConfig,
+                 graphdef: nnx.GraphDef, step: TrainStep) -> None:
+        c = config.lm
+        self.name, self.phases, self.mesh = lm_name(backward), phases, mesh
+        self.schedule_kind, self.moms = c.schedule, tuple(c.moms)
+        self.iterator = LMStream(
+            data.lm_train, c.batch_size, c.bptt, seed=config.seed, shuffle=True,
+            backward=backward, variable_length=c.variable_length,
+            process_index=jax.process_index(), process_count=jax.process_count())
+        self.valid = LMStream(data.lm_valid, c.batch_size, c.bptt, shuffle=False,
+                              backward=backward, process_index=jax.process_index(),
+                              process_count=jax.process_count())
+        self.graphdef, self._step = graphdef, step
+        self._zeros = jax.device_put(zero_state(model_config, c.batch_size),
+                                     sharding.batch_sharding(mesh))
+        self._evaluate_window = None
+
+    def schedule(self, n_steps: int, lr_max: float) -> Schedule:
+        return phase_schedule(self.schedule_kind, self.moms, n_steps, lr_max)
+
+    def train_step(self, freeze_to: int) -> TrainStep:
+        return self._step  # frozen groups get no update; the LM's backward pass is cheap
+
+    def to_device(self, batch: dict) -> tuple[dict, int]:
+        return sharding.shard_batch(batch, self.mesh), int(np.size(batch["inputs"]))
+
+    def start_epoch(self, state: LMTrainState) -> LMTrainState:
+        return state.replace(hidden=jax.tree.map(jnp.copy, self._zeros))
+
+    def evaluate(self, state: LMTrainState) -> dict[str, float]:
+        """Loss, accuracy and perplexity over the held-out LM documents."""
+        eval_state = LMEvalState(params=state.params, hidden=self._zeros)
+        if self._evaluate_window is None:
+            self._evaluate_window = steps.make_lm_eval_step(self.mesh, eval_state,
+                                                            self.graphdef)
         sums = SumAccumulator()
-        for window in (stream.batch(0, s) for s in range(stream.num_batches(0))):
-            eval_state, m = evaluate_window(eval_state, sharding.shard_batch(window, mesh))
+        for window in (self.valid.batch(0, s) for s in range(self.valid.num_batches(0))):
+            eval_state, m = self._evaluate_window(eval_state,
+                                                  sharding.shard_batch(window, self.mesh))
             sums.add(jax.device_get(m))
         return lm_summary(sums.sums)
 
-    return evaluate
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        return lm_summary(sums)
 
 
 def build_lm_stage(
     config: ml_collections.ConfigDict, data: PreparedData, mesh, backward: bool = False
-) -> tuple[LanguageModel, dict, Stage]:
-    """The LM to train, its placed train state and its `Stage` (what training and the LR
+) -> tuple[LanguageModel, LMTrainState, LMStage]:
+    """The LM to train, its placed train state and its `LMStage` (what training and the LR
     finder share)."""
     c = config.lm
     sharding.check_batch_size(c.batch_size, mesh)
@@ -106,26 +137,13 @@ def build_lm_stage(
     tx, _ = opt.ulmfit_adam(lm.params, opt.lm_layer_groups(lm.config.n_layers), wd=c.wd,
                             clip_norm=c.clip or None,
                             multiplicity=fastai_step_multiplicity(lm.config))
-    graphdef, state = train_step.create_lm_state(lm.module, tx, c.batch_size)
+    graphdef, state = steps.create_lm_state(lm.module, tx, c.batch_size)
     state = sharding.place_state(state, mesh)
-    step_fn = train_step.make_train_step(
-        train_step.lm_train_step, mesh, state, graphdef=graphdef, model_config=lm.config,
-        optimizer=tx, alpha=c.alpha, beta=c.beta,
-    )
-    iterator = LMStream(data.lm_train, c.batch_size, c.bptt, seed=config.seed, shuffle=True,
-                        backward=backward, variable_length=c.variable_length,
-                        process_index=jax.process_index(), process_count=jax.process_count())
-    zeros = jax.device_put(zero_state(lm.config, c.batch_size), sharding.batch_sharding(mesh))
-
-    def to_device(batch: dict) -> tuple[dict, int]:
-        return sharding.shard_batch(batch, mesh), int(np.size(batch["inputs"]))
-
-    stage = Stage(
-        name=lm_name(backward), phases=phases, iterator=iterator, step_fn=step_fn,
-        to_device=to_device, evaluate=_lm_evaluator(mesh, graphdef, config, data, backward),
-        summarize=lm_summary, schedule=c.schedule, moms=tuple(c.moms),
-        on_epoch_start=lambda s: {**s, "hidden": jax.tree.map(jnp.copy, zeros)},
-    )
+    step = steps.make_train_step(steps.lm_train_step, mesh, state, graphdef=graphdef,
+                                 model_config=lm.config, optimizer=tx, alpha=c.alpha,
+                                 beta=c.beta)
+    stage = LMStage(config, data, mesh, backward=backward, phases=phases,
+                    model_config=lm.config, graphdef=graphdef, step=step)
     return lm, state, stage
 
 
@@ -142,7 +160,7 @@ def train_language_model(
     state, valid = run_stage_with_checkpoints(stage, state, config, workdir, log,
                                               seed_offset=1 if backward else 0)
     if distributed.is_primary():
-        params = jax.device_get(state["params"])
+        params = jax.device_get(state.params)
         LanguageModel.from_params(lm.config, params, data.vocab.itos, data.tokenizer,
                                   backward).save(out_dir, overwrite=True)
     log.write_summary({name: valid})

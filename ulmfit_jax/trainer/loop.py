@@ -10,6 +10,8 @@ uninterrupted one does (see `checkpointing` for the resume order):
   * the metric accumulators of the current epoch and log interval are saved in the checkpoint.
 Metrics of step t are read after step t+1 is dispatched, so logging never stalls the device.
 SIGTERM / SIGINT save a checkpoint after the current step and stop the stage (`preemption`).
+What the loop asks of a stage is the `Stage` protocol; the train state is a
+`train_state.TrainState` (the LM's and the classifier's add their own fields).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ulmfit_jax.optim import optimizer as opt
-from ulmfit_jax.optim.schedules import make_schedule
+from ulmfit_jax.optim.schedules import Schedule, make_schedule
 from ulmfit_jax.text.resumable import ResumableBatches
 from ulmfit_jax.trainer import preemption
 from ulmfit_jax.trainer.checkpointing import (
@@ -37,6 +39,11 @@ from ulmfit_jax.trainer.checkpointing import (
 )
 from ulmfit_jax.trainer.metric_logger import MetricLogger
 from ulmfit_jax.trainer.metrics import SumAccumulator
+from ulmfit_jax.trainer.train_state import TrainState
+
+S = TypeVar("S", bound=TrainState)
+# A compiled train step: (state, device batch, base rng, {"lr", "mom"}) -> (state, metric sums).
+TrainStep = Callable[[S, dict, jax.Array, dict], tuple[S, dict]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,33 +61,48 @@ class Phase:
     freeze_to: int | None = None
 
 
-@dataclasses.dataclass
-class Stage:
-    """What `run_stage` needs to train one model.
+@runtime_checkable
+class Stage(Protocol[S]):
+    """What `run_stage` needs to train one model (`LMStage`, `ClassifierStage`).
 
-    to_device: host batch -> (device batch, number of tokens in it).
-    evaluate: train state -> validation metrics (host floats; must contain "loss").
-    on_epoch_start: train state -> train state, run at step 0 of every epoch (LM: zero state).
-    frozen_step_fn: freeze_to n -> a step equal to `step_fn` for that freezing that skips the
-    backward pass of the frozen groups (compiled once per n); None: `step_fn` throughout.
+    name: the stage's name, also its checkpoint directory (`lm_fwd`, `classifier_bwd`...).
+    phases: what is trained, epoch by epoch (fastai: one `fit_one_cycle` call each).
+    iterator: the resumable training batches (the loop saves and restores its position).
     best_metric, best_mode: the validation metric that ranks checkpoints ("max": higher is
     better); the best checkpoint is kept, and restored at the end when the run asks for it
     (fastai's `SaveModelCallback`).
     """
 
     name: str
-    phases: list[Phase]
+    phases: Sequence[Phase]
     iterator: ResumableBatches
-    step_fn: Callable[..., tuple[dict, dict]]
-    to_device: Callable[[dict], tuple[dict, int]]
-    evaluate: Callable[[dict], dict[str, float]]
-    summarize: Callable[[dict[str, float]], dict[str, float]]
-    schedule: str = "one_cycle"
-    moms: tuple[float, float, float] = (0.8, 0.7, 0.8)
-    on_epoch_start: Callable[[dict], dict] | None = None
-    frozen_step_fn: Callable[[int], Callable[..., tuple[dict, dict]]] | None = None
-    best_metric: str = "accuracy"
-    best_mode: str = "max"
+    best_metric: str
+    best_mode: str
+
+    def schedule(self, n_steps: int, lr_max: float) -> Schedule:
+        """A phase's (lr, momentum) at each of its `n_steps` steps (`optim.schedules`)."""
+        ...
+
+    def train_step(self, freeze_to: int) -> TrainStep:
+        """The compiled step for phases that train with fastai's `freeze_to(freeze_to)`
+        (0: everything trains); it may skip the backward pass of the frozen groups."""
+        ...
+
+    def to_device(self, batch: dict) -> tuple[dict, int]:
+        """Host batch -> (device batch, number of tokens in it)."""
+        ...
+
+    def start_epoch(self, state: S) -> S:
+        """The state at step 0 of every epoch (the LM zeroes its carried hidden state)."""
+        ...
+
+    def evaluate(self, state: S) -> dict[str, float]:
+        """Validation metrics as host floats; they contain "loss" and `best_metric`."""
+        ...
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        """Training metric sums and counts -> the metrics logged (loss, accuracy...)."""
+        ...
 
 
 @jax.jit
@@ -119,14 +141,14 @@ class _Plan:
         return self.epoch_start[first], self.epoch_start[last] - self.epoch_start[first]
 
 
-def start_phase(state: dict, phase: Phase) -> dict:
+def start_phase(state: S, phase: Phase) -> S:
     """Set the phase's trainable groups (fastai's freeze_to clears Adam's moments) and LRs."""
-    opt_state = state["opt_state"]
+    opt_state = state.opt_state
     if phase.freeze_to is not None:
         opt_state = opt.freeze_to(opt_state, phase.freeze_to)
     lrs = opt.group_lrs(slice(phase.lr_max / phase.lr_div, phase.lr_max),
                         opt.n_groups(opt_state))
-    return {**state, "opt_state": opt.set_lr_scale(opt_state, lrs / phase.lr_max)}
+    return state.replace(opt_state=opt.set_lr_scale(opt_state, lrs / phase.lr_max))
 
 
 class _Metrics:
@@ -161,10 +183,10 @@ class _Metrics:
         return {"epoch": self.epoch.sums, "interval": self.interval.sums}
 
 
-def _save(ckpt: Checkpointer, state: dict, rng: jax.Array, stage: Stage, metrics: _Metrics,
+def _save(ckpt: Checkpointer, state: TrainState, rng: jax.Array, stage: Stage, metrics: _Metrics,
           step: int, config_dict: dict, valid: dict | None = None) -> None:
     metrics.flush()  # every loss up to `step` is checked before its checkpoint is written
-    if not bool(_all_finite(state["params"])):
+    if not bool(_all_finite(state.params)):
         check_finite_loss(float("nan"), stage.name, step)
     meta = {"rng": key_to_list(rng), "data": stage.iterator.get_state(),
             "metrics": metrics.state(), "config": config_dict, "valid": valid}
@@ -172,33 +194,29 @@ def _save(ckpt: Checkpointer, state: dict, rng: jax.Array, stage: Stage, metrics
     ckpt.save(step, state, meta, metrics=best)
 
 
-def _begin_epoch(state: dict, stage: Stage, plan: _Plan, metrics: _Metrics) -> dict:
+def _begin_epoch(state: S, stage: Stage, plan: _Plan, metrics: _Metrics) -> S:
     """At step 0 of an epoch: start the phase if it is its first epoch, reset the LM state."""
     epoch = stage.iterator.epoch
     k = plan.phase_of_epoch[epoch]
     before = state
     if epoch == plan.phase_first_epoch[k]:
         state = start_phase(state, stage.phases[k])
-    if stage.on_epoch_start is not None:
-        state = stage.on_epoch_start(state)
+    state = stage.start_epoch(state)
     metrics.epoch.reset()
     return _keep_shardings(state, before)
 
 
 def _train_epoch(
-    state: dict, step: int, rng: jax.Array, stage: Stage, plan: _Plan, metrics: _Metrics,
+    state: S, step: int, rng: jax.Array, stage: Stage, plan: _Plan, metrics: _Metrics,
     save: Callable, every_steps: int, progress: bool,
-) -> tuple[dict, int]:
+) -> tuple[S, int]:
     """The rest of the current epoch; checkpoints every `every_steps` (not at its last step,
     whose checkpoint follows the evaluation)."""
     epoch = stage.iterator.epoch
     k = plan.phase_of_epoch[epoch]
     phase_start, phase_len = plan.phase_steps(k)
-    schedule = make_schedule(stage.schedule, phase_len, stage.phases[k].lr_max,
-                             **_sched_kwargs(stage))
-    step_fn = stage.step_fn
-    if stage.frozen_step_fn is not None and plan.freeze_to[k] != 0:
-        step_fn = stage.frozen_step_fn(plan.freeze_to[k])
+    schedule = stage.schedule(phase_len, stage.phases[k].lr_max)
+    step_fn = stage.train_step(plan.freeze_to[k])
     first, end = plan.epoch_start[epoch], plan.epoch_start[epoch + 1]
     bar = tqdm(total=end - first, initial=step - first, leave=False, disable=not progress,
                desc=f"{stage.name} epoch {epoch + 1}/{plan.n_epochs}")
@@ -223,7 +241,7 @@ def _train_epoch(
 
 def run_stage(
     stage: Stage,
-    state: dict,
+    state: S,
     rng: jax.Array,
     ckpt: Checkpointer,
     log: MetricLogger,
@@ -232,7 +250,7 @@ def run_stage(
     log_every: int,
     config_dict: dict,
     progress: bool = True,
-) -> tuple[dict, dict[str, float]]:
+) -> tuple[S, dict[str, float]]:
     """Train `stage` to its end from the latest checkpoint (or from `state`).
 
     Returns the final train state and the last validation metrics.
@@ -248,10 +266,10 @@ def run_stage(
         log.resume(stage.name, int(meta["step"]))
     metrics = _Metrics(stage, log, log_every, saved_metrics)
 
-    def save(state: dict, step: int, valid: dict | None) -> None:
+    def save(state: TrainState, step: int, valid: dict | None) -> None:
         _save(ckpt, state, rng, stage, metrics, step, config_dict, valid)
 
-    step = int(jax.device_get(state["step"]))
+    step = int(jax.device_get(state.step))
     while stage.iterator.epoch < plan.n_epochs:
         epoch = stage.iterator.epoch
         if stage.iterator.step == 0:
@@ -270,8 +288,8 @@ def run_stage(
 
 
 def run_stage_with_checkpoints(
-    stage: Stage, state: dict, config: Any, workdir: Any, log: MetricLogger, seed_offset: int
-) -> tuple[dict, dict[str, float]]:
+    stage: Stage, state: S, config: Any, workdir: Any, log: MetricLogger, seed_offset: int
+) -> tuple[S, dict[str, float]]:
     """`run_stage` with the run's checkpoint policy: `<workdir>/checkpoints/<stage name>`, keep
     the last `config.checkpoint.keep` and the best by `stage.best_metric`; with
     `config.checkpoint.restore_best` the best epoch's state and metrics are returned instead of
@@ -293,7 +311,7 @@ def run_stage_with_checkpoints(
         ckpt.close()
 
 
-def restore_best(ckpt: Checkpointer, state: dict, valid: dict) -> tuple[dict, dict]:
+def restore_best(ckpt: Checkpointer, state: S, valid: dict) -> tuple[S, dict]:
     """The best checkpoint's state and validation metrics (the given ones if it is the last)."""
     best = ckpt.best_step()
     if best is None or best == ckpt.latest_step():
@@ -303,12 +321,17 @@ def restore_best(ckpt: Checkpointer, state: dict, valid: dict) -> tuple[dict, di
     return state, meta["valid"]
 
 
-def _sched_kwargs(stage: Stage) -> dict:
-    if stage.schedule == "one_cycle":
-        return {"moms": tuple(stage.moms)}
-    if stage.schedule == "stlr":
-        return {"mom": stage.moms[1]}
-    return {"mom": stage.moms[0]}
+def phase_schedule(kind: str, moms: Sequence[float], n_steps: int,
+                   lr_max: float) -> Schedule:
+    """`make_schedule` of `kind` ("one_cycle", "stlr", "constant") with a stage's momentums
+    (high, low, high): one-cycle uses all three, STLR the low one, constant the first."""
+    if kind == "one_cycle":
+        kwargs: dict[str, Any] = {"moms": tuple(moms)}
+    elif kind == "stlr":
+        kwargs = {"mom": moms[1]}
+    else:
+        kwargs = {"mom": moms[0]}
+    return make_schedule(kind, n_steps, lr_max, **kwargs)
 
 
 def _update_bar(bar: tqdm, metrics: _Metrics, tok_per_s: float, stage: Stage) -> None:

@@ -23,6 +23,7 @@ from ulmfit_jax.trainer import distributed
 from ulmfit_jax.trainer.data import PreparedData
 from ulmfit_jax.trainer.lm_stage import build_lm_stage
 from ulmfit_jax.trainer.loop import Stage, start_phase
+from ulmfit_jax.trainer.train_state import LMTrainState
 
 
 def _endless_batches(stage: Stage) -> Iterator[dict]:
@@ -40,14 +41,15 @@ def find_lm_lr(
 ) -> LRFinderResult:
     """Sweep the LM's learning rate; write the plot and the suggestions into `workdir`."""
     _, state, stage = build_lm_stage(config, data, mesh, backward)
-    state = start_phase(stage.on_epoch_start(state), stage.phases[0])
+    first = stage.phases[0]
+    state = start_phase(stage.start_epoch(state), first)
+    step_fn = stage.train_step(0 if first.freeze_to is None else first.freeze_to)
     rng = jax.random.PRNGKey(config.seed)
-    mom = jnp.float32(stage.moms[0])
+    mom = jnp.float32(config.lm.moms[0])
 
-    def sweep_step(state: dict, batch: dict, lr: float) -> tuple[dict, float]:
+    def sweep_step(state: LMTrainState, batch: dict, lr: float) -> tuple[LMTrainState, float]:
         device_batch, _ = stage.to_device(batch)
-        state, metrics = stage.step_fn(state, device_batch, rng,
-                                       {"lr": jnp.float32(lr), "mom": mom})
+        state, metrics = step_fn(state, device_batch, rng, {"lr": jnp.float32(lr), "mom": mom})
         metrics = jax.device_get(metrics)
         return state, float(metrics["loss_sum"] / metrics["count"])
 

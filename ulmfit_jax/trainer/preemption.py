@@ -37,11 +37,6 @@ def _on_signal(signum: int, frame: object) -> None:
           "(send it again to stop at once)", file=sys.stderr, flush=True)
 
 
-def requested() -> int | None:
-    """The signal received since `handle_preemption` started, or None."""
-    return _requested
-
-
 @contextlib.contextmanager
 def handle_preemption(stage: str) -> Iterator[None]:
     """While inside, SIGTERM and SIGINT set the flag instead of ending the process.

@@ -1,7 +1,8 @@
 """Data parallelism: one `data` mesh axis, batch sharded on its first axis, state replicated.
 
 Every device holds the full parameters and optimizer state; each device gets `batch / n_devices`
-rows. Steps are compiled once by `jax.jit` with explicit in/out shardings and the train state
+rows, of the batch and of the state fields declared per row (`train_state.batch_field`).
+Steps are compiled once by `jax.jit` with explicit in/out shardings and the train state
 donated, so XLA inserts the gradient all-reduce itself (no `pmap`).
 
 Multi-process (`trainer.distributed`): each process feeds only its own contiguous block of
@@ -11,6 +12,7 @@ global array with `jax.make_array_from_process_local_data`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from ulmfit_jax.errors import ConfigError
+from ulmfit_jax.trainer import train_state
 
 DATA_AXIS = "data"
 
@@ -65,39 +68,36 @@ def shard_batch(local_batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, local_batch)
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Place every leaf of `tree` fully on every device of `mesh`."""
-    return jax.device_put(tree, replicated_sharding(mesh))
-
-
-def state_shardings(state: Any, mesh: Mesh, batch_keys: Sequence[str] = ("hidden",)) -> Any:
-    """Sharding pytree for a train-state dict: replicated, except the entries in `batch_keys`.
-
-    The LM's carried hidden state is `[batch, hidden]` per layer, so it is split like the batch.
-    """
+def state_shardings(state: Any, mesh: Mesh) -> Any:
+    """Sharding pytree for a typed state (`train_state`): the fields declared with
+    `batch_field()` (the LM's carried hidden state, `[batch, hidden]` per layer) are split like
+    the batch, every other field is replicated."""
     rep, rows = replicated_sharding(mesh), batch_sharding(mesh)
-    return {
-        key: jax.tree.map(lambda _, s=(rows if key in batch_keys else rep): s, value)
-        for key, value in state.items()
-    }
+    batch_fields = train_state.batch_sharded_fields(state)
+    return state.replace(**{
+        f.name: jax.tree.map(lambda _, s=(rows if f.name in batch_fields else rep): s,
+                             getattr(state, f.name))
+        for f in dataclasses.fields(state)
+    })
 
 
-def place_state(state: dict, mesh: Mesh) -> dict:
-    """Put a train-state dict on the mesh with `state_shardings`."""
+def place_state(state: Any, mesh: Mesh) -> Any:
+    """Put a typed state on the mesh with `state_shardings`."""
     return jax.device_put(state, state_shardings(state, mesh))
 
 
 def jit_sharded_step(
     step_fn: Callable[..., tuple[Any, Any]],
     mesh: Mesh,
-    state_example: dict,
+    state_example: Any,
     n_replicated_args: int = 1,
 ) -> Callable[..., tuple[Any, Any]]:
     """`jax.jit` a step `(state, batch, *replicated) -> (state, metrics)` for the `data` mesh.
 
     The state keeps its `state_shardings`, the batch is split on its first axis, every further
-    argument (rng, learning rates, frozen flags: data, so they never trigger a recompile) and the
-    metrics are replicated. The input state is donated: its buffers are reused for the output.
+    argument (rng, this step's learning rate and momentum: data, so they never trigger a
+    recompile) and the metrics are replicated. The input state is donated: its buffers are
+    reused for the output.
     """
     s_state = state_shardings(state_example, mesh)
     rep = replicated_sharding(mesh)

@@ -1,17 +1,14 @@
 """Pure step functions `(state, batch, rng, hparams) -> (state, metrics)`.
 
-The train state is a dict of plain pytrees:
-  params       the model's `nnx.Param` pure dict (ARCHITECTURE.md parameter tree)
-  opt_state    the optimizer's state
-  step         int32 scalar, number of steps taken in this stage
-  hidden       (LM) carried LSTM state, tuple over layers of (h, c) `[batch, hid_l]`
-  batch_stats  (classifier) BatchNorm running statistics pure dict
+The states are the typed pytrees of `train_state` (`LMTrainState`, `ClassifierTrainState`,
+`LMEvalState`, `ClassifierEvalState`).
 
 `hparams = {"lr", "mom"}` holds this step's scheduled learning rate and momentum as arrays;
 the per-group LR factors and frozen-group flags live in the optimizer state. All are data,
-not constants, so schedules and gradual unfreezing never recompile the step. The classifier
-also has one step per `freeze_to` (`frozen=`), compiled once each, that skips the backward
-pass of the frozen layers: the same update for a fraction of the work while they are frozen.
+not constants, so the schedules never recompile the step. Gradual unfreezing does, once per
+`freeze_to`: the classifier has one step per `freeze_to` (`frozen=`), compiled once each,
+that skips the backward pass of the frozen layers (the same update for a fraction of the
+work while they are frozen).
 Metrics are sums and counts (`loss_sum`, `correct`, `count`); the host normalises them.
 Each step folds its step number into the base rng, then samples the dropout masks from it.
 Static pieces (graphdef, model config, optimizer, AR/TAR weights) are bound with
@@ -34,10 +31,18 @@ from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.encoder import zero_state
 from ulmfit_jax.model.language_model import sample_lm_masks
 from ulmfit_jax.trainer import sharding
+from ulmfit_jax.trainer.train_state import (
+    ClassifierEvalState,
+    ClassifierTrainState,
+    LMEvalState,
+    LMTrainState,
+    TrainState,
+)
 
 
 def apply_optimizer(
-    optimizer: optax.GradientTransformationExtraArgs, grads: Any, state: dict, hparams: dict
+    optimizer: optax.GradientTransformationExtraArgs, grads: Any, state: TrainState,
+    hparams: dict
 ) -> tuple[Any, Any]:
     """One optimizer update -> (new params, new opt_state).
 
@@ -45,38 +50,32 @@ def apply_optimizer(
     live in the opt_state (`optimizer.freeze_to`, `set_lr_scale`), also as data.
     """
     updates, opt_state = optimizer.update(
-        grads, state["opt_state"], state["params"], lr=hparams["lr"], mom=hparams["mom"]
+        grads, state.opt_state, state.params, lr=hparams["lr"], mom=hparams["mom"]
     )
-    return optax.apply_updates(state["params"], updates), opt_state
+    return optax.apply_updates(state.params, updates), opt_state
 
 
 def create_lm_state(
     model: nnx.Module, optimizer: optax.GradientTransformationExtraArgs, batch_size: int
-) -> tuple[nnx.GraphDef, dict]:
+) -> tuple[nnx.GraphDef, LMTrainState]:
     """Split an LM into (graphdef, train state) with a zero carried state for `batch_size` rows."""
     graphdef, params = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params)
-    state = {
-        "params": params,
-        "opt_state": optimizer.init(params),
-        "step": jnp.zeros([], jnp.int32),
-        "hidden": zero_state(model.config, batch_size),
-    }
+    state = LMTrainState(params=params, opt_state=optimizer.init(params),
+                         step=jnp.zeros([], jnp.int32),
+                         hidden=zero_state(model.config, batch_size))
     return graphdef, state
 
 
 def create_classifier_state(
     model: nnx.Module, optimizer: optax.GradientTransformationExtraArgs
-) -> tuple[nnx.GraphDef, dict]:
+) -> tuple[nnx.GraphDef, ClassifierTrainState]:
     """Split a classifier into (graphdef, train state) with its BatchNorm statistics."""
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     params = nnx.to_pure_dict(params)
-    state = {
-        "params": params,
-        "opt_state": optimizer.init(params),
-        "step": jnp.zeros([], jnp.int32),
-        "batch_stats": nnx.to_pure_dict(batch_stats),
-    }
+    state = ClassifierTrainState(params=params, opt_state=optimizer.init(params),
+                                 step=jnp.zeros([], jnp.int32),
+                                 batch_stats=nnx.to_pure_dict(batch_stats))
     return graphdef, state
 
 
@@ -140,7 +139,7 @@ def activation_regularization(
 
 
 def lm_train_step(
-    state: dict,
+    state: LMTrainState,
     batch: dict,
     rng: jax.Array,
     hparams: Any,
@@ -150,16 +149,16 @@ def lm_train_step(
     optimizer: optax.GradientTransformationExtraArgs,
     alpha: float,
     beta: float,
-) -> tuple[dict, dict]:
+) -> tuple[LMTrainState, dict]:
     """One LM step on `batch = {"inputs", "targets": [batch, time] int32}` with carried state.
 
     The loss is the mean token cross-entropy (pad targets included, as fastai) plus AR/TAR;
     reported metrics exclude AR/TAR. The carried state is cut from the gradient.
     """
-    rng = jax.random.fold_in(rng, state["step"])
+    rng = jax.random.fold_in(rng, state.step)
     inputs, targets = batch["inputs"], batch["targets"]
     masks = sample_lm_masks(rng, model_config, inputs.shape[0])
-    hidden = jax.lax.stop_gradient(state["hidden"])
+    hidden = jax.lax.stop_gradient(state.hidden)
 
     def loss_fn(params):
         out = nnx.merge(graphdef, params)(inputs, state=hidden, masks=masks)
@@ -167,31 +166,26 @@ def lm_train_step(
         reg = activation_regularization(out.raw_last, out.dropped_last, alpha, beta)
         return jnp.mean(ce) + reg, (ce, out)
 
-    grads, (ce, out) = jax.grad(loss_fn, has_aux=True)(state["params"])
+    grads, (ce, out) = jax.grad(loss_fn, has_aux=True)(state.params)
     params, opt_state = apply_optimizer(optimizer, grads, state, hparams)
-    new_state = {
-        **state,
-        "params": params,
-        "opt_state": opt_state,
-        "step": state["step"] + 1,
-        "hidden": out.state,
-    }
+    new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1,
+                              hidden=out.state)
     return new_state, _sum_metrics(ce, out.logits, targets, jnp.ones_like(ce))
 
 
 def lm_eval_step(
-    state: dict, batch: dict, *, graphdef: nnx.GraphDef
-) -> tuple[dict, dict]:
-    """LM evaluation window: `state = {"params", "hidden"}` -> (state with new hidden, sums)."""
-    model = nnx.merge(graphdef, state["params"])
-    out = model(batch["inputs"], state=state["hidden"], masks=None)
+    state: LMEvalState, batch: dict, *, graphdef: nnx.GraphDef
+) -> tuple[LMEvalState, dict]:
+    """LM evaluation window -> (state with the new carried hidden state, sums)."""
+    model = nnx.merge(graphdef, state.params)
+    out = model(batch["inputs"], state=state.hidden, masks=None)
     ce = token_cross_entropy(out.logits, batch["targets"])
     weights = batch.get("weights", jnp.ones_like(ce))
-    return {**state, "hidden": out.state}, _sum_metrics(ce, out.logits, batch["targets"], weights)
+    return state.replace(hidden=out.state), _sum_metrics(ce, out.logits, batch["targets"], weights)
 
 
 def classifier_train_step(
-    state: dict,
+    state: ClassifierTrainState,
     batch: dict,
     rng: jax.Array,
     hparams: Any,
@@ -202,7 +196,7 @@ def classifier_train_step(
     multi_label: bool = False,
     threshold: float = 0.5,
     frozen: Any = None,
-) -> tuple[dict, dict]:
+) -> tuple[ClassifierTrainState, dict]:
     """One classifier step on `batch = {"inputs": [batch, time], "labels": [batch]}`
     (multi-label: multi-hot labels `[batch, n_classes]`, sigmoid and binary cross-entropy).
 
@@ -212,7 +206,7 @@ def classifier_train_step(
     anyway, and the backward pass then stops above the frozen layers, as torch's does for
     fastai's `requires_grad=False` parameters (head-only: no backward through the encoder).
     """
-    rng = jax.random.fold_in(rng, state["step"])
+    rng = jax.random.fold_in(rng, state.step)
     inputs, labels = batch["inputs"], batch["labels"]
     masks = sample_classifier_masks(rng, model_config, inputs.shape[0])
 
@@ -220,31 +214,26 @@ def classifier_train_step(
         if frozen is not None:
             params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params,
                                   frozen)
-        model = nnx.merge(graphdef, params, state["batch_stats"])
+        model = nnx.merge(graphdef, params, state.batch_stats)
         logits = model(inputs, masks=masks, train=True)
         ce, correct = _classifier_loss(logits, labels, multi_label, threshold)
         stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
         return jnp.mean(ce), (ce, correct, stats)
 
-    grads, (ce, correct, batch_stats) = jax.grad(loss_fn, has_aux=True)(state["params"])
+    grads, (ce, correct, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     params, opt_state = apply_optimizer(optimizer, grads, state, hparams)
-    new_state = {
-        **state,
-        "params": params,
-        "opt_state": opt_state,
-        "step": state["step"] + 1,
-        "batch_stats": batch_stats,
-    }
+    new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1,
+                              batch_stats=batch_stats)
     return new_state, _sums(ce, correct, jnp.ones_like(ce))
 
 
-def classifier_eval_step(state: dict, batch: dict, *, graphdef: nnx.GraphDef,
+def classifier_eval_step(state: ClassifierEvalState, batch: dict, *, graphdef: nnx.GraphDef,
                          multi_label: bool = False, threshold: float = 0.5) -> dict:
-    """Evaluation: `state = {"params", "batch_stats"}` -> sums plus per-row `probs`.
+    """Evaluation -> sums plus per-row `probs`.
 
     `batch["weights"]` (optional, `[batch]`) is 0 for padding rows added to fill the batch.
     """
-    model = nnx.merge(graphdef, state["params"], state["batch_stats"])
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
     logits = model(batch["inputs"], masks=None, train=False)
     ce, correct = _classifier_loss(logits, batch["labels"], multi_label, threshold)
     metrics = _sums(ce, correct, batch.get("weights", jnp.ones_like(ce)))
@@ -254,8 +243,9 @@ def classifier_eval_step(state: dict, batch: dict, *, graphdef: nnx.GraphDef,
 
 
 def make_train_step(
-    step_fn: Callable[..., tuple[dict, dict]], mesh: jax.sharding.Mesh, state: dict, **static: Any
-) -> Callable[[dict, dict, jax.Array, Any], tuple[dict, dict]]:
+    step_fn: Callable[..., tuple[TrainState, dict]], mesh: jax.sharding.Mesh, state: TrainState,
+    **static: Any,
+) -> Callable[[TrainState, dict, jax.Array, Any], tuple[TrainState, dict]]:
     """Bind the static arguments of `step_fn` and jit it for `mesh` (state donated)."""
     return sharding.jit_sharded_step(
         functools.partial(step_fn, **static), mesh, state, n_replicated_args=2
@@ -263,9 +253,10 @@ def make_train_step(
 
 
 def make_lm_eval_step(
-    mesh: jax.sharding.Mesh, state: dict, graphdef: nnx.GraphDef
-) -> Callable[[dict, dict], tuple[dict, dict]]:
-    """Jit `lm_eval_step` for `mesh`; `state = {"params", "hidden"}` (hidden sharded, donated)."""
+    mesh: jax.sharding.Mesh, state: LMEvalState, graphdef: nnx.GraphDef
+) -> Callable[[LMEvalState, dict], tuple[LMEvalState, dict]]:
+    """Jit `lm_eval_step` for `mesh` (hidden sharded by row; nothing donated: the evaluator
+    starts every pass from the same zero state)."""
     s_state = sharding.state_shardings(state, mesh)
     return jax.jit(
         functools.partial(lm_eval_step, graphdef=graphdef),
@@ -277,7 +268,7 @@ def make_lm_eval_step(
 def make_classifier_eval_step(
     mesh: jax.sharding.Mesh, graphdef: nnx.GraphDef, multi_label: bool = False,
     threshold: float = 0.5,
-) -> Callable[[dict, dict], dict]:
+) -> Callable[[ClassifierEvalState, dict], dict]:
     """Jit `classifier_eval_step` for `mesh` (probabilities come back sharded by row)."""
     rep, rows = sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)
     return jax.jit(

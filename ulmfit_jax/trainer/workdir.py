@@ -31,6 +31,7 @@ import ml_collections
 
 from ulmfit_jax.atomic_io import atomic_write
 from ulmfit_jax.errors import WorkdirError
+from ulmfit_jax.trainer.config import PHASE_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,18 @@ def flat_config(config: ml_collections.ConfigDict) -> dict[str, object]:
     return json.loads(json.dumps(dict(walk(config.to_dict(), ""))))
 
 
+def _named_phases(stored: dict) -> dict:
+    """A stored flat config with the classifier phases of ulmfit_jax before named phases
+    (`[freeze_to, epochs, lr_max, lr_div]` lists) as today's dicts, so the same recipe
+    compares equal (its checkpoints are refused by their format, its finished models kept)."""
+    phases = stored.get("classifier.phases")
+    if not isinstance(phases, list) or not all(isinstance(p, list) and len(p) == len(PHASE_KEYS)
+                                               for p in phases):
+        return stored
+    return {**stored, "classifier.phases": [dict(zip(PHASE_KEYS, p, strict=True))
+                                            for p in phases]}
+
+
 def differing_keys(stored: dict, current: dict, scope: tuple[str, ...] | None) -> list[str]:
     """Result-changing keys whose values differ (within `scope`'s keys when given)."""
     keys = sorted(set(stored) | set(current))
@@ -83,7 +96,7 @@ def _check_run_config(workdir: Path, config: ml_collections.ConfigDict, stage: s
     if path.exists():
         try:
             stored = json.loads(path.read_text("utf-8"))
-            stored_config, stored_data_only = stored["config"], stored["data_only"]
+            stored_config, stored_data_only = _named_phases(stored["config"]), stored["data_only"]
         except (ValueError, KeyError, TypeError) as e:
             raise WorkdirError(f"{path}: unreadable ({e}); rerun with --fresh to start over "
                                "in this workdir") from None
