@@ -143,7 +143,7 @@ def test_the_train_steps_and_optimizer_take_the_encoder_kind():
     tx, _ = opt.ulmfit_adam(params, opt.lm_layer_groups(2),
                             multiplicity=fastai_step_multiplicity(lm.config))
     graphdef, state = steps.create_lm_state(lm, tx, batch_size=2)
-    assert [h.shape for h in state["hidden"]] == [(2, HIDDEN), (2, EMB)]
+    assert [h.shape for h in state.hidden] == [(2, HIDDEN), (2, EMB)]
     ids = jnp.asarray(np.random.default_rng(1).integers(2, VOCAB, (2, 6)), jnp.int32)
     batch = {"inputs": ids, "targets": jnp.roll(ids, -1, axis=1)}
     new, metrics = steps.lm_train_step(state, batch, jax.random.key(0),
@@ -152,7 +152,7 @@ def test_the_train_steps_and_optimizer_take_the_encoder_kind():
                                        alpha=2.0, beta=1.0)
     assert float(metrics["count"]) == 12
     changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
-                           state["params"]["encoder"], new["params"]["encoder"])
+                           state.params["encoder"], new.params["encoder"])
     assert all(jax.tree.leaves(changed))
 
 
