@@ -26,7 +26,7 @@ from tests.test_fastai_files import (
     to_2018_layout,
 )
 from ulmfit_jax import api
-from ulmfit_jax.api import LanguageModel, TextClassifier
+from ulmfit_jax.api import LanguageModel, TextClassifier, language_model, saved_model
 from ulmfit_jax.text.vocab import Vocab
 
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -113,12 +113,12 @@ def test_lm_round_trip_through_fastai_loaders(fx, tmp_path):
 def test_lm_eval_is_jitted_once_per_shape(fx):
     lm = LanguageModel.from_fastai(fx["lm_file"], fx["itos"])
     lm(_ids(0, 2, 5))
-    before = api._lm_forward._cache_size()
+    before = language_model._lm_forward._cache_size()
     _, state = lm(_ids(1, 2, 5))
     lm(_ids(2, 2, 5), state)
-    assert api._lm_forward._cache_size() == before
+    assert language_model._lm_forward._cache_size() == before
     lm(_ids(3, 2, 13))  # a shape no other test uses
-    assert api._lm_forward._cache_size() == before + 1
+    assert language_model._lm_forward._cache_size() == before + 1
 
 
 def test_lm_rejects_bad_ids(fx):
@@ -151,7 +151,7 @@ def test_save_is_atomic_when_interrupted(fx, tmp_path, monkeypatch):
     def crash(path, obj):
         raise KeyboardInterrupt("killed while writing " + path)
 
-    monkeypatch.setattr(api, "_write_json", crash)
+    monkeypatch.setattr(saved_model, "_write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         other.save(tmp_path / "m", overwrite=True)
     with pytest.raises(KeyboardInterrupt):

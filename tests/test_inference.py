@@ -80,11 +80,11 @@ def test_a_documents_probabilities_do_not_depend_on_its_batch(fx):
 
 
 def test_predict_proba_compiles_few_shapes(fx):
-    classify._probabilities.clear_cache()
+    classify.classifier_eval.clear_cache()
     texts = [_text(100 + i, n) for i, n in enumerate(range(1, 400, 7))]  # 57 lengths
     fx["clf"].predict_proba(texts, batch_size=8)
     # rows 8 and 1, widths bucketed to 1,2,3,4,6,8,12,18,24,36,54 chunks
-    assert classify._probabilities._cache_size() <= 12
+    assert classify.classifier_eval._cache_size() <= 12
 
 
 def test_bad_inputs_are_type_errors_naming_the_position(fx):

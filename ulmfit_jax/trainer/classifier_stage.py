@@ -178,7 +178,7 @@ def _save_classifier(clf: TextClassifier, state: dict, backward: bool, out_dir: 
                                          jax.device_get(state["batch_stats"]), clf.tokenizer,
                                          clf.class_names, backward)
     if clf.multi_label:
-        trained.with_multi_label(clf.threshold)
+        trained = trained.with_multi_label(clf.threshold)
     trained.save(out_dir, overwrite=True)
     atomic_write(out_dir / VALID_PROBS, _npy_bytes(probs))
 
