@@ -5,10 +5,12 @@ fastai models and files are built live at tiny sizes (helpers in test_fastai_fil
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -27,6 +29,7 @@ from tests.test_fastai_files import (
 )
 from ulmfit_jax import api
 from ulmfit_jax.api import LanguageModel, TextClassifier, language_model, saved_model
+from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.text.vocab import Vocab
 
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -141,6 +144,16 @@ def test_lm_save_load_round_trip(fx, tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded(ids)[0]), np.asarray(lm(ids)[0]))
     with pytest.raises(FileExistsError, match="saved already exists"):
         lm.save(tmp_path / "saved")
+
+
+def test_configs_round_trip_through_json():
+    enc = AWDLSTMConfig(vocab_size=40, compute_dtype=jnp.bfloat16, lstm_impl="scan",
+                        drop_mult=0.3)
+    clf = ClassifierConfig(enc, 3, bptt=16, head_sizes=(50, 20), head_ps=(0.1, 0.2))
+    assert enc.to_dict()["compute_dtype"] == "bfloat16"
+    assert clf.to_dict()["encoder"] == enc.to_dict()
+    for config in (enc, clf, ClassifierConfig(enc, 2)):
+        assert type(config).from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_save_is_atomic_when_interrupted(fx, tmp_path, monkeypatch):

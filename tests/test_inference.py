@@ -159,7 +159,11 @@ def test_format_1_directory_loads_and_explains_how_to_add_a_tokenizer(fx, tmp_pa
     assert old(np.array([[2, 10, 11]])).shape == (1, 3)  # ids in still work
     with pytest.raises(ValueError, match=r"with_tokenizer\(FastaiTokenizer\(\)\)\.save\("):
         old.predict(["w1 w2"])
-    old.with_tokenizer(FastaiTokenizer(), ["a", "b", "c"]).save(path, overwrite=True)
+    upgraded = old.with_tokenizer(FastaiTokenizer(), ["a", "b", "c"])
+    # a copy sharing the module; the loaded classifier itself is unchanged
+    assert old.tokenizer is None and old.class_names == ["0", "1", "2"]
+    assert upgraded.module is old.module
+    upgraded.save(path, overwrite=True)
     upgraded = TextClassifier.load(path)
     assert upgraded.class_names == ["a", "b", "c"]
     np.testing.assert_array_equal(upgraded.predict_proba(["w1 w2"]),
