@@ -73,9 +73,9 @@ class TextClassifier:
         return new
 
     def with_multi_label(self, threshold: float = 0.5) -> TextClassifier:
-        """Make this a multi-label classifier, as fastai's `BCEWithLogitsLossFlat`: sigmoid
-        probabilities, and each text gets every class whose probability exceeds `threshold`
-        (saved with it); a copy sharing this one's module."""
+        """A multi-label copy of this classifier (sharing its module), as fastai's
+        `BCEWithLogitsLossFlat`: sigmoid probabilities, and each text gets every class whose
+        probability exceeds `threshold` (saved with it)."""
         if not 0 < threshold < 1:
             raise ValueError(f"TextClassifier: threshold must be in (0, 1), got {threshold}")
         new = copy.copy(self)
