@@ -156,6 +156,23 @@ def test_configs_round_trip_through_json():
         assert type(config).from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+def test_from_params_checks_every_path_and_shape():
+    itos = [f"w{i}" for i in range(16)]
+    config = AWDLSTMConfig(vocab_size=16, emb_size=8, hidden_size=8, n_layers=1)
+    params = LanguageModel.create(config, itos, seed=1).params
+    # list indices as strings (how JSON and orbax may give them back) are the same paths
+    as_str = {**params, "encoder": {**params["encoder"],
+                                    "layers": {"0": params["encoder"]["layers"][0]}}}
+    loaded = LanguageModel.from_params(config, as_str, itos)
+    jax.tree.map(np.testing.assert_array_equal, loaded.params, params)
+    missing = {k: v for k, v in params.items() if k != "decoder_bias"}
+    with pytest.raises(ValueError, match=r"missing \['decoder_bias'\], unexpected \[\]"):
+        LanguageModel.from_params(config, missing, itos)
+    wrong = {**params, "decoder_bias": np.zeros(15, np.float32)}
+    with pytest.raises(ValueError, match=r"decoder_bias has shape \(15,\), expected \(16,\)"):
+        LanguageModel.from_params(config, wrong, itos)
+
+
 def test_save_is_atomic_when_interrupted(fx, tmp_path, monkeypatch):
     lm = LanguageModel.from_fastai(fx["lm_file"], fx["itos"])
     lm.save(tmp_path / "m")
