@@ -5,10 +5,12 @@ fastai models and files are built live at tiny sizes (helpers in test_fastai_fil
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -26,7 +28,8 @@ from tests.test_fastai_files import (
     to_2018_layout,
 )
 from ulmfit_jax import api
-from ulmfit_jax.api import LanguageModel, TextClassifier
+from ulmfit_jax.api import LanguageModel, TextClassifier, language_model, saved_model
+from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.text.vocab import Vocab
 
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -113,12 +116,12 @@ def test_lm_round_trip_through_fastai_loaders(fx, tmp_path):
 def test_lm_eval_is_jitted_once_per_shape(fx):
     lm = LanguageModel.from_fastai(fx["lm_file"], fx["itos"])
     lm(_ids(0, 2, 5))
-    before = api._lm_forward._cache_size()
+    before = language_model._lm_forward._cache_size()
     _, state = lm(_ids(1, 2, 5))
     lm(_ids(2, 2, 5), state)
-    assert api._lm_forward._cache_size() == before
+    assert language_model._lm_forward._cache_size() == before
     lm(_ids(3, 2, 13))  # a shape no other test uses
-    assert api._lm_forward._cache_size() == before + 1
+    assert language_model._lm_forward._cache_size() == before + 1
 
 
 def test_lm_rejects_bad_ids(fx):
@@ -143,6 +146,33 @@ def test_lm_save_load_round_trip(fx, tmp_path):
         lm.save(tmp_path / "saved")
 
 
+def test_configs_round_trip_through_json():
+    enc = AWDLSTMConfig(vocab_size=40, compute_dtype=jnp.bfloat16, lstm_impl="scan",
+                        drop_mult=0.3)
+    clf = ClassifierConfig(enc, 3, bptt=16, head_sizes=(50, 20), head_ps=(0.1, 0.2))
+    assert enc.to_dict()["compute_dtype"] == "bfloat16"
+    assert clf.to_dict()["encoder"] == enc.to_dict()
+    for config in (enc, clf, ClassifierConfig(enc, 2)):
+        assert type(config).from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_from_params_checks_every_path_and_shape():
+    itos = [f"w{i}" for i in range(16)]
+    config = AWDLSTMConfig(vocab_size=16, emb_size=8, hidden_size=8, n_layers=1)
+    params = LanguageModel.create(config, itos, seed=1).params
+    # list indices as strings (how JSON and orbax may give them back) are the same paths
+    as_str = {**params, "encoder": {**params["encoder"],
+                                    "layers": {"0": params["encoder"]["layers"][0]}}}
+    loaded = LanguageModel.from_params(config, as_str, itos)
+    jax.tree.map(np.testing.assert_array_equal, loaded.params, params)
+    missing = {k: v for k, v in params.items() if k != "decoder_bias"}
+    with pytest.raises(ValueError, match=r"missing \['decoder_bias'\], unexpected \[\]"):
+        LanguageModel.from_params(config, missing, itos)
+    wrong = {**params, "decoder_bias": np.zeros(15, np.float32)}
+    with pytest.raises(ValueError, match=r"decoder_bias has shape \(15,\), expected \(16,\)"):
+        LanguageModel.from_params(config, wrong, itos)
+
+
 def test_save_is_atomic_when_interrupted(fx, tmp_path, monkeypatch):
     lm = LanguageModel.from_fastai(fx["lm_file"], fx["itos"])
     lm.save(tmp_path / "m")
@@ -151,7 +181,7 @@ def test_save_is_atomic_when_interrupted(fx, tmp_path, monkeypatch):
     def crash(path, obj):
         raise KeyboardInterrupt("killed while writing " + path)
 
-    monkeypatch.setattr(api, "_write_json", crash)
+    monkeypatch.setattr(saved_model, "_write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         other.save(tmp_path / "m", overwrite=True)
     with pytest.raises(KeyboardInterrupt):

@@ -439,13 +439,14 @@ def test_disk_full_while_saving_a_model_keeps_the_previous_model(tmp_path, monke
     import jax
 
     from ulmfit_jax import api
+    from ulmfit_jax.api import saved_model
     from ulmfit_jax.model.config import AWDLSTMConfig
 
     itos = ["xxunk", "xxpad", "xxbos"] + [f"w{i}" for i in range(13)]
     config = AWDLSTMConfig(vocab_size=len(itos), emb_size=8, hidden_size=8, n_layers=1)
     old, new = (api.LanguageModel.create(config, itos, seed=s) for s in (1, 2))
     old.save(tmp_path / "lm")
-    monkeypatch.setattr(api, "_write_json", _no_space)
+    monkeypatch.setattr(saved_model, "_write_json", _no_space)
     with pytest.raises(DiskFullError, match=f"while writing the model {tmp_path / 'lm'}"):
         new.save(tmp_path / "lm", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lm"]

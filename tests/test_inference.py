@@ -80,11 +80,11 @@ def test_a_documents_probabilities_do_not_depend_on_its_batch(fx):
 
 
 def test_predict_proba_compiles_few_shapes(fx):
-    classify._probabilities.clear_cache()
+    classify.classifier_eval.clear_cache()
     texts = [_text(100 + i, n) for i, n in enumerate(range(1, 400, 7))]  # 57 lengths
     fx["clf"].predict_proba(texts, batch_size=8)
     # rows 8 and 1, widths bucketed to 1,2,3,4,6,8,12,18,24,36,54 chunks
-    assert classify._probabilities._cache_size() <= 12
+    assert classify.classifier_eval._cache_size() <= 12
 
 
 def test_bad_inputs_are_type_errors_naming_the_position(fx):
@@ -159,7 +159,11 @@ def test_format_1_directory_loads_and_explains_how_to_add_a_tokenizer(fx, tmp_pa
     assert old(np.array([[2, 10, 11]])).shape == (1, 3)  # ids in still work
     with pytest.raises(ValueError, match=r"with_tokenizer\(FastaiTokenizer\(\)\)\.save\("):
         old.predict(["w1 w2"])
-    old.with_tokenizer(FastaiTokenizer(), ["a", "b", "c"]).save(path, overwrite=True)
+    upgraded = old.with_tokenizer(FastaiTokenizer(), ["a", "b", "c"])
+    # a copy sharing the module; the loaded classifier itself is unchanged
+    assert old.tokenizer is None and old.class_names == ["0", "1", "2"]
+    assert upgraded.module is old.module
+    upgraded.save(path, overwrite=True)
     upgraded = TextClassifier.load(path)
     assert upgraded.class_names == ["a", "b", "c"]
     np.testing.assert_array_equal(upgraded.predict_proba(["w1 w2"]),

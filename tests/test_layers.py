@@ -1,9 +1,11 @@
 """The package's layers as rules: what each layer may import, checked on the source and live.
 
-Layers (ARCHITECTURE.md): text (host pipeline, no jax), model (jax/flax only), convert (the only
-torch user), optim, trainer on top; `api` is the public surface below the trainer.
-The static checks read every import statement, also those inside functions (lazy imports),
-and follow imports inside the package transitively.
+Layers (ARCHITECTURE.md), bottom up: the shared modules (errors, atomic_io, cli, tree_paths,
+serving_format); text (host pipeline, no jax) and model (jax/flax only) side by side; convert
+(the only torch user) and optim; inference; the public `api` package; the trainer on top.
+`serving` runs an export with the text layer alone. `MAY_IMPORT` below is that diagram; every
+other test names one rule of it. The static checks read every import statement, also those
+inside functions (lazy imports), and follow imports inside the package transitively.
 """
 
 import ast
@@ -81,6 +83,64 @@ def layer(prefix: str) -> list[str]:
     return [m for m in MODULES if m == prefix or m.startswith(prefix + ".")]
 
 
+# Module (or package) -> its layer; the longest prefix decides.
+LAYER_OF = {
+    "ulmfit_jax": "shared",  # the package facade; its lazy exports are not imports
+    "ulmfit_jax.errors": "shared",
+    "ulmfit_jax.atomic_io": "shared",
+    "ulmfit_jax.cli": "shared",
+    "ulmfit_jax.tree_paths": "shared",
+    "ulmfit_jax.serving_format": "shared",
+    "ulmfit_jax.text": "text",
+    "ulmfit_jax.model": "model",
+    "ulmfit_jax.convert": "convert",
+    "ulmfit_jax.optim": "optim",
+    "ulmfit_jax.inference": "inference",
+    "ulmfit_jax.serving": "serving",
+    "ulmfit_jax.api": "api",
+    "ulmfit_jax.trainer": "trainer",
+}
+# Each layer and the layers it may import besides itself: only layers below it.
+MAY_IMPORT = {
+    "shared": set(),
+    "text": {"shared"},
+    "model": {"shared"},
+    "convert": {"shared", "model"},
+    "optim": {"shared"},
+    "inference": {"shared", "text", "model"},
+    "serving": {"shared", "text"},
+    "api": {"shared", "text", "model", "convert", "inference"},
+    "trainer": {"shared", "text", "model", "convert", "optim", "inference", "api"},
+}
+
+
+def layer_of(name: str) -> str | None:
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        if ".".join(parts[:i]) in LAYER_OF:
+            return LAYER_OF[".".join(parts[:i])]
+    return None
+
+
+def package_imports(name: str) -> set[str]:
+    return {m for m in direct_imports(name) if m.split(".")[0] == "ulmfit_jax"}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_module_has_a_layer(name):
+    # A new top-level module must be placed in the diagram (LAYER_OF, ARCHITECTURE.md).
+    assert layer_of(name) in MAY_IMPORT, f"{name}: no layer; add it to LAYER_OF"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_a_layer_imports_only_layers_below_it(name):
+    own = layer_of(name)
+    allowed = MAY_IMPORT[own] | {own}
+    wrong = sorted(f"{m} ({layer_of(m)})" for m in package_imports(name)
+                   if layer_of(m) not in allowed)
+    assert not wrong, f"{name} ({own}) imports {wrong}"
+
+
 @pytest.mark.parametrize("name", layer("ulmfit_jax.text"))
 def test_text_layer_never_imports_jax(name):
     banned = {"jax", "flax", "optax", "orbax", "torch"} & third_party_roots(name)
@@ -114,12 +174,62 @@ def test_nothing_below_the_trainer_imports_it(name):
     assert not [m for m in reachable(name) if m.startswith("ulmfit_jax.trainer")], name
 
 
+@pytest.mark.parametrize("name", layer("ulmfit_jax.text"))
+def test_text_never_imports_convert(name):
+    # The host pipeline reads and writes its own files; fastai's formats live in convert.
+    assert not [m for m in reachable(name) if m.startswith("ulmfit_jax.convert")], name
+
+
+@pytest.mark.parametrize("name", layer("ulmfit_jax.inference"))
+def test_inference_never_imports_api(name):
+    # The public wrappers delegate down to inference, never the other way round.
+    assert not [m for m in reachable(name) if m.startswith("ulmfit_jax.api")], name
+
+
+def test_the_serving_export_does_not_import_its_reader():
+    # The format both sides share is `serving_format`; the writer never imports `serving`.
+    assert "ulmfit_jax.serving" not in reachable("ulmfit_jax.inference.export")
+    assert "ulmfit_jax.serving_format" in direct_imports("ulmfit_jax.inference.export")
+    assert "ulmfit_jax.serving_format" in direct_imports("ulmfit_jax.serving")
+
+
+def test_serving_runs_with_jax_and_the_text_layer_only():
+    banned = {"flax", "optax", "orbax", "torch"} & third_party_roots("ulmfit_jax.serving")
+    assert not banned, banned
+    ours = {layer_of(m) for m in reachable("ulmfit_jax.serving") if m.startswith("ulmfit_jax")}
+    assert ours <= {"shared", "text", "serving"}, ours
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if layer_of(m) == "shared"])
+def test_the_shared_modules_import_nothing_above_them(name):
+    # errors, atomic_io, ... serve every layer, so they import none (no circles).
+    assert {layer_of(m) for m in reachable(name) if m.startswith("ulmfit_jax")} <= {"shared"}
+
+
+def test_the_public_api_sits_below_the_trainer_and_above_inference():
+    assert "ulmfit_jax.api" in package_imports("ulmfit_jax.trainer.classifier_stage")
+    assert "ulmfit_jax.inference.classify" in direct_imports("ulmfit_jax.api.text_classifier")
+    assert not [m for m in reachable("ulmfit_jax.api") if m.startswith("ulmfit_jax.trainer")]
+
+
 def test_the_rules_see_lazy_and_relative_imports():
     # the SentencePiece tokenizer imports its library inside a function; sources import
     # `.core` relatively.
     assert "sentencepiece" in direct_imports("ulmfit_jax.text.sentencepiece_tokenizer")
+    # saved_model imports orbax inside a function; sources import `.core` relatively.
+    assert "orbax.checkpoint" in direct_imports("ulmfit_jax.api.saved_model")
     assert "ulmfit_jax.text.sources.core" in direct_imports("ulmfit_jax.text.sources.csv_files")
     assert "torch" in third_party_roots("ulmfit_jax.api")  # through convert, lazily
+    assert layer_of("ulmfit_jax.text.sources.core") == "text"
+    assert layer_of("ulmfit_jax.serving_format") == "shared"  # longest prefix, not `serving`
+
+
+def test_the_layer_rule_fails_on_an_upward_import(monkeypatch):
+    # The rule can fail: a lazy import of the api from inference is caught.
+    monkeypatch.setattr(sys.modules[__name__], "direct_imports",
+                        lambda name: frozenset({"ulmfit_jax.api"}))
+    with pytest.raises(AssertionError, match="imports"):
+        test_a_layer_imports_only_layers_below_it("ulmfit_jax.inference.ensemble")
 
 
 def test_text_and_a_tokenizer_worker_run_without_jax():

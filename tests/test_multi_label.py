@@ -49,8 +49,10 @@ def test_saved_classifier_remembers_it_is_multi_label(tmp_path):
              "a", "b", "c"]
     encoder = AWDLSTMConfig(vocab_size=len(vocab), emb_size=8, hidden_size=8, n_layers=1)
     config = ClassifierConfig(encoder=encoder, n_classes=3, bptt=8, max_len=32)
-    clf = TextClassifier.create(config, vocab, seed=0, tokenizer=FastaiTokenizer(),
-                                class_names=["x", "y", "z"]).with_multi_label(0.4)
+    single = TextClassifier.create(config, vocab, seed=0, tokenizer=FastaiTokenizer(),
+                                   class_names=["x", "y", "z"])
+    clf = single.with_multi_label(0.4)
+    assert (single.multi_label, single.threshold) == (False, 0.5)  # a copy, not a mutation
     clf.save(tmp_path / "clf")
     loaded = TextClassifier.load(tmp_path / "clf")
     assert (loaded.multi_label, loaded.threshold) == (True, 0.4)

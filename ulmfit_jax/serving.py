@@ -14,7 +14,6 @@ Nothing of the package's model code is imported: the forward pass is the deseria
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +21,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ulmfit_jax.errors import MissingFileError, ModelFileError
+from ulmfit_jax.serving_format import EXPORT_FILE, VOCAB_FILE, read_serving_meta
 from ulmfit_jax.text import prediction_batches as pb
 from ulmfit_jax.text.tokenizer_spec import load_tokenizer
 from ulmfit_jax.text.vocab import Vocab
-
-EXPORT_FILE, SERVING_FILE, VOCAB_FILE = "classifier.jax_export", "serving.json", "vocab.json"
-SERVING_FORMAT, SERVING_VERSION = "ulmfit_jax.serving", 1
 
 
 class ServedClassifier:
@@ -36,7 +32,7 @@ class ServedClassifier:
 
     def __init__(self, directory: str | os.PathLike):
         root = Path(directory)
-        meta = _read_meta(root)
+        meta = read_serving_meta(root)
         self.class_names: list[str] = list(meta["class_names"])
         self.bptt, self.pad_id, self.backward = meta["bptt"], meta["pad_id"], meta["backward"]
         self.vocab = Vocab.load(root / VOCAB_FILE)
@@ -57,17 +53,6 @@ class ServedClassifier:
         """The most likely class name of each text."""
         probs = self.predict_proba(texts, batch_size=batch_size, progress=progress)
         return pb.best_labels(probs, self.class_names)
-
-
-def _read_meta(root: Path) -> dict:
-    path = root / SERVING_FILE
-    if not path.is_file():
-        raise MissingFileError(f"{path}: missing; {root} is not a directory written by "
-                                "TextClassifier.export")
-    meta = json.loads(path.read_text("utf-8"))
-    if meta.get("format") != SERVING_FORMAT or meta.get("version") != SERVING_VERSION:
-        raise ModelFileError(f"{path}: not a {SERVING_FORMAT} version {SERVING_VERSION} file")
-    return meta
 
 
 def load(directory: str | os.PathLike) -> ServedClassifier:

@@ -1,17 +1,21 @@
-"""Classifier probabilities for raw texts, in input order (`TextClassifier.predict_proba`).
+"""The classifier's eval forward, and the probabilities of raw texts it gives in input order.
 
-The host side (tokenize, sort by length, pad to a few bucketed shapes, restore the order) is
-`text.prediction_batches`; here is the jitted eval forward + softmax it calls per batch. A
-document's probabilities do not depend on its batch: leading padding leaves the state at zero
-and BatchNorm uses its running statistics (see `model.classifier`).
+`classifier_eval` is the one eval forward every user shares: `TextClassifier.__call__` and
+`predict_proba`, the serving export and the trainer's validation step. The host side of
+`classifier_probabilities` (tokenize, sort by length, pad to a few bucketed shapes, restore the
+order) is `text.prediction_batches`. A document's probabilities do not depend on its batch:
+leading padding leaves the state at zero and BatchNorm uses its running statistics (see
+`model.classifier`).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -20,13 +24,27 @@ from ulmfit_jax.text import prediction_batches as pb
 from ulmfit_jax.text.vocab import Vocab
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _probabilities(graphdef: nnx.GraphDef, state: nnx.State, ids: jax.Array,
-                   multi_label: bool) -> jax.Array:
-    """ids [batch, time] in fastai's padded layout -> probabilities [batch, n_classes]:
-    softmax, or each class's sigmoid for a multi-label classifier."""
-    logits = nnx.merge(graphdef, state)(ids)
-    return jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits, axis=-1)
+class ClassifierEval(NamedTuple):
+    """Eval outputs: logits and probabilities, both `[batch, n_classes]`."""
+
+    logits: jax.Array
+    probs: jax.Array
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="multi_label")
+def classifier_eval(graphdef: nnx.GraphDef, ids: jax.Array, *states: nnx.State | dict,
+                    multi_label: bool = False) -> ClassifierEval:
+    """ids [batch, time] in fastai's padded layout -> logits and float32 probabilities
+    [batch, n_classes], eval mode (no dropout, BatchNorm's running statistics).
+
+    `states` are what `nnx.merge(graphdef, *states)` rebuilds the classifier from (one state,
+    or the trainer's params and batch_stats). Probabilities are the softmax, or each class's
+    sigmoid for a multi-label classifier. Unused outputs cost nothing under jit.
+    """
+    logits = nnx.merge(graphdef, *states)(ids, masks=None, train=False)
+    as_f32 = logits.astype(jnp.float32)
+    probs = jax.nn.sigmoid(as_f32) if multi_label else jax.nn.softmax(as_f32, axis=-1)
+    return ClassifierEval(logits, probs)
 
 
 def classifier_probabilities(module: AWDLSTMClassifier, vocab: Vocab, tokenizer,
@@ -36,6 +54,7 @@ def classifier_probabilities(module: AWDLSTMClassifier, vocab: Vocab, tokenizer,
     graphdef, state = nnx.split(module)
     config = module.config
     return pb.texts_to_probabilities(
-        lambda ids: _probabilities(graphdef, state, ids, multi_label), tokenizer, vocab, texts,
-        batch_size=batch_size, bptt=config.bptt, pad_id=config.encoder.pad_id,
-        n_classes=config.n_classes, backward=backward, progress=progress)
+        lambda ids: classifier_eval(graphdef, ids, state, multi_label=multi_label).probs,
+        tokenizer, vocab, texts, batch_size=batch_size, bptt=config.bptt,
+        pad_id=config.encoder.pad_id, n_classes=config.n_classes, backward=backward,
+        progress=progress)

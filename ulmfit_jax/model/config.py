@@ -7,6 +7,7 @@ multiply every `*_p` entry of their config by `drop_mult`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -74,6 +75,20 @@ class AWDLSTMConfig:
         values.update(overrides)
         return cls(vocab_size=vocab_size, drop_mult=drop_mult, **values)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (`compute_dtype` by its name, e.g. "bfloat16")."""
+        d = dataclasses.asdict(self)
+        d["compute_dtype"] = jnp.dtype(self.compute_dtype).name
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AWDLSTMConfig:
+        """The config `to_dict` wrote."""
+        d = dict(d)
+        # jnp's scalar types (jnp.float32, jnp.bfloat16), as the defaults use.
+        d["compute_dtype"] = getattr(jnp, d["compute_dtype"])
+        return cls(**d)
+
     def layer_sizes(self) -> list[tuple[int, int]]:
         """(input width, hidden width) of each LSTM layer; the last one is `emb_size` wide."""
         sizes = []
@@ -128,6 +143,20 @@ class ClassifierConfig:
             raise ValueError(
                 f"head_ps has {len(self.head_ps)} entries, head_sizes {len(self.head_sizes)}"
             )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, the encoder's as `AWDLSTMConfig.to_dict`."""
+        return {**dataclasses.asdict(self), "encoder": self.encoder.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ClassifierConfig:
+        """The config `to_dict` wrote (JSON lists back to tuples)."""
+        d = dict(d)
+        d["encoder"] = AWDLSTMConfig.from_dict(d["encoder"])
+        d["head_sizes"] = tuple(d["head_sizes"])
+        if d.get("head_ps") is not None:
+            d["head_ps"] = tuple(d["head_ps"])
+        return cls(**d)
 
     @property
     def head_features(self) -> tuple[int, ...]:

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ulmfit_jax.tree_paths import path_strings  # also reached as `optimizer.path_strings`
+
 logger = logging.getLogger(__name__)
 
 PyTree = Any
@@ -57,23 +59,6 @@ def classifier_layer_groups(n_layers: int) -> tuple[tuple[str, str], ...]:
     """fastai's `awd_lstm_clas_split`: embedding, lstm0 .. lstm{n-1}, head."""
     lstms = tuple((f"lstm{l}", rf"encoder/layers/{l}/.*") for l in range(n_layers))
     return (("embedding", r"encoder/embedding"),) + lstms + (("head", r"head/.*"),)
-
-
-def path_strings(tree: PyTree) -> PyTree:
-    """The tree with each leaf replaced by its '/'-joined key path, e.g. 'encoder/layers/0/w_ih'."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: _join_path(path), tree)
-
-
-def _join_path(path: tuple) -> str:
-    parts = []
-    for key in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
 
 
 def _first_match(path: str, patterns: Sequence[str]) -> int | None:

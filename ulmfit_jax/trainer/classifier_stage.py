@@ -218,7 +218,7 @@ def _save_classifier(clf: TextClassifier, state: ClassifierTrainState, backward:
                                          jax.device_get(state.batch_stats), clf.tokenizer,
                                          clf.class_names, backward)
     if clf.multi_label:
-        trained.with_multi_label(clf.threshold)
+        trained = trained.with_multi_label(clf.threshold)
     trained.save(out_dir, overwrite=True)
     atomic_write(out_dir / VALID_PROBS, _npy_bytes(probs))
 

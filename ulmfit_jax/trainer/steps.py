@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from ulmfit_jax.inference.classify import classifier_eval
 from ulmfit_jax.model.classifier import sample_classifier_masks
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.encoder import zero_state
@@ -233,12 +234,11 @@ def classifier_eval_step(state: ClassifierEvalState, batch: dict, *, graphdef: n
 
     `batch["weights"]` (optional, `[batch]`) is 0 for padding rows added to fill the batch.
     """
-    model = nnx.merge(graphdef, state.params, state.batch_stats)
-    logits = model(batch["inputs"], masks=None, train=False)
+    logits, probs = classifier_eval(graphdef, batch["inputs"], state.params,
+                                    state.batch_stats, multi_label=multi_label)
     ce, correct = _classifier_loss(logits, batch["labels"], multi_label, threshold)
     metrics = _sums(ce, correct, batch.get("weights", jnp.ones_like(ce)))
-    activation = jax.nn.sigmoid if multi_label else functools.partial(jax.nn.softmax, axis=-1)
-    metrics["probs"] = activation(logits.astype(jnp.float32))
+    metrics["probs"] = probs
     return metrics
 
 
