@@ -3,7 +3,7 @@
 For each batch size it measures, interleaved step by step (as `lm_throughput.py` does, whose
 step builders it reuses), the median over timed rounds after warm-up of:
 
-- LM training tokens/s: the trainer's jitted `lm_train_step` with `ulmfit_adam` (ours);
+- LM training tokens/s: the trainer's jitted `lm_train_step` with `ulmfit_optimizer` (ours);
   `get_language_model(AWD_LSTM)` + fastai's Adam, loss + AR/TAR + clipping (fastai);
 - LM eval tokens/s: `make_lm_eval_step` (ours); the same model under `no_grad` (fastai);
 - classifier training documents/s: the trainer's `classifier_train_step` on every layer
@@ -98,12 +98,13 @@ def classifier_batch(setting: BenchSetting, vocab_size: int, doc_len: int):
 
 
 def ours_classifier_step(setting: BenchSetting, doc_len: int, **model_options: Any) -> JaxStep:
-    """The trainer's jitted classifier step with `ulmfit_adam`, every layer group training."""
+    """The trainer's jitted classifier step with `ulmfit_optimizer`, every group training."""
     from flax import nnx
 
     from ulmfit_jax.model.classifier import AWDLSTMClassifier
     from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
-    from ulmfit_jax.optim.optimizer import classifier_layer_groups, ulmfit_adam
+    from ulmfit_jax.optim.layer_groups import classifier_layer_groups
+    from ulmfit_jax.optim.optimizer import AWD_LSTM_FUSED_BIAS_MULTIPLICITY, ulmfit_optimizer
     from ulmfit_jax.trainer import sharding
     from ulmfit_jax.trainer.steps import (
         classifier_train_step,
@@ -115,8 +116,9 @@ def ours_classifier_step(setting: BenchSetting, doc_len: int, **model_options: A
     config = ClassifierConfig(encoder, N_CLASSES, bptt=setting.bptt,
                               max_len=MAX_CHUNKS * setting.bptt)
     model = AWDLSTMClassifier(config, rngs=nnx.Rngs(0))
-    tx, _ = ulmfit_adam(nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-                        classifier_layer_groups(encoder.n_layers), wd=0.01)
+    tx = ulmfit_optimizer(nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+                          classifier_layer_groups(encoder.n_layers), wd=0.01,
+                          multiplicity=AWD_LSTM_FUSED_BIAS_MULTIPLICITY).transform()
     graphdef, state = create_classifier_state(model, tx)
     mesh = sharding.make_data_mesh()
     docs, labels = classifier_batch(setting, encoder.vocab_size, doc_len)

@@ -29,6 +29,7 @@ from ulmfit_jax.model.classifier import AWDLSTMClassifier
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
 from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.optim.layer_groups import lm_layer_groups
 from ulmfit_jax.trainer import sharding
 from ulmfit_jax.trainer import steps as train_step
 
@@ -79,8 +80,9 @@ def lm_train_diff(config: AWDLSTMConfig, ids: np.ndarray) -> float:
     for impl in ("scan", "cudnn"):
         model_config = dataclasses.replace(config, lstm_impl=impl)
         model = AWDLSTMLanguageModel(model_config, rngs=nnx.Rngs(0))
-        tx, _ = opt.ulmfit_adam(nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-                                opt.lm_layer_groups(config.n_layers), wd=0.01, clip_norm=0.4)
+        tx = opt.ulmfit_optimizer(nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+                                  lm_layer_groups(config.n_layers), wd=0.01, clip_norm=0.4,
+                                  multiplicity=opt.AWD_LSTM_FUSED_BIAS_MULTIPLICITY).transform()
         graphdef, state = train_step.create_lm_state(model, tx, ids.shape[0])
         step = train_step.make_train_step(train_step.lm_train_step, mesh, state,
                                           graphdef=graphdef, model_config=model_config,

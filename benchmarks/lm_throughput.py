@@ -6,7 +6,7 @@ AWD-LSTM, and prints ours/fastai ratios. Both sides do the same work:
 - train: forward with all five AWD dropouts, mean token cross-entropy + AR (alpha=2) + TAR
   (beta=1), backward, gradient clipping to norm 0.1, Adam with decoupled weight decay 0.01;
   the hidden state is carried between steps. Ours is the trainer's own jitted step
-  (`train_step.lm_train_step` + `optimizer.ulmfit_adam`, dropout masks sampled inside the
+  (`train_step.lm_train_step` + `optimizer.ulmfit_optimizer`, dropout masks sampled inside the
   step); fastai's is `get_language_model(AWD_LSTM)` + `fastai.optimizer.Adam`.
 - eval: forward without dropout, summed cross-entropy and number of correct argmax
   predictions (what a validation pass computes); the hidden state is carried. Ours is
@@ -191,7 +191,8 @@ def ours_steps(setting: BenchSetting, **model_options: Any) -> tuple[JaxStep, Ja
 
     from ulmfit_jax.model.config import AWDLSTMConfig
     from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
-    from ulmfit_jax.optim.optimizer import lm_layer_groups, ulmfit_adam
+    from ulmfit_jax.optim.layer_groups import lm_layer_groups
+    from ulmfit_jax.optim.optimizer import AWD_LSTM_FUSED_BIAS_MULTIPLICITY, ulmfit_optimizer
     from ulmfit_jax.trainer import sharding
     from ulmfit_jax.trainer.steps import (
         create_lm_state,
@@ -202,8 +203,9 @@ def ours_steps(setting: BenchSetting, **model_options: Any) -> tuple[JaxStep, Ja
 
     config = AWDLSTMConfig(**SIZES[setting.size], **model_options)
     model = AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0))
-    optimizer, _ = ulmfit_adam(nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-                               lm_layer_groups(config.n_layers), wd=0.01, clip_norm=0.1)
+    optimizer = ulmfit_optimizer(nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+                                 lm_layer_groups(config.n_layers), wd=0.01, clip_norm=0.1,
+                                 multiplicity=AWD_LSTM_FUSED_BIAS_MULTIPLICITY).transform()
     graphdef, state = create_lm_state(model, optimizer, setting.batch_size)
     mesh = sharding.make_data_mesh()
     state = sharding.place_state(state, mesh)

@@ -74,7 +74,7 @@ def noisy_step(state, batch, rng, hp):
 def train(workdir: Path, iterator=None) -> dict:
     """Two epochs of five steps, a checkpoint every two steps (keep 2 + the best)."""
     params = {"w": jnp.zeros(3)}
-    tx, _ = opt.ulmfit_adam(params, (("all", "w"),))
+    tx = opt.ulmfit_optimizer(params, (("all", "w"),), multiplicity=()).transform()
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
     stage = Stage(
         name="lm_fwd", phases=[Phase(epochs=2, lr_max=0.1)],

@@ -23,13 +23,15 @@ def run_lm_steps(out_path: str) -> None:
     from ulmfit_jax.model.config import AWDLSTMConfig
     from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
     from ulmfit_jax.optim import optimizer as opt
+    from ulmfit_jax.optim.layer_groups import lm_layer_groups
     from ulmfit_jax.trainer import sharding
     from ulmfit_jax.trainer import steps as train_step
 
     config = AWDLSTMConfig(vocab_size=VOCAB, emb_size=8, hidden_size=16, n_layers=2)
     model = AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    tx, _ = opt.ulmfit_adam(params, opt.lm_layer_groups(2), wd=0.1, clip_norm=0.4)
+    tx = opt.ulmfit_optimizer(params, lm_layer_groups(2), wd=0.1, clip_norm=0.4,
+                              multiplicity=opt.AWD_LSTM_FUSED_BIAS_MULTIPLICITY).transform()
     graphdef, state = train_step.create_lm_state(model, tx, BATCH)
     mesh = sharding.make_data_mesh()
     sharding.check_batch_size(BATCH, mesh)

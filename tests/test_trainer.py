@@ -50,7 +50,7 @@ def diverging_step(state, batch, rng, hp):
 
 def test_nan_loss_stops_with_stage_and_step_and_keeps_last_good_checkpoint(tmp_path):
     params = {"w": jnp.zeros(3)}
-    tx, _ = opt.ulmfit_adam(params, (("all", "w"),))
+    tx = opt.ulmfit_optimizer(params, (("all", "w"),), multiplicity=()).transform()
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
     stage = Stage(
         name="lm_fwd", phases=[Phase(epochs=2, lr_max=0.1)], iterator=CountingIterator(5),
@@ -84,7 +84,7 @@ def test_best_checkpoint_is_kept_and_restored_when_asked(tmp_path, restore_best)
 
     accuracy_after_epoch = {3: 0.5, 6: 0.9, 9: 0.7}  # the best epoch is the second
     params = {"w": jnp.zeros(())}
-    tx, _ = opt.ulmfit_adam(params, (("all", "w"),))
+    tx = opt.ulmfit_optimizer(params, (("all", "w"),), multiplicity=()).transform()
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
     stage = Stage(
         name="clf", phases=[Phase(epochs=3, lr_max=0.1)], iterator=CountingIterator(3),

@@ -23,6 +23,7 @@ from ulmfit_jax.api import LanguageModel, TextClassifier
 from ulmfit_jax.atomic_io import atomic_write
 from ulmfit_jax.errors import MissingFileError
 from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.optim.layer_groups import classifier_layer_groups
 from ulmfit_jax.text.classifier_batches import ClassifierBatches, repad, restore_order
 from ulmfit_jax.text.token_cache import TokenizedCorpus
 from ulmfit_jax.trainer import distributed, sharding
@@ -113,21 +114,22 @@ def train_classifier(
     sharding.check_batch_size(c.eval_batch_size, mesh)
     clf = _classifier(config, data, workdir, backward)
     pad_id, max_tokens = clf.config.encoder.pad_id, c.max_tokens or None
-    tx, groups = opt.ulmfit_adam(clf.params,
-                                 opt.classifier_layer_groups(clf.config.encoder.n_layers),
-                                 wd=c.wd, clip_norm=c.clip or None)
-    graphdef, state = train_step.create_classifier_state(clf.module, tx)
+    optimizer = opt.ulmfit_optimizer(
+        clf.params, classifier_layer_groups(clf.config.encoder.n_layers), wd=c.wd,
+        clip_norm=c.clip or None, multiplicity=opt.AWD_LSTM_FUSED_BIAS_MULTIPLICITY)
+    graphdef, state = train_step.create_classifier_state(clf.module, optimizer.transform())
     state = sharding.place_state(state, mesh)
     labels = {"multi_label": clf.multi_label, "threshold": clf.threshold}
-    step_options = {"graphdef": graphdef, "model_config": clf.config, "optimizer": tx, **labels}
+    step_options = {"graphdef": graphdef, "model_config": clf.config, **labels}
     step_fn = train_step.make_train_step(train_step.classifier_train_step, mesh, state,
-                                         **step_options)
+                                         optimizer=optimizer.transform(), **step_options)
 
     @functools.cache
     def frozen_step_fn(freeze_to: int):
         return train_step.make_train_step(
             train_step.classifier_train_step, mesh, state,
-            frozen=opt.frozen_mask(clf.params, groups, freeze_to), **step_options)
+            optimizer=optimizer.transform(freeze_to), frozen=optimizer.frozen_mask(freeze_to),
+            **step_options)
 
     train = data.clf_train.reversed() if backward else data.clf_train
     valid = data.clf_valid.reversed() if backward else data.clf_valid

@@ -8,6 +8,7 @@ decoder (new vocab rows start at the mean row), then everything. The finished LM
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -20,6 +21,7 @@ from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.model.encoder import zero_state
 from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.optim.layer_groups import lm_layer_groups
 from ulmfit_jax.text.lm_stream import LMStream
 from ulmfit_jax.trainer import distributed, sharding
 from ulmfit_jax.trainer import steps as train_step
@@ -102,14 +104,17 @@ def build_lm_stage(
     c = config.lm
     sharding.check_batch_size(c.batch_size, mesh)
     lm, phases = _initial_model(config, data, backward)
-    tx, _ = opt.ulmfit_adam(lm.params, opt.lm_layer_groups(lm.config.n_layers), wd=c.wd,
-                            clip_norm=c.clip or None)
-    graphdef, state = train_step.create_lm_state(lm.module, tx, c.batch_size)
+    optimizer = opt.ulmfit_optimizer(
+        lm.params, lm_layer_groups(lm.config.n_layers), wd=c.wd, clip_norm=c.clip or None,
+        multiplicity=opt.AWD_LSTM_FUSED_BIAS_MULTIPLICITY)
+    graphdef, state = train_step.create_lm_state(lm.module, optimizer.transform(), c.batch_size)
     state = sharding.place_state(state, mesh)
-    step_fn = train_step.make_train_step(
-        train_step.lm_train_step, mesh, state, graphdef=graphdef, model_config=lm.config,
-        optimizer=tx, alpha=c.alpha, beta=c.beta,
-    )
+
+    @functools.cache
+    def step_for(freeze_to: int):
+        return train_step.make_train_step(
+            train_step.lm_train_step, mesh, state, graphdef=graphdef, model_config=lm.config,
+            optimizer=optimizer.transform(freeze_to), alpha=c.alpha, beta=c.beta)
     iterator = LMStream(data.lm_train, c.batch_size, c.bptt, seed=config.seed, shuffle=True,
                         backward=backward, variable_length=c.variable_length,
                         process_index=jax.process_index(), process_count=jax.process_count())
@@ -119,10 +124,11 @@ def build_lm_stage(
         return sharding.shard_batch(batch, mesh), int(np.size(batch["inputs"]))
 
     stage = Stage(
-        name=lm_name(backward), phases=phases, iterator=iterator, step_fn=step_fn,
+        name=lm_name(backward), phases=phases, iterator=iterator, step_fn=step_for(0),
         to_device=to_device, evaluate=_lm_evaluator(mesh, graphdef, config, data, backward),
         summarize=lm_summary, schedule=c.schedule, moms=tuple(c.moms),
         on_epoch_start=lambda s: {**s, "hidden": jax.tree.map(jnp.copy, zeros)},
+        frozen_step_fn=step_for,
     )
     return lm, state, stage
 

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.optim.layer_groups import group_lrs
 from ulmfit_jax.optim.schedules import make_schedule
 from ulmfit_jax.text.resumable import ResumableBatches
 from ulmfit_jax.trainer import preemption
@@ -61,8 +62,9 @@ class Stage:
     to_device: host batch -> (device batch, number of tokens in it).
     evaluate: train state -> validation metrics (host floats; must contain "loss").
     on_epoch_start: train state -> train state, run at step 0 of every epoch (LM: zero state).
-    frozen_step_fn: freeze_to n -> a step equal to `step_fn` for that freezing that skips the
-    backward pass of the frozen groups (compiled once per n); None: `step_fn` throughout.
+    step_fn: the step with every group trainable (freeze_to 0).
+    frozen_step_fn: freeze_to n -> the step whose optimizer freezes groups [:n] (compiled once
+    per n; the classifier's also skips their backward pass); None: `step_fn` throughout.
     best_metric, best_mode: the validation metric that ranks checkpoints ("max": higher is
     better); the best checkpoint is kept, and restored at the end when the run asks for it
     (fastai's `SaveModelCallback`).
@@ -119,13 +121,20 @@ class _Plan:
         return self.epoch_start[first], self.epoch_start[last] - self.epoch_start[first]
 
 
+def step_fn_for(stage: Stage, freeze_to: int) -> Callable[..., tuple[dict, dict]]:
+    """The stage's step for a phase under fastai's `freeze_to(freeze_to)`."""
+    if stage.frozen_step_fn is not None and freeze_to != 0:
+        return stage.frozen_step_fn(freeze_to)
+    return stage.step_fn
+
+
 def start_phase(state: dict, phase: Phase) -> dict:
-    """Set the phase's trainable groups (fastai's freeze_to clears Adam's moments) and LRs."""
+    """Start a phase: fastai's freeze_to clears Adam's moments (the phase's frozen groups are
+    in its own compiled step, `step_fn_for`), and the phase's per-group LR factors are set."""
     opt_state = state["opt_state"]
     if phase.freeze_to is not None:
-        opt_state = opt.freeze_to(opt_state, phase.freeze_to)
-    lrs = opt.group_lrs(slice(phase.lr_max / phase.lr_div, phase.lr_max),
-                        opt.n_groups(opt_state))
+        opt_state = opt.reset_moments(opt_state)
+    lrs = group_lrs(slice(phase.lr_max / phase.lr_div, phase.lr_max), opt.n_groups(opt_state))
     return {**state, "opt_state": opt.set_lr_scale(opt_state, lrs / phase.lr_max)}
 
 
@@ -196,9 +205,7 @@ def _train_epoch(
     phase_start, phase_len = plan.phase_steps(k)
     schedule = make_schedule(stage.schedule, phase_len, stage.phases[k].lr_max,
                              **_sched_kwargs(stage))
-    step_fn = stage.step_fn
-    if stage.frozen_step_fn is not None and plan.freeze_to[k] != 0:
-        step_fn = stage.frozen_step_fn(plan.freeze_to[k])
+    step_fn = step_fn_for(stage, plan.freeze_to[k])
     first, end = plan.epoch_start[epoch], plan.epoch_start[epoch + 1]
     bar = tqdm(total=end - first, initial=step - first, leave=False, disable=not progress,
                desc=f"{stage.name} epoch {epoch + 1}/{plan.n_epochs}")

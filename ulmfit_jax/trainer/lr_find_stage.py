@@ -22,7 +22,7 @@ from ulmfit_jax.optim.lr_finder import LRFinderResult, find_lr_with_state, plot_
 from ulmfit_jax.trainer import distributed
 from ulmfit_jax.trainer.data import PreparedData
 from ulmfit_jax.trainer.lm_stage import build_lm_stage
-from ulmfit_jax.trainer.loop import Stage, start_phase
+from ulmfit_jax.trainer.loop import Stage, start_phase, step_fn_for
 
 
 def _endless_batches(stage: Stage) -> Iterator[dict]:
@@ -43,10 +43,11 @@ def find_lm_lr(
     state = start_phase(stage.on_epoch_start(state), stage.phases[0])
     rng = jax.random.PRNGKey(config.seed)
     mom = jnp.float32(stage.moms[0])
+    step_fn = step_fn_for(stage, stage.phases[0].freeze_to or 0)
 
     def sweep_step(state: dict, batch: dict, lr: float) -> tuple[dict, float]:
         device_batch, _ = stage.to_device(batch)
-        state, metrics = stage.step_fn(state, device_batch, rng,
+        state, metrics = step_fn(state, device_batch, rng,
                                        {"lr": jnp.float32(lr), "mom": mom})
         metrics = jax.device_get(metrics)
         return state, float(metrics["loss_sum"] / metrics["count"])
