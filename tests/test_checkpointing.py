@@ -44,7 +44,7 @@ def test_round_trip_restores_values_structure_shardings_and_meta(tmp_path):
     ckpt.close()
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     assert opt.n_groups(restored["opt_state"]) == 2
-    assert float(opt.schedule_state(restored["opt_state"]).hyperparams["lr"]) == 2e-3
+    assert float(opt.schedule_state(restored["opt_state"]).hyperparams["lr"]) == np.float32(2e-3)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert b.sharding == a.sharding
