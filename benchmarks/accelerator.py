@@ -3,7 +3,7 @@
 For each batch size it measures, interleaved step by step (as `lm_throughput.py` does, with the
 step builders of `common.py`), the median over timed rounds after warm-up of:
 
-- LM training tokens/s: the trainer's jitted `lm_train_step` with `ulmfit_adam` (ours);
+- LM training tokens/s: the trainer's jitted `lm_train_step` with `ulmfit_optimizer` (ours);
   `get_language_model(AWD_LSTM)` + fastai's Adam, loss + AR/TAR + clipping (fastai);
 - LM eval tokens/s: `make_lm_eval_step` (ours); the same model under `no_grad` (fastai);
 - classifier training documents/s: the trainer's `classifier_train_step` on every layer
@@ -95,12 +95,12 @@ class Measured:
 
 
 def ours_classifier_step(setting: BenchSetting, doc_len: int, **model_options: Any) -> JaxStep:
-    """The trainer's jitted classifier step with `ulmfit_adam`, every layer group training."""
+    """The trainer's jitted classifier step with `ulmfit_optimizer`, every group training."""
     from flax import nnx
 
     from ulmfit_jax.model.classifier import AWDLSTMClassifier
     from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
-    from ulmfit_jax.optim.optimizer import classifier_layer_groups
+    from ulmfit_jax.optim.layer_groups import classifier_layer_groups
     from ulmfit_jax.trainer import sharding
     from ulmfit_jax.trainer.steps import (
         classifier_train_step,

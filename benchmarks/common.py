@@ -115,11 +115,13 @@ def our_optimizer(model: Any, groups: Any, clip_norm: float | None = None) -> An
     optional clipping by global norm): every benchmark builds it here, and only here."""
     from flax import nnx
 
-    from ulmfit_jax.optim.optimizer import ulmfit_adam
+    from ulmfit_jax.model.encoder import fastai_step_multiplicity
+    from ulmfit_jax.optim.optimizer import ulmfit_optimizer
 
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    optimizer, _ = ulmfit_adam(params, groups, wd=0.01, clip_norm=clip_norm)
-    return optimizer
+    encoder_config = getattr(model.config, "encoder", model.config)  # classifier or LM
+    return ulmfit_optimizer(params, groups, wd=0.01, clip_norm=clip_norm,
+                            multiplicity=fastai_step_multiplicity(encoder_config)).transform()
 
 
 def adam_hparams() -> dict:
@@ -162,7 +164,7 @@ def ours_steps(setting: BenchSetting, **model_options: Any) -> tuple[JaxStep, Ja
 
     from ulmfit_jax.model.config import AWDLSTMConfig
     from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
-    from ulmfit_jax.optim.optimizer import lm_layer_groups
+    from ulmfit_jax.optim.layer_groups import lm_layer_groups
     from ulmfit_jax.trainer import sharding
     from ulmfit_jax.trainer.steps import (
         create_lm_state,

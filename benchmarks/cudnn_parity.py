@@ -30,7 +30,7 @@ from ulmfit_jax.model.classifier import AWDLSTMClassifier
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.cudnn_lstm import on_cuda
 from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
-from ulmfit_jax.optim.optimizer import lm_layer_groups
+from ulmfit_jax.optim.layer_groups import lm_layer_groups
 from ulmfit_jax.trainer import sharding, steps
 
 EVAL_GOAL, TRAIN_TOLERANCE = 1e-5, 1e-4

@@ -6,7 +6,7 @@ AWD-LSTM, and prints ours/fastai ratios. Both sides do the same work:
 - train: forward with all five AWD dropouts, mean token cross-entropy + AR (alpha=2) + TAR
   (beta=1), backward, gradient clipping to norm 0.1, Adam with decoupled weight decay 0.01;
   the hidden state is carried between steps. Ours is the trainer's own jitted step
-  (`steps.lm_train_step` + `optimizer.ulmfit_adam`, dropout masks sampled inside the
+  (`steps.lm_train_step` + `optimizer.ulmfit_optimizer`, dropout masks sampled inside the
   step); fastai's is `get_language_model(AWD_LSTM)` + `fastai.optimizer.Adam`.
 - eval: forward without dropout, summed cross-entropy and number of correct argmax
   predictions (what a validation pass computes); the hidden state is carried. Ours is

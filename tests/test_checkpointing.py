@@ -19,10 +19,12 @@ from ulmfit_jax.trainer.train_state import LMTrainState
 
 def make_state(scale: float = 1.0) -> LMTrainState:
     params = {"encoder": {"embedding": jnp.full((6, 4), scale)}, "decoder_bias": jnp.zeros(6)}
-    tx, _ = opt.ulmfit_adam(
-        params, (("embedding", "encoder/embedding"), ("bias", "decoder_bias")), wd=0.1
+    optimizer = opt.ulmfit_optimizer(
+        params, (("embedding", "encoder/embedding"), ("bias", "decoder_bias")), wd=0.1,
+        multiplicity=(),
     )
-    return LMTrainState(params=params, opt_state=opt.freeze_to(tx.init(params), -1),
+    opt_state = opt.set_lr_scale(optimizer.init(params), [0.5, 1.0])
+    return LMTrainState(params=params, opt_state=opt.set_schedule(opt_state, 1e-3 * scale, 0.8),
                         step=jnp.int32(3),
                         hidden=((jnp.ones((2, 4)) * scale, jnp.zeros((2, 4))),))
 
@@ -40,6 +42,8 @@ def test_round_trip_restores_values_structure_shardings_and_meta(tmp_path):
     ckpt.close()
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     assert isinstance(restored, LMTrainState)
+    assert opt.n_groups(restored.opt_state) == 2
+    assert float(opt.schedule_state(restored.opt_state).hyperparams["lr"]) == np.float32(2e-3)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert b.sharding == a.sharding

@@ -24,6 +24,7 @@ from ulmfit_jax.model.encoder import (
 )
 from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, resize_state, sample_lm_masks
 from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.optim.layer_groups import lm_layer_groups
 
 KIND = "test_elman"
 
@@ -140,8 +141,8 @@ def test_the_train_steps_and_optimizer_take_the_encoder_kind():
 
     lm = AWDLSTMLanguageModel(elman_config(), rngs=nnx.Rngs(0))
     params = nnx.to_pure_dict(nnx.state(lm, nnx.Param))
-    tx, _ = opt.ulmfit_adam(params, opt.lm_layer_groups(2),
-                            multiplicity=fastai_step_multiplicity(lm.config))
+    tx = opt.ulmfit_optimizer(params, lm_layer_groups(2),
+                              multiplicity=fastai_step_multiplicity(lm.config)).transform()
     graphdef, state = steps.create_lm_state(lm, tx, batch_size=2)
     assert [h.shape for h in state.hidden] == [(2, HIDDEN), (2, EMB)]
     ids = jnp.asarray(np.random.default_rng(1).integers(2, VOCAB, (2, 6)), jnp.int32)

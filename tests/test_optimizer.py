@@ -1,4 +1,4 @@
-"""Layer groups, discriminative LRs, frozen groups as data, and parity with fastai's Adam."""
+"""Layer groups, discriminative LRs, frozen groups per phase, and parity with fastai's Adam."""
 
 import logging
 import re
@@ -25,7 +25,10 @@ from fastai.text.all import (
 )
 from fastai.torch_core import even_mults as fastai_even_mults
 
+from ulmfit_jax.model.awd_lstm import FASTAI_FUSED_BIAS_MULTIPLICITY
+from ulmfit_jax.optim import layer_groups as lg
 from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.tree_paths import match_paths, path_strings
 
 VOCAB, EMB, HID, N_LAYERS, N_CLASSES = 10, 4, 6, 3, 3
 
@@ -67,13 +70,13 @@ def make_params(kind: str, seed: int = 0) -> dict:
 
 def spec_for(kind: str):
     if kind == "lm":
-        return opt.lm_layer_groups(N_LAYERS)
-    return opt.classifier_layer_groups(N_LAYERS)
+        return lg.lm_layer_groups(N_LAYERS)
+    return lg.classifier_layer_groups(N_LAYERS)
 
 
 def flat_paths(tree) -> dict:
     return dict(
-        zip(jax.tree.leaves(opt.path_strings(tree)), jax.tree.leaves(tree), strict=True)
+        zip(jax.tree.leaves(path_strings(tree)), jax.tree.leaves(tree), strict=True)
     )
 
 
@@ -82,8 +85,8 @@ def flat_paths(tree) -> dict:
 
 def test_lm_groups_assignment_and_logged_table(caplog):
     params = make_params("lm")
-    with caplog.at_level(logging.INFO, logger="ulmfit_jax.optim.optimizer"):
-        groups = opt.assign_layer_groups(params, opt.lm_layer_groups(N_LAYERS))
+    with caplog.at_level(logging.INFO, logger="ulmfit_jax.optim.layer_groups"):
+        groups = lg.assign_layer_groups(params, lg.lm_layer_groups(N_LAYERS))
     assert groups.names == ("lstm0", "lstm1", "lstm2", "embedding")
     labels = flat_paths(groups.labels)
     assert labels["encoder/embedding"] == 3 and labels["decoder_bias"] == 3
@@ -96,7 +99,7 @@ def test_lm_groups_assignment_and_logged_table(caplog):
 
 
 def test_classifier_groups_assignment():
-    groups = opt.assign_layer_groups(make_params("clf"), opt.classifier_layer_groups(N_LAYERS))
+    groups = lg.assign_layer_groups(make_params("clf"), lg.classifier_layer_groups(N_LAYERS))
     assert groups.names == ("embedding", "lstm0", "lstm1", "lstm2", "head")
     labels = flat_paths(groups.labels)
     assert labels["encoder/embedding"] == 0
@@ -109,17 +112,17 @@ def test_uncovered_parameter_is_an_error_naming_its_path():
     params = make_params("lm")
     params["extra"] = {"weird": np.zeros(3, np.float32)}
     with pytest.raises(ValueError, match="extra/weird"):
-        opt.assign_layer_groups(params, opt.lm_layer_groups(N_LAYERS))
+        lg.assign_layer_groups(params, lg.lm_layer_groups(N_LAYERS))
 
 
 def test_group_covering_nothing_is_an_error():
     with pytest.raises(ValueError, match="lstm3"):
-        opt.assign_layer_groups(make_params("lm"), opt.lm_layer_groups(N_LAYERS + 1))
+        lg.assign_layer_groups(make_params("lm"), lg.lm_layer_groups(N_LAYERS + 1))
 
 
 def test_first_match_wins():
     spec = [("bias_first", r".*/bias"), ("rest", r".*")]
-    groups = opt.assign_layer_groups(make_params("lm"), spec)
+    groups = lg.assign_layer_groups(make_params("lm"), spec)
     labels = flat_paths(groups.labels)
     assert labels["encoder/layers/0/bias"] == 0
     assert labels["encoder/layers/0/w_ih"] == 1
@@ -137,26 +140,25 @@ def test_group_lrs_match_fastai_set_hyper(lr):
     fastai_opt = FastaiOptimizer([[torch.zeros(1)] for _ in range(n)], [sgd_step], lr=0.1)
     fastai_opt.set_hyper("lr", lr)
     expected = [h["lr"] for h in fastai_opt.hypers]
-    np.testing.assert_allclose(opt.group_lrs(lr, n), expected, rtol=1e-15)
+    np.testing.assert_allclose(lg.group_lrs(lr, n), expected, rtol=1e-15)
 
 
 def test_paper_factor_equals_fastai_slice_recipe():
     """The recipe slice(lr/2.6**4, lr) over 5 groups is the paper's 'divide by 2.6' rule."""
     lr = 1e-2
-    np.testing.assert_allclose(
-        opt.discriminative_lrs(lr, 5), fastai_even_mults(lr / 2.6**4, lr, 5), rtol=1e-12
-    )
-    np.testing.assert_allclose(opt.even_mults(1e-5, 1e-2, 4), fastai_even_mults(1e-5, 1e-2, 4))
+    paper = [lr / 2.6 ** (5 - 1 - g) for g in range(5)]  # group g = the one above / 2.6
+    np.testing.assert_allclose(paper, fastai_even_mults(lr / 2.6**4, lr, 5), rtol=1e-12)
+    np.testing.assert_allclose(lg.group_lrs(slice(lr / 2.6**4, lr), 5), paper, rtol=1e-12)
+    np.testing.assert_allclose(lg.even_mults(1e-5, 1e-2, 4), fastai_even_mults(1e-5, 1e-2, 4))
 
 
-def test_lr_scales_and_bad_lengths():
-    lr_max, scale = opt.lr_scales(slice(1e-4, 1e-2), 3)
-    assert lr_max == pytest.approx(1e-2)
-    np.testing.assert_allclose(scale * lr_max, opt.group_lrs(slice(1e-4, 1e-2), 3))
+def test_lr_factors_and_bad_lengths():
+    lrs = lg.group_lrs(slice(1e-4, 1e-2), 3)
+    assert lrs[-1] == pytest.approx(1e-2)  # the schedule's peak; factors are lrs / lrs[-1]
     with pytest.raises(ValueError, match="2 learning rates for 3 layer groups"):
-        opt.group_lrs([1e-3, 1e-2], 3)
+        lg.group_lrs([1e-3, 1e-2], 3)
     with pytest.raises(ValueError, match="out of range"):
-        opt.trainable_groups(4, -5)
+        lg.trainable_groups(4, -5)
 
 
 # ---------------------------------------------------------------- fastai's rules, live
@@ -201,9 +203,9 @@ def test_groups_decay_and_train_bn_rules_match_fastai_learner(kind):
     learn = _fastai_learner(kind)
     names = {id(p): n for n, p in learn.model.named_parameters()}
     params = make_params(kind)
-    ours_group = flat_paths(opt.assign_layer_groups(params, spec_for(kind)).labels)
-    ours_decay = flat_paths(opt.match_paths(params, opt.FASTAI_NO_DECAY))
-    ours_force = flat_paths(opt.match_paths(params, opt.FASTAI_FORCE_TRAIN))
+    ours_group = flat_paths(lg.assign_layer_groups(params, spec_for(kind)).labels)
+    ours_decay = flat_paths(match_paths(params, opt.FASTAI_NO_DECAY))
+    ours_force = flat_paths(match_paths(params, opt.FASTAI_FORCE_TRAIN))
     seen = set()
     for group, plist in enumerate(learn.opt.param_lists):
         for p in plist:
@@ -214,7 +216,7 @@ def test_groups_decay_and_train_bn_rules_match_fastai_learner(kind):
             assert (not ours_decay[path]) == state.get("do_wd", True), path
             assert ours_force[path] == state.get("force_train", False), path
     assert seen == set(ours_group)
-    assert not flat_paths(opt.match_paths(params, opt.FASTAI_NO_DECAY))["encoder/layers/0/bias"]
+    assert not flat_paths(match_paths(params, opt.FASTAI_NO_DECAY))["encoder/layers/0/bias"]
 
 
 # ---------------------------------------------------------------- parity with fastai Adam
@@ -237,17 +239,25 @@ def _torch_side(params, groups):
     return tensors, lists
 
 
+def _optimizer(params, kind, **kwargs):
+    return opt.ulmfit_optimizer(params, spec_for(kind),
+                                multiplicity=FASTAI_FUSED_BIAS_MULTIPLICITY, **kwargs)
+
+
+def _jit_update(tx):
+    """One jitted update; the scheduled lr and mom go in as data."""
+    return jax.jit(lambda g, s, p, lr, mom: tx.update(g, opt.set_schedule(s, lr, mom), p))
+
+
 @pytest.mark.parametrize("kind", ["lm", "clf"])
-@pytest.mark.parametrize("reset_moments", [True, False])
 @pytest.mark.parametrize("clip_norm", [None, 0.5])
-def test_matches_fastai_adam_with_freezing(kind, reset_moments, clip_norm):
+def test_matches_fastai_adam_with_freezing(kind, clip_norm):
     wd, sqr_mom, eps = 0.1, 0.99, 1e-5
     params = make_params(kind)
-    groups = opt.assign_layer_groups(params, spec_for(kind))
-    tx, _ = opt.ulmfit_adam(params, spec_for(kind), wd=wd, sqr_mom=sqr_mom, eps=eps,
-                            clip_norm=clip_norm)
-    decay = flat_paths(jax.tree.map(lambda m: not m, opt.match_paths(params, opt.FASTAI_NO_DECAY)))
-    force = flat_paths(opt.match_paths(params, opt.FASTAI_FORCE_TRAIN))
+    optimizer = _optimizer(params, kind, wd=wd, sqr_mom=sqr_mom, eps=eps, clip_norm=clip_norm)
+    groups = optimizer.groups
+    decay = flat_paths(jax.tree.map(lambda m: not m, match_paths(params, opt.FASTAI_NO_DECAY)))
+    force = flat_paths(match_paths(params, opt.FASTAI_FORCE_TRAIN))
     tensors, lists = _torch_side(params, groups)
     fast = FastaiAdam(lists, lr=1e-3, mom=0.9, sqr_mom=sqr_mom, eps=eps, wd=wd)
     for path, ts in tensors.items():
@@ -255,17 +265,17 @@ def test_matches_fastai_adam_with_freezing(kind, reset_moments, clip_norm):
             fast.state[t]["do_wd"], fast.state[t]["force_train"] = decay[path], force[path]
 
     n = groups.n_groups
-    lr_max, scale = opt.lr_scales(slice(3e-2 / 2.6 ** (n - 1), 3e-2), n)
+    lrs = lg.group_lrs(slice(3e-2 / 2.6 ** (n - 1), 3e-2), n)
+    lr_max, scale = lrs[-1], lrs / lrs[-1]
     jparams = jax.tree.map(jnp.asarray, params)
-    state = opt.set_lr_scale(tx.init(jparams), scale)
-    update = jax.jit(lambda g, s, p, lr, mom: tx.update(g, s, p, lr=lr, mom=mom))
+    state = opt.set_lr_scale(optimizer.init(jparams), scale)
     rng = np.random.default_rng(1)
     step = 0
     for freeze_arg, n_steps in _phases(n):
         fast.freeze_to(freeze_arg)
-        if reset_moments:
-            fast.clear_state()
-        state = opt.freeze_to(state, freeze_arg, reset_moments=reset_moments)
+        fast.clear_state()  # fastai's Learner.freeze_to
+        state = opt.reset_moments(state)
+        update = _jit_update(optimizer.transform(freeze_arg))  # one compiled step per phase
         for _ in range(n_steps):
             lr_t, mom_t = lr_max * (0.3 + 0.1 * step), 0.8 - 0.02 * step
             grads = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
@@ -285,74 +295,91 @@ def test_matches_fastai_adam_with_freezing(kind, reset_moments, clip_norm):
                 theirs = sum(t.detach().numpy().astype(np.float64) for t in tensors[path])
                 np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7,
                                            err_msg=f"{path} step {step}")
-    assert update._cache_size() == 1
+        assert update._cache_size() == 1  # a new lr/mom never recompiles
 
 
-# ---------------------------------------------------------------- frozen groups as data
+# ---------------------------------------------------------------- frozen groups, one step each
 
 
-def test_freezing_is_data_and_frozen_params_get_exactly_zero_update():
+def test_frozen_params_get_exactly_zero_update_and_the_state_keeps_its_structure():
     params = jax.tree.map(jnp.asarray, make_params("clf"))
-    tx, groups = opt.ulmfit_adam(params, spec_for("clf"), wd=0.1, clip_norm=1.0)
-    labels = flat_paths(groups.labels)
-    force = flat_paths(opt.match_paths(params, opt.FASTAI_FORCE_TRAIN))
-    update = jax.jit(lambda g, s, p, lr, mom: tx.update(g, s, p, lr=lr, mom=mom))
+    optimizer = _optimizer(params, "clf", wd=0.1, clip_norm=1.0)
+    labels = flat_paths(optimizer.groups.labels)
+    force = flat_paths(match_paths(params, opt.FASTAI_FORCE_TRAIN))
     grads = jax.tree.map(jnp.ones_like, params)
-    state = opt.set_lr_scale(tx.init(params), opt.lr_scales(slice(1e-4, 1e-2), 5)[1])
-    # One unfrozen step so that frozen groups have moments to keep.
-    updates, state = update(grads, state, params, 1e-2, 0.8)
-    assert all(np.all(np.asarray(u) != 0) for u in jax.tree.leaves(updates))
-    for n in (-1, -2, -3, 0, -4):
-        before = state = opt.freeze_to(state, n, reset_moments=False)
-        updates, state = update(grads, before, params, 1e-2, 0.8)
-        trainable = opt.trainable_groups(5, n)
+    state = opt.set_lr_scale(optimizer.init(params), lg.group_lrs(slice(1e-4, 1e-2), 5) / 1e-2)
+    structure = jax.tree.structure(state)
+    for n in (-1, -2, -3, 0, -4, 5):
+        update = _jit_update(optimizer.transform(n))
+        state = opt.reset_moments(state)
+        for lr in (1e-2, 3e-3):  # two steps: the second with moments and a new lr, no recompile
+            updates, state = update(grads, state, params, lr, 0.8)
+        assert jax.tree.structure(state) == structure, n
+        trainable = lg.trainable_groups(5, n)
+        frozen = flat_paths(optimizer.frozen_mask(n))
         for path, u in flat_paths(updates).items():
-            moved = trainable[labels[path]] > 0 or force[path]
+            moved = bool(trainable[labels[path]]) or force[path]
+            assert frozen[path] == (not moved), (n, path)
             assert np.all(np.asarray(u) != 0) if moved else np.all(np.asarray(u) == 0), (n, path)
-            for field in ("grad_avg", "sqr_avg", "count"):
-                old, new = (np.asarray(flat_paths(getattr(s, field))[path])
-                            for s in (before, state))
-                assert moved or np.array_equal(old, new), (n, path, field)
-    assert update._cache_size() == 1
+        moments = [leaf for leaf in jax.tree.leaves(opt.schedule_state(state).inner_state)
+                   if np.ndim(leaf) > 0]
+        assert any(np.any(np.asarray(m) != 0) for m in moments)
+        assert update._cache_size() == 1
 
 
-def test_clear_state_resets_moments_and_counts():
+def test_reset_moments_zeroes_moments_and_counts_and_keeps_lr_factors():
     params = jax.tree.map(jnp.asarray, make_params("lm"))
-    tx, _ = opt.ulmfit_adam(params, spec_for("lm"))
-    _, state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params,
-                         lr=1e-3, mom=0.9)
-    state = opt.freeze(state)
-    np.testing.assert_array_equal(state.trainable, [0, 0, 0, 1])
-    for leaf in jax.tree.leaves((state.count, state.grad_avg, state.sqr_avg)):
+    optimizer = _optimizer(params, "lm")
+    state = opt.set_lr_scale(optimizer.init(params), [0.1, 0.2, 0.5, 1.0])
+    _, state = optimizer.transform().update(
+        jax.tree.map(jnp.ones_like, params), opt.set_schedule(state, 1e-3, 0.9), params)
+    assert any(np.any(np.asarray(x)) for x in jax.tree.leaves(state[1].inner_state))
+    state = opt.reset_moments(state)
+    for leaf in jax.tree.leaves(state[1].inner_state):
         assert not np.any(np.asarray(leaf))
-    np.testing.assert_array_equal(opt.unfreeze(state).trainable, [1, 1, 1, 1])
+    np.testing.assert_array_equal(state[1].hyperparams["lr_scale"],
+                                  np.float32([0.1, 0.2, 0.5, 1.0]))
+    assert opt.n_groups(state) == 4
 
 
 def test_update_without_params_is_a_clear_error():
     params = jax.tree.map(jnp.asarray, make_params("lm"))
-    tx, _ = opt.ulmfit_adam(params, spec_for("lm"))
-    with pytest.raises(ValueError, match="needs `params`"):
-        tx.update(params, tx.init(params), None, lr=1e-3, mom=0.9)
+    tx = _optimizer(params, "lm").transform()
+    with pytest.raises(ValueError, match="requires the current value of parameters"):
+        tx.update(params, tx.init(params), None)
 
 
-def test_freezing_and_lr_scales_reach_the_adam_state_inside_a_chain():
+def test_freezing_and_lr_scales_reach_the_optimizer_state_inside_a_chain():
     params = jax.tree.map(jnp.asarray, make_params("lm"))
-    adam, _ = opt.ulmfit_adam(params, spec_for("lm"))
+    optimizer = _optimizer(params, "lm")
+    adam = optimizer.transform(-1)
     chained = optax.chain(optax.scale(1.0), adam)
     grads = jax.tree.map(jnp.ones_like, params)
-    plain_state = opt.set_lr_scale(opt.freeze(adam.init(params)), [0.1, 0.2, 0.5, 1.0])
-    chain_state = opt.set_lr_scale(opt.freeze(chained.init(params)), [0.1, 0.2, 0.5, 1.0])
+    plain_state = opt.set_lr_scale(adam.init(params), [0.1, 0.2, 0.5, 1.0])
+    chain_state = opt.set_lr_scale(chained.init(params), [0.1, 0.2, 0.5, 1.0])
     assert isinstance(chain_state, tuple) and opt.n_groups(chain_state) == 4
-    np.testing.assert_array_equal(opt.adam_state(chain_state).trainable, [0, 0, 0, 1])
-    plain, _ = adam.update(grads, plain_state, params, lr=1e-2, mom=0.8)
-    wrapped, _ = chained.update(grads, chain_state, params, lr=1e-2, mom=0.8)
+    plain, _ = adam.update(grads, opt.set_schedule(plain_state, 1e-2, 0.8), params)
+    wrapped, _ = chained.update(grads, opt.set_schedule(chain_state, 1e-2, 0.8), params)
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(wrapped), strict=True):
         np.testing.assert_array_equal(a, b)
     assert np.all(np.asarray(wrapped["encoder"]["layers"][0]["w_ih"]) == 0)  # frozen group
     assert np.all(np.asarray(wrapped["encoder"]["embedding"]) != 0)
 
 
-def test_optimizer_functions_refuse_a_state_without_fastai_adam():
+def test_optimizer_functions_refuse_a_state_without_layer_groups():
     params = jax.tree.map(jnp.asarray, make_params("lm"))
-    with pytest.raises(ValueError, match="exactly one FastaiAdamState, found 0"):
-        opt.freeze(optax.adam(1e-3).init(params))
+    with pytest.raises(ValueError, match="exactly one LayerGroupOptimizer state, found 0"):
+        opt.reset_moments(optax.adam(1e-3).init(params))
+
+
+def test_fused_bias_rule_is_the_callers_choice():
+    """No multiplicity is assumed: without the AWD-LSTM rule a layer bias is an ordinary
+    parameter (a new encoder's `encoder/layers/N/bias` is not silently doubled)."""
+    params = make_params("lm")
+    with pytest.raises(TypeError, match="multiplicity"):
+        opt.ulmfit_optimizer(params, spec_for("lm"))  # type: ignore[call-arg]
+    plain = opt.ulmfit_optimizer(params, spec_for("lm"), multiplicity=())
+    fused = _optimizer(params, "lm")
+    assert flat_paths(plain.multiplicity)["encoder/layers/0/bias"] == 1.0
+    assert flat_paths(fused.multiplicity)["encoder/layers/0/bias"] == 2.0
+    assert flat_paths(fused.multiplicity)["encoder/layers/0/w_ih"] == 1.0

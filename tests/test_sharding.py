@@ -20,15 +20,18 @@ def run_lm_steps(out_path: str) -> None:
     import jax.numpy as jnp
     from flax import nnx
 
+    from ulmfit_jax.model.awd_lstm import FASTAI_FUSED_BIAS_MULTIPLICITY
     from ulmfit_jax.model.config import AWDLSTMConfig
     from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
     from ulmfit_jax.optim import optimizer as opt
+    from ulmfit_jax.optim.layer_groups import lm_layer_groups
     from ulmfit_jax.trainer import sharding, steps
 
     config = AWDLSTMConfig(vocab_size=VOCAB, emb_size=8, hidden_size=16, n_layers=2)
     model = AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    tx, _ = opt.ulmfit_adam(params, opt.lm_layer_groups(2), wd=0.1, clip_norm=0.4)
+    tx = opt.ulmfit_optimizer(params, lm_layer_groups(2), wd=0.1, clip_norm=0.4,
+                              multiplicity=FASTAI_FUSED_BIAS_MULTIPLICITY).transform()
     graphdef, state = steps.create_lm_state(model, tx, BATCH)
     mesh = sharding.make_data_mesh()
     sharding.check_batch_size(BATCH, mesh)

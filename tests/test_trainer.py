@@ -71,7 +71,7 @@ class ToyStage:
 
 
 def toy_state(params: dict) -> TrainState:
-    tx, _ = opt.ulmfit_adam(params, (("all", "w"),))
+    tx = opt.ulmfit_optimizer(params, (("all", "w"),), multiplicity=()).transform()
     return TrainState(params=params, opt_state=tx.init(params), step=jnp.int32(0))
 
 

@@ -2,7 +2,7 @@
 
 A schedule is called with the step number (0-based; a Python int, numpy or traced jnp value)
 and returns `(lr, mom)` as float32 arrays. `lr` is the peak-group LR; the optimizer multiplies
-it by each layer group's factor (`optimizer.lr_scales`), which reproduces fastai's per-group
+it by each layer group's factor (`optimizer.set_lr_scale`), which reproduces fastai's per-group
 schedules exactly because every schedule here is proportional to its `lr_max`.
 
 Call a schedule on the host and pass `lr`/`mom` into the jitted step as arrays: then a new

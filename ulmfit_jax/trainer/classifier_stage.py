@@ -15,12 +15,10 @@ import functools
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
 from ulmfit_jax.api import LanguageModel, TextClassifier
@@ -28,6 +26,7 @@ from ulmfit_jax.atomic_io import atomic_write
 from ulmfit_jax.errors import MissingFileError
 from ulmfit_jax.model.encoder import fastai_step_multiplicity
 from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.optim.layer_groups import classifier_layer_groups
 from ulmfit_jax.optim.schedules import Schedule
 from ulmfit_jax.text.classifier_batches import ClassifierBatches, repad, restore_order
 from ulmfit_jax.text.token_cache import TokenizedCorpus
@@ -121,8 +120,7 @@ class ClassifierStage:
 
     def __init__(self, config: ml_collections.ConfigDict, data: PreparedData, mesh, *,
                  backward: bool, clf: TextClassifier, graphdef: nnx.GraphDef,
-                 state: ClassifierTrainState, tx: optax.GradientTransformationExtraArgs,
-                 groups: Any) -> None:
+                 state: ClassifierTrainState, optimizer: opt.LayerGroupOptimizer) -> None:
         c = config.classifier
         self.name, self.phases, self.mesh = classifier_name(backward), config_phases(c.phases), mesh
         self.schedule_kind, self.moms = c.schedule, tuple(c.moms)
@@ -136,12 +134,13 @@ class ClassifierStage:
             seed=config.seed, max_tokens=self.max_tokens, process_index=jax.process_index(),
             process_count=jax.process_count())
         labels = {"multi_label": clf.multi_label, "threshold": clf.threshold}
-        options = {"graphdef": graphdef, "model_config": clf.config, "optimizer": tx, **labels}
+        options = {"graphdef": graphdef, "model_config": clf.config, **labels}
 
         @functools.cache
         def step_for(freeze_to: int) -> TrainStep:
-            frozen = opt.frozen_mask(clf.params, groups, freeze_to) if freeze_to else None
+            frozen = optimizer.frozen_mask(freeze_to) if freeze_to else None
             return steps.make_train_step(steps.classifier_train_step, mesh, state,
+                                         optimizer=optimizer.transform(freeze_to),
                                          frozen=frozen, **options)
 
         self._step_for = step_for
@@ -190,14 +189,13 @@ def train_classifier(
     sharding.check_batch_size(c.batch_size, mesh)
     sharding.check_batch_size(c.eval_batch_size, mesh)
     clf = _classifier(config, data, workdir, backward)
-    tx, groups = opt.ulmfit_adam(clf.params,
-                                 opt.classifier_layer_groups(clf.config.encoder.n_layers),
-                                 wd=c.wd, clip_norm=c.clip or None,
-                                 multiplicity=fastai_step_multiplicity(clf.config.encoder))
-    graphdef, state = steps.create_classifier_state(clf.module, tx)
+    optimizer = opt.ulmfit_optimizer(
+        clf.params, classifier_layer_groups(clf.config.encoder.n_layers), wd=c.wd,
+        clip_norm=c.clip or None, multiplicity=fastai_step_multiplicity(clf.config.encoder))
+    graphdef, state = steps.create_classifier_state(clf.module, optimizer.transform())
     state = sharding.place_state(state, mesh)
     stage = ClassifierStage(config, data, mesh, backward=backward, clf=clf, graphdef=graphdef,
-                            state=state, tx=tx, groups=groups)
+                            state=state, optimizer=optimizer)
     state, final = run_stage_with_checkpoints(stage, state, config, workdir, log,
                                               seed_offset=3 if backward else 2)
     # The last epoch's validation already computed them, unless this run resumed after it or

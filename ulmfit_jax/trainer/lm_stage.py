@@ -8,6 +8,8 @@ decoder (new vocab rows start at the mean row), then everything. The finished LM
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -21,6 +23,7 @@ from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.model.encoder import fastai_step_multiplicity, zero_state
 from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.optim.layer_groups import lm_layer_groups
 from ulmfit_jax.optim.schedules import Schedule
 from ulmfit_jax.text.lm_stream import LMStream
 from ulmfit_jax.trainer import distributed, sharding, steps
@@ -74,14 +77,15 @@ def _check_pretrained_size(
 
 
 class LMStage:
-    """The LM stage for `run_stage` (`loop.Stage`): one compiled step for every phase, the
-    carried state zeroed at each epoch, validation over the held-out LM documents."""
+    """The LM stage for `run_stage` (`loop.Stage`): one compiled step per `freeze_to` (the
+    frozen epochs of fine-tuning train only the embedding), the carried state zeroed at each
+    epoch, validation over the held-out LM documents."""
 
     best_metric, best_mode = "accuracy", "max"
 
     def __init__(self, config: ml_collections.ConfigDict, data: PreparedData, mesh, *,
                  backward: bool, phases: list[Phase], model_config: AWDLSTMConfig,
-                 graphdef: nnx.GraphDef, step: TrainStep) -> None:
+                 graphdef: nnx.GraphDef, step_for: Callable[[int], TrainStep]) -> None:
         c = config.lm
         self.name, self.phases, self.mesh = lm_name(backward), phases, mesh
         self.schedule_kind, self.moms = c.schedule, tuple(c.moms)
@@ -92,7 +96,7 @@ class LMStage:
         self.valid = LMStream(data.lm_valid, c.batch_size, c.bptt, shuffle=False,
                               backward=backward, process_index=jax.process_index(),
                               process_count=jax.process_count())
-        self.graphdef, self._step = graphdef, step
+        self.graphdef, self._step_for = graphdef, step_for
         self._zeros = jax.device_put(zero_state(model_config, c.batch_size),
                                      sharding.batch_sharding(mesh))
         self._evaluate_window = None
@@ -101,7 +105,7 @@ class LMStage:
         return phase_schedule(self.schedule_kind, self.moms, n_steps, lr_max)
 
     def train_step(self, freeze_to: int) -> TrainStep:
-        return self._step  # frozen groups get no update; the LM's backward pass is cheap
+        return self._step_for(freeze_to)  # the optimizer leaves frozen groups unchanged
 
     def to_device(self, batch: dict) -> tuple[dict, int]:
         return sharding.shard_batch(batch, self.mesh), int(np.size(batch["inputs"]))
@@ -134,16 +138,20 @@ def build_lm_stage(
     c = config.lm
     sharding.check_batch_size(c.batch_size, mesh)
     lm, phases = _initial_model(config, data, backward)
-    tx, _ = opt.ulmfit_adam(lm.params, opt.lm_layer_groups(lm.config.n_layers), wd=c.wd,
-                            clip_norm=c.clip or None,
-                            multiplicity=fastai_step_multiplicity(lm.config))
-    graphdef, state = steps.create_lm_state(lm.module, tx, c.batch_size)
+    optimizer = opt.ulmfit_optimizer(
+        lm.params, lm_layer_groups(lm.config.n_layers), wd=c.wd, clip_norm=c.clip or None,
+        multiplicity=fastai_step_multiplicity(lm.config))
+    graphdef, state = steps.create_lm_state(lm.module, optimizer.transform(), c.batch_size)
     state = sharding.place_state(state, mesh)
-    step = steps.make_train_step(steps.lm_train_step, mesh, state, graphdef=graphdef,
-                                 model_config=lm.config, optimizer=tx, alpha=c.alpha,
-                                 beta=c.beta)
+
+    @functools.cache
+    def step_for(freeze_to: int) -> TrainStep:
+        return steps.make_train_step(
+            steps.lm_train_step, mesh, state, graphdef=graphdef, model_config=lm.config,
+            optimizer=optimizer.transform(freeze_to), alpha=c.alpha, beta=c.beta)
+
     stage = LMStage(config, data, mesh, backward=backward, phases=phases,
-                    model_config=lm.config, graphdef=graphdef, step=step)
+                    model_config=lm.config, graphdef=graphdef, step_for=step_for)
     return lm, state, stage
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ulmfit_jax.optim import optimizer as opt
+from ulmfit_jax.optim.layer_groups import group_lrs
 from ulmfit_jax.optim.schedules import Schedule, make_schedule
 from ulmfit_jax.text.resumable import ResumableBatches
 from ulmfit_jax.trainer import preemption
@@ -85,7 +86,8 @@ class Stage(Protocol[S]):
 
     def train_step(self, freeze_to: int) -> TrainStep:
         """The compiled step for phases that train with fastai's `freeze_to(freeze_to)`
-        (0: everything trains); it may skip the backward pass of the frozen groups."""
+        (0: everything trains): its optimizer leaves groups [:freeze_to] unchanged
+        (`LayerGroupOptimizer.transform`), and it may skip their backward pass."""
         ...
 
     def to_device(self, batch: dict) -> tuple[dict, int]:
@@ -142,12 +144,13 @@ class _Plan:
 
 
 def start_phase(state: S, phase: Phase) -> S:
-    """Set the phase's trainable groups (fastai's freeze_to clears Adam's moments) and LRs."""
+    """Start a phase: fastai's freeze_to clears Adam's moments (the phase's frozen groups are
+    in its own compiled step, `Stage.train_step(freeze_to)`), and the phase's per-group LR
+    factors are set."""
     opt_state = state.opt_state
     if phase.freeze_to is not None:
-        opt_state = opt.freeze_to(opt_state, phase.freeze_to)
-    lrs = opt.group_lrs(slice(phase.lr_max / phase.lr_div, phase.lr_max),
-                        opt.n_groups(opt_state))
+        opt_state = opt.reset_moments(opt_state)
+    lrs = group_lrs(slice(phase.lr_max / phase.lr_div, phase.lr_max), opt.n_groups(opt_state))
     return state.replace(opt_state=opt.set_lr_scale(opt_state, lrs / phase.lr_max))
 
 

@@ -4,11 +4,10 @@ The states are the typed pytrees of `train_state` (`LMTrainState`, `ClassifierTr
 `LMEvalState`, `ClassifierEvalState`).
 
 `hparams = {"lr", "mom"}` holds this step's scheduled learning rate and momentum as arrays;
-the per-group LR factors and frozen-group flags live in the optimizer state. All are data,
-not constants, so the schedules never recompile the step. Gradual unfreezing does, once per
-`freeze_to`: the classifier has one step per `freeze_to` (`frozen=`), compiled once each,
-that skips the backward pass of the frozen layers (the same update for a fraction of the
-work while they are frozen).
+the per-group LR factors live in the optimizer state. All are data, not constants, so
+schedules never recompile the step. Frozen groups are fixed in the optimizer
+(`LayerGroupOptimizer.transform(freeze_to)`): one step per `freeze_to`, compiled once each;
+the classifier's (`frozen=`) also skips the backward pass of the frozen layers.
 Metrics are sums and counts (`loss_sum`, `correct`, `count`); the host normalises them.
 Each step folds its step number into the base rng, then samples the dropout masks from it.
 Static pieces (graphdef, model config, optimizer, AR/TAR weights) are bound with
@@ -31,6 +30,7 @@ from ulmfit_jax.model.classifier import sample_classifier_masks
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.encoder import zero_state
 from ulmfit_jax.model.language_model import sample_lm_masks
+from ulmfit_jax.optim.optimizer import set_schedule
 from ulmfit_jax.trainer import sharding
 from ulmfit_jax.trainer.train_state import (
     ClassifierEvalState,
@@ -47,12 +47,11 @@ def apply_optimizer(
 ) -> tuple[Any, Any]:
     """One optimizer update -> (new params, new opt_state).
 
-    `hparams = {"lr": scalar, "mom": scalar}` (arrays); the group LR factors and frozen flags
-    live in the opt_state (`optimizer.freeze_to`, `set_lr_scale`), also as data.
+    `hparams = {"lr": scalar, "mom": scalar}` (arrays) go into the optimizer's injected
+    hyperparameters; the group LR factors are already there (`optimizer.set_lr_scale`).
     """
-    updates, opt_state = optimizer.update(
-        grads, state.opt_state, state.params, lr=hparams["lr"], mom=hparams["mom"]
-    )
+    opt_state = set_schedule(state.opt_state, hparams["lr"], hparams["mom"])
+    updates, opt_state = optimizer.update(grads, opt_state, state.params)
     return optax.apply_updates(state.params, updates), opt_state
 
 
