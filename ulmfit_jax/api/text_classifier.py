@@ -145,6 +145,7 @@ class TextClassifier:
             hidden_size=encoder_config.hidden_size, n_layers=encoder_config.n_layers,
             pad_id=encoder_config.pad_id, compute_dtype=encoder_config.compute_dtype,
             lstm_impl=encoder_config.lstm_impl, encoder_kind=encoder_config.encoder_kind,
+            matmul_precision=encoder_config.matmul_precision,
         )
         config = ClassifierConfig(encoder=enc, n_classes=n_classes, **classifier_options)
         clf = cls.create(config, vocab, seed, tokenizer, class_names, backward)

@@ -30,6 +30,7 @@ from ulmfit_jax.model.encoder import (
     stop_gradient_weights,
     zero_state,
 )
+from ulmfit_jax.model.precision import matmul_precision
 
 
 @struct.dataclass
@@ -114,8 +115,9 @@ class AWDLSTMClassifier(nnx.Module):
         masks None = no dropout; train=True uses batch statistics in BatchNorm and updates
         its running statistics.
         """
-        pooled = bpt3c_pool(self.encoder.weights(), self.config, ids, masks)
-        return self.head(pooled, None if masks is None else masks.head, train)
+        with matmul_precision(self.config.encoder.matmul_precision):
+            pooled = bpt3c_pool(self.encoder.weights(), self.config, ids, masks)
+            return self.head(pooled, None if masks is None else masks.head, train)
 
 
 def _document_layout(ids: jax.Array, pad_id: int) -> tuple[jax.Array, jax.Array]:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.lstm_impl import LSTM_IMPLS
+from ulmfit_jax.model.precision import MATMUL_PRECISIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,9 @@ class AWDLSTMConfig:
     # float32) or "auto" (the one measured fastest on the device).
     lstm_impl: str = "auto"
     encoder_kind: str = "awd_lstm"
+    # How float32 matmuls run on GPUs/TPUs: "default" (jax's: TF32 / bf16 passes), "high" or
+    # "highest" (full float32); see model/precision.py.
+    matmul_precision: str = "default"
 
     def __post_init__(self) -> None:
         if self.vocab_size <= 0 or self.emb_size <= 0 or self.hidden_size <= 0:
@@ -51,6 +55,9 @@ class AWDLSTMConfig:
             raise ConfigError(f"n_layers must be >= 1, got {self.n_layers}")
         if self.lstm_impl not in LSTM_IMPLS:
             raise ConfigError(f"lstm_impl={self.lstm_impl!r}; expected one of {LSTM_IMPLS}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ConfigError(f"matmul_precision={self.matmul_precision!r}; expected one of "
+                              f"{MATMUL_PRECISIONS}")
         if self.lstm_impl == "cudnn" and jnp.dtype(self.compute_dtype) != jnp.float32:
             raise ConfigError("lstm_impl='cudnn' runs in float32 only (cuDNN's LSTM in jax has "
                               f"no {jnp.dtype(self.compute_dtype).name}); use 'scan' or 'auto'")

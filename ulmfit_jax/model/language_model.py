@@ -14,6 +14,7 @@ from flax import nnx, struct
 from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.model.dropout import dropout_mask
 from ulmfit_jax.model.encoder import EncoderMasks, EncoderState, build_encoder, encoder_class
+from ulmfit_jax.model.precision import matmul_precision
 
 
 @struct.dataclass
@@ -62,10 +63,11 @@ class AWDLSTMLanguageModel(nnx.Module):
 
         The caller cuts the gradient of the returned state between windows.
         """
-        raw, new_state = self.encoder(ids, state, None if masks is None else masks.encoder)
-        dropped = raw if masks is None else raw * masks.output[:, None, :]
-        logits = tied_decoder(dropped, self.encoder.embedding[...], self.decoder_bias[...],
-                              self.config)
+        with matmul_precision(self.config.matmul_precision):
+            raw, new_state = self.encoder(ids, state, None if masks is None else masks.encoder)
+            dropped = raw if masks is None else raw * masks.output[:, None, :]
+            logits = tied_decoder(dropped, self.encoder.embedding[...], self.decoder_bias[...],
+                                  self.config)
         return LMOutput(logits, new_state, raw, dropped)
 
 

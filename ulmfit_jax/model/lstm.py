@@ -18,7 +18,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ulmfit_jax.model.precision import active_matmul_precision, matmul_precision
+
 LSTMState = tuple[jax.Array, jax.Array]
+# (compute dtype, matmul precision) of the hand-written recurrence, static in its custom VJP.
+Kernel = tuple[Any, "str | None"]
 
 
 def _uniform(key: jax.Array, shape: tuple[int, ...], bound: float) -> jax.Array:
@@ -60,11 +64,13 @@ def recurrence_time_major(
     w_hh [hid, 4*hid] (already dropped), step_mask [time, batch] bool or None (False keeps the
     state unchanged: leading padding) -> outputs [time, batch, hid] and the final (h, c)."""
     h0, c0 = state
-    dtype = jnp.dtype(compute_dtype)
+    # The backward pass is traced later, outside the caller's precision context: it re-enters
+    # the precision the forward saw (model/precision.py).
+    kernel = (jnp.dtype(compute_dtype), active_matmul_precision())
     if step_mask is None:
-        outputs, h, c = _lstm_scan(dtype, projected, h0, c0, w_hh)
+        outputs, h, c = _lstm_scan(kernel, projected, h0, c0, w_hh)
     else:
-        outputs, h, c = _lstm_scan_masked(dtype, projected, h0, c0, w_hh, step_mask)
+        outputs, h, c = _lstm_scan_masked(kernel, projected, h0, c0, w_hh, step_mask)
     return outputs, (h, c)
 
 
@@ -161,19 +167,21 @@ def _backward_scan(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _lstm_scan(
-    dtype: Any, projected: jax.Array, h0: jax.Array, c0: jax.Array, w: jax.Array
+    kernel: Kernel, projected: jax.Array, h0: jax.Array, c0: jax.Array, w: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    outputs, h, c, _ = _forward_scan(dtype, projected, h0, c0, w, None, save=False)
+    outputs, h, c, _ = _forward_scan(kernel[0], projected, h0, c0, w, None, save=False)
     return outputs, h, c
 
 
-def _lstm_scan_fwd(dtype, projected, h0, c0, w):
-    outputs, h, c, (acts, cells) = _forward_scan(dtype, projected, h0, c0, w, None, save=True)
+def _lstm_scan_fwd(kernel, projected, h0, c0, w):
+    outputs, h, c, (acts, cells) = _forward_scan(kernel[0], projected, h0, c0, w, None,
+                                                 save=True)
     return (outputs, h, c), (outputs, acts, cells, h0, c0, w, None)
 
 
-def _lstm_scan_bwd(dtype, residuals, cotangents):
-    return _backward_scan(dtype, residuals, cotangents)
+def _lstm_scan_bwd(kernel, residuals, cotangents):
+    with matmul_precision(kernel[1]):
+        return _backward_scan(kernel[0], residuals, cotangents)
 
 
 _lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
@@ -181,22 +189,23 @@ _lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _lstm_scan_masked(
-    dtype: Any, projected: jax.Array, h0: jax.Array, c0: jax.Array, w: jax.Array,
+    kernel: Kernel, projected: jax.Array, h0: jax.Array, c0: jax.Array, w: jax.Array,
     step_mask: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    outputs, h, c, _ = _forward_scan(dtype, projected, h0, c0, w, step_mask, save=False)
+    outputs, h, c, _ = _forward_scan(kernel[0], projected, h0, c0, w, step_mask, save=False)
     return outputs, h, c
 
 
-def _lstm_scan_masked_fwd(dtype, projected, h0, c0, w, step_mask):
+def _lstm_scan_masked_fwd(kernel, projected, h0, c0, w, step_mask):
     outputs, h, c, (acts, cells) = _forward_scan(
-        dtype, projected, h0, c0, w, step_mask, save=True
+        kernel[0], projected, h0, c0, w, step_mask, save=True
     )
     return (outputs, h, c), (outputs, acts, cells, h0, c0, w, step_mask)
 
 
-def _lstm_scan_masked_bwd(dtype, residuals, cotangents):
-    return (*_backward_scan(dtype, residuals, cotangents), None)
+def _lstm_scan_masked_bwd(kernel, residuals, cotangents):
+    with matmul_precision(kernel[1]):
+        return (*_backward_scan(kernel[0], residuals, cotangents), None)
 
 
 _lstm_scan_masked.defvjp(_lstm_scan_masked_fwd, _lstm_scan_masked_bwd)

@@ -18,6 +18,7 @@ import ml_collections
 from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.model.lstm_impl import LSTM_IMPLS
+from ulmfit_jax.model.precision import MATMUL_PRECISIONS
 from ulmfit_jax.text import sources
 from ulmfit_jax.text.fastai_tokenizer import SPECIAL_TOKENS
 
@@ -52,8 +53,12 @@ def base_config() -> ml_collections.ConfigDict:
         # Matmuls in bfloat16 (parameters, optimizer state, LSTM cell state, softmax and loss
         # stay float32) or float32.
         "compute_dtype": "float32",
-        # LSTM kernel: "auto" (cuDNN on CUDA with float32, else the scan), "scan" or "cudnn".
+        # LSTM kernel (model/lstm_impl.py): "auto" (the one measured fastest: the scan), "scan",
+        # "wavefront" (one loop over every layer) or "cudnn" (CUDA, float32).
         "lstm_impl": "auto",
+        # float32 matmuls on GPU/TPU (model/precision.py): "default" (jax's: TF32 on GPUs, one
+        # bfloat16 pass on TPUs), "high" or "highest" (full float32). Exact on CPU either way.
+        "matmul_precision": "default",
     })
     c.lm = _lm_config()
     c.classifier = _classifier_config()
@@ -198,7 +203,7 @@ def lm_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> AWDLS
     return AWDLSTMConfig.lm_defaults(
         vocab_size, drop_mult=config.lm.drop_mult, emb_size=m.emb_size,
         hidden_size=m.hidden_size, n_layers=m.n_layers, compute_dtype=compute_dtype(config),
-        lstm_impl=m.lstm_impl,
+        lstm_impl=m.lstm_impl, matmul_precision=m.matmul_precision,
     )
 
 
@@ -240,6 +245,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _check_phases(config.classifier.phases, config.model.n_layers)
     _require(config.model.compute_dtype in COMPUTE_DTYPES, "model.compute_dtype",
              config.model.compute_dtype, f"one of {COMPUTE_DTYPES}")
+    _require(config.model.matmul_precision in MATMUL_PRECISIONS, "model.matmul_precision",
+             config.model.matmul_precision, f"one of {MATMUL_PRECISIONS}")
     _require(config.model.lstm_impl in LSTM_IMPLS, "model.lstm_impl", config.model.lstm_impl,
              f"one of {LSTM_IMPLS}")
     _check_distributed_keys(config.distributed)

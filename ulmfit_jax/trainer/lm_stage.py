@@ -55,7 +55,8 @@ def _initial_model(
     itos = c.init_itos_backward if backward else c.init_itos
     lm = LanguageModel.from_fastai(init_from, itos, new_vocab=data.vocab.itos,
                                    drop_mult=c.drop_mult, compute_dtype=compute_dtype(config),
-                                   lstm_impl=config.model.lstm_impl)
+                                   lstm_impl=config.model.lstm_impl,
+                                   matmul_precision=config.model.matmul_precision)
     _check_pretrained_size(config, lm.config, init_from)
     phases = [Phase(c.frozen_epochs, c.frozen_lr, 1.0, freeze_to=-1)] if c.frozen_epochs else []
     return lm, phases + [unfrozen]
