@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -69,3 +70,26 @@ def test_text_layer_inference_helpers_do_not_import_jax():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_model_on_the_cudnn_kernel_exports_for_every_platform(tmp_path):
+    """A classifier trained or loaded on a GPU host may carry `lstm_impl='cudnn'`, whose kernel
+    lowers for CUDA only: the export runs the same parameters on the portable scan."""
+    tok = FastaiTokenizer()
+    vocab = Vocab.from_tokens(tok.tokenize(TEXTS), min_freq=1)
+    encoder = AWDLSTMConfig(len(vocab), 16, 32, 2, lstm_impl="cudnn")
+    config = ClassifierConfig(encoder, 2, bptt=8, max_len=40)
+    on_gpu = TextClassifier.create(config, vocab.itos, seed=3, tokenizer=tok,
+                                   class_names=["neg", "pos"])
+    on_gpu.export(tmp_path / "served")
+    meta = json.loads((tmp_path / "served" / "serving.json").read_text())
+    assert meta["platforms"] == ["cpu", "cuda", "tpu"]
+    assert on_gpu.config.encoder.lstm_impl == "cudnn"  # the model itself is left as it was
+    scan = TextClassifier.create(
+        dataclasses.replace(config, encoder=dataclasses.replace(encoder, lstm_impl="scan")),
+        vocab.itos, seed=3, tokenizer=tok, class_names=["neg", "pos"])
+    from ulmfit_jax import serving
+
+    served = serving.load(tmp_path / "served")
+    np.testing.assert_allclose(served.predict_proba(TEXTS), scan.predict_proba(TEXTS),
+                               atol=1e-5, rtol=0)

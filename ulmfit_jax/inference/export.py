@@ -12,6 +12,7 @@ probabilities float32 `[batch, n_classes]`; it is lowered for every platform in 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,10 +31,28 @@ from ulmfit_jax.text.vocab import Vocab
 PLATFORMS = ("cpu", "cuda", "tpu")
 
 
+# LSTM kernels that lower on every platform; cuDNN's lowers for CUDA only.
+PORTABLE_LSTM_IMPLS = ("scan", "wavefront")
+
+
+def portable_module(module: AWDLSTMClassifier) -> AWDLSTMClassifier:
+    """The same classifier (same parameters and statistics) with an LSTM kernel that lowers
+    for CPU, CUDA and TPU: a model trained or loaded on a GPU host may carry `cudnn` (or
+    `auto`, resolved on the exporting host), which would bind the artifact to CUDA."""
+    encoder = module.config.encoder
+    if encoder.lstm_impl in PORTABLE_LSTM_IMPLS:
+        return module
+    config = dataclasses.replace(
+        module.config, encoder=dataclasses.replace(encoder, lstm_impl="scan"))
+    portable = nnx.eval_shape(lambda: AWDLSTMClassifier(config, rngs=nnx.Rngs(0)))
+    nnx.update(portable, nnx.state(module))
+    return portable
+
+
 def export_forward(module: AWDLSTMClassifier,
                    platforms: Sequence[str] = PLATFORMS) -> jax.export.Exported:
     """ids int32 [batch, chunks*bptt] -> probabilities [batch, n_classes], symbolic dims."""
-    graphdef, state = nnx.split(module)
+    graphdef, state = nnx.split(portable_module(module))
 
     def probabilities(ids: jax.Array) -> jax.Array:
         return classifier_eval(graphdef, ids, state).probs
