@@ -155,9 +155,11 @@ class JaxStep:
                 - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
 
 
-def ours_steps(setting: BenchSetting, **model_options: Any) -> tuple[JaxStep, JaxStep]:
+def ours_steps(setting: BenchSetting, sizes: dict | None = None,
+               **model_options: Any) -> tuple[JaxStep, JaxStep]:
     """Our jitted training step (the trainer's own: dropouts, AR/TAR, clipping 0.1, Adam) and
-    eval forward, over a random batch. `model_options` go to `AWDLSTMConfig` (e.g.
+    eval forward, over a random batch. `sizes` (vocab_size, emb_size, hidden_size, n_layers)
+    default to `SIZES[setting.size]`; `model_options` go to `AWDLSTMConfig` (e.g.
     `compute_dtype`, `lstm_impl`)."""
     import jax
     from flax import nnx
@@ -174,7 +176,7 @@ def ours_steps(setting: BenchSetting, **model_options: Any) -> tuple[JaxStep, Ja
     )
     from ulmfit_jax.trainer.train_state import LMEvalState
 
-    config = AWDLSTMConfig(**SIZES[setting.size], **model_options)
+    config = AWDLSTMConfig(**(sizes or SIZES[setting.size]), **model_options)
     model = AWDLSTMLanguageModel(config, rngs=nnx.Rngs(0))
     optimizer = our_optimizer(model, lm_layer_groups(config.n_layers), clip_norm=0.1)
     graphdef, state = create_lm_state(model, optimizer, setting.batch_size)

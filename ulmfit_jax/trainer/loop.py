@@ -212,9 +212,11 @@ def _begin_epoch(state: S, stage: Stage, plan: _Plan, metrics: _Metrics) -> S:
 def _train_epoch(
     state: S, step: int, rng: jax.Array, stage: Stage, plan: _Plan, metrics: _Metrics,
     save: Callable, every_steps: int, progress: bool,
-) -> tuple[S, int]:
+) -> tuple[S, int, tuple[int, float]]:
     """The rest of the current epoch; checkpoints every `every_steps` (not at its last step,
-    whose checkpoint follows the evaluation)."""
+    whose checkpoint follows the evaluation). Also returns the epoch's steady-state speed as
+    (tokens, seconds): every step after the first (which compiles), host batching, metrics,
+    checkpoints and logging included, up to the device finishing the last step."""
     epoch = stage.iterator.epoch
     k = plan.phase_of_epoch[epoch]
     phase_start, phase_len = plan.phase_steps(k)
@@ -224,10 +226,15 @@ def _train_epoch(
     bar = tqdm(total=end - first, initial=step - first, leave=False, disable=not progress,
                desc=f"{stage.name} epoch {epoch + 1}/{plan.n_epochs}")
     tokens, t0 = 0, time.perf_counter()
+    steady_tokens, steady_start = 0, None
     for host_batch in stage.iterator:
         lr, mom = schedule(step - phase_start)
         batch, n_tokens = stage.to_device(host_batch)
         state, step_metrics = step_fn(state, batch, rng, {"lr": lr, "mom": mom})
+        if steady_start is None:
+            steady_start = time.perf_counter()
+        else:
+            steady_tokens += n_tokens
         step += 1
         metrics.push(step, step_metrics)
         tokens += n_tokens
@@ -238,8 +245,9 @@ def _train_epoch(
             if stop:
                 preemption.stop_if_requested(stage.name, step)
     bar.close()
-    metrics.flush()
-    return state, step
+    metrics.flush()  # reads the last step's metrics: the device has finished
+    seconds = time.perf_counter() - steady_start if steady_start is not None else 0.0
+    return state, step, (steady_tokens, seconds)
 
 
 def run_stage(
@@ -277,13 +285,16 @@ def run_stage(
         epoch = stage.iterator.epoch
         if stage.iterator.step == 0:
             state = _begin_epoch(state, stage, plan, metrics)
-        state, step = _train_epoch(
+        state, step, (tokens, seconds) = _train_epoch(
             state, step, rng, stage, plan, metrics, save, every_steps, progress
         )
+        log.log_throughput(stage.name, epoch + 1, tokens, seconds)
         train, valid = stage.summarize(metrics.epoch.sums), stage.evaluate(state)
         log.log(stage.name, step, "valid", valid)
         log.log(stage.name, step, "epoch_train", train)
-        tqdm.write(f"{stage.name} epoch {epoch + 1}: train {_fmt(train)} | valid {_fmt(valid)}")
+        speed = f" | {tokens / seconds:,.0f} tokens/s" if seconds > 0 and tokens else ""
+        tqdm.write(f"{stage.name} epoch {epoch + 1}: train {_fmt(train)} | valid {_fmt(valid)}"
+                   f"{speed}")
         save(state, step, valid)
         preemption.stop_if_requested(stage.name, step)
     ckpt.wait()

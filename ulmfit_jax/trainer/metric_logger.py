@@ -17,6 +17,7 @@ from pathlib import Path
 from ulmfit_jax.atomic_io import atomic_write
 
 CSV_FIELDS = ("stage", "step", "split", "name", "value")
+THROUGHPUT_FILE = "throughput.jsonl"
 
 
 class MetricLogger:
@@ -71,6 +72,16 @@ class MetricLogger:
         if tb is not None:
             for name, value in values.items():
                 tb.add_scalar(f"{split}/{name}", float(value), int(step))
+
+    def log_throughput(self, stage: str, epoch: int, tokens: int, seconds: float) -> None:
+        """Append one epoch's steady-state training speed to `throughput.jsonl` (timings vary
+        run to run, so they stay out of the metrics a resumed run must reproduce)."""
+        if not self.active or seconds <= 0:
+            return
+        record = {"stage": stage, "epoch": epoch, "tokens": tokens, "seconds": seconds,
+                  "tokens_per_s": tokens / seconds}
+        with (self.workdir / THROUGHPUT_FILE).open("a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def read_rows(self) -> list[dict[str, str]]:
         """All CSV rows as dicts."""

@@ -49,6 +49,7 @@ RESULT_FREE_KEYS = (
 DATA_KEYS = ("seed", "data.", "model.max_vocab", "model.min_freq")
 # Everything a run writes, except the token cache (`cache/`) and the lock.
 FRESH_REMOVES = ("checkpoints", "models", "tensorboard", "metrics.csv", "metrics.json",
+                 "throughput.jsonl",
                  "loss_curve.png", "vocab.json", "tokenizer", RUN_CONFIG, "lr_find_*")
 
 
