@@ -31,4 +31,4 @@ lint: install
 	$(PY) -m mypy
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache
