@@ -76,7 +76,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _fail(_flag_message(e), verbose)
     for name in flags.FLAGS:
         flag = flags.FLAGS[name]
-        if isinstance(flag.parser, config_flags.config_flags.ConfigFileFlagParser) and flag.present:
+        parser_is_config = isinstance(flag.parser, config_flags.config_flags.ConfigFileFlagParser)
+        if parser_is_config and flag.present and flag.value is not None:
             try:
                 flag.value.keys()  # a config file that failed to load raises its OSError here
             except OSError as e:

@@ -31,14 +31,16 @@ def check_ids_in_vocab(ids: jax.Array, vocab_size: int) -> None:
 
 def token_list(vocab: Sequence[str] | Vocab | None) -> list[str] | None:
     """A token list from a list of str or a `Vocab`."""
-    if vocab is None:
-        return None
+    return None if vocab is None else _tokens(vocab)
+
+
+def _tokens(vocab: Sequence[str] | Vocab) -> list[str]:
     return list(vocab.itos) if isinstance(vocab, Vocab) else list(vocab)
 
 
 def check_vocab(vocab: Sequence[str] | Vocab, vocab_size: int, source: str) -> list[str]:
     """The token list, which must have one token per embedding row."""
-    tokens = token_list(vocab)
+    tokens = _tokens(vocab)
     if len(tokens) != vocab_size:
         raise ValueError(f"{source}: vocab has {len(tokens)} tokens but the model has "
                          f"{vocab_size} embedding rows")

@@ -58,7 +58,7 @@ def _shape(x: Any) -> tuple[int, ...]:
 
 def _like(template: Mapping[Any, Any], tree: Mapping[Any, Any]) -> dict[Any, Any]:
     """`tree`'s values under `template`'s keys (int list keys may come back as strings)."""
-    out = {}
+    out: dict[Any, Any] = {}
     for key, value in template.items():
         src = tree[key] if key in tree else tree[str(key)]
         if isinstance(value, Mapping):

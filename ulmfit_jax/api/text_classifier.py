@@ -190,8 +190,8 @@ class TextClassifier:
         """
         ckpt, vocab = fastai_files.read_language_model(weights_path, itos_path,
                                                        token_list(new_vocab))
-        text = dict(tokenizer=tokenizer or FastaiTokenizer(), class_names=class_names,
-                    backward=backward)
+        text: dict[str, Any] = dict(tokenizer=tokenizer or FastaiTokenizer(),
+                                    class_names=class_names, backward=backward)
         if ckpt.kind == fastai_files.KIND_CLASSIFIER:
             return cls._from_classifier_file(ckpt, vocab, n_classes, drop_mult, text,
                                              **classifier_options)

@@ -170,17 +170,17 @@ def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.P
 
 def detect_kind(keys: Sequence[str], source: str) -> str:
     """LM, encoder alone or classifier, from the key prefixes."""
-    keys = set(keys)
-    if any(k.startswith("0.module.") for k in keys):
+    key_set = set(keys)
+    if any(k.startswith("0.module.") for k in key_set):
         return KIND_CLASSIFIER
-    if any(k.startswith("1.") for k in keys):
+    if any(k.startswith("1.") for k in key_set):
         return KIND_LM
     # `save_encoder` writes bare keys; an LM's encoder alone keeps the `0.` prefix.
-    if "encoder.weight" in keys or "0.encoder.weight" in keys:
+    if "encoder.weight" in key_set or "0.encoder.weight" in key_set:
         return KIND_ENCODER
     raise ModelFileError(
         f"{source}: not a fastai AWD-LSTM checkpoint (no 'encoder.weight', '0.encoder.weight' "
-        f"or '0.module.encoder.weight' key; keys: {sorted(keys)[:6]}...)"
+        f"or '0.module.encoder.weight' key; keys: {sorted(key_set)[:6]}...)"
     )
 
 

@@ -139,7 +139,7 @@ def read_sizes(state_dict: Mapping[str, np.ndarray], kind: str, source: str) -> 
     if n_layers > 1:
         hidden = _shape(state_dict, f"{p}rnns.0.weight_hh_l0_raw", "[4 * hidden, hidden]",
                         source, ndim=2)[1]
-    head = ()
+    head: tuple[tuple[int, int], ...] = ()
     if kind == KIND_CLASSIFIER:
         head = tuple((_shape(state_dict, f"1.layers.{k}.{i}.weight", "[n_out, n_in]", source,
                              ndim=2)[0], i) for k, i in enumerate(linear_index(state_dict)))

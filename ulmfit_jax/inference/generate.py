@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from ulmfit_jax.model.encoder import EncoderState
-from ulmfit_jax.model.language_model import tied_decoder
+from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, tied_decoder
 from ulmfit_jax.text.fastai_tokenizer import BOS, PAD, UNK
 from ulmfit_jax.text.prediction_batches import check_texts
 from ulmfit_jax.text.vocab import FAKE_TOKEN, Vocab
@@ -80,7 +80,8 @@ def _sample_step(graphdef: nnx.GraphDef, params: nnx.State, logits: jax.Array,
 class Generator:
     """Samples words after a prompt with an LM module, its vocab and tokenizer."""
 
-    def __init__(self, module: nnx.Module, vocab: Vocab, tokenizer, backward: bool = False):
+    def __init__(self, module: AWDLSTMLanguageModel, vocab: Vocab, tokenizer,
+                 backward: bool = False):
         self.graphdef, self.params = nnx.split(module)
         self.vocab, self.tokenizer, self.backward = vocab, tokenizer, backward
         self.pad_id = module.config.pad_id

@@ -210,6 +210,7 @@ def bpt3c_pool(
         state = jax.lax.stop_gradient(state)
     _, outputs = _scan_chunks(weights, enc_cfg, padded[:, c0 * bptt:], active[:, c0 * bptt:],
                               state, encoder_masks, bptt, keep_outputs=True)
+    assert outputs is not None  # keep_outputs=True
     mask, last_index = pooling_mask(padded, config, c0 * bptt)
     window = c0 * bptt
     return masked_concat_pool(outputs, mask[:, window:], last_index - window)

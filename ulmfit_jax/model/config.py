@@ -78,7 +78,8 @@ class AWDLSTMConfig:
         cls, vocab_size: int, drop_mult: float = 1.0, **overrides: Any
     ) -> AWDLSTMConfig:
         """fastai's classifier encoder config (`awd_lstm_clas_config`)."""
-        values = dict(embed_p=0.05, input_p=0.4, weight_p=0.5, hidden_p=0.3, output_p=0.4)
+        values: dict[str, Any] = dict(embed_p=0.05, input_p=0.4, weight_p=0.5, hidden_p=0.3,
+                                      output_p=0.4)
         values.update(overrides)
         return cls(vocab_size=vocab_size, drop_mult=drop_mult, **values)
 

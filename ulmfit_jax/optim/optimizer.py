@@ -219,7 +219,7 @@ def set_schedule(opt_state: PyTree, lr: jax.typing.ArrayLike, mom: jax.typing.Ar
 def set_lr_scale(opt_state: PyTree, scale: Sequence[float] | np.ndarray) -> PyTree:
     """The per-group LR factors [n_groups]: group g trains at lr * scale[g] (discriminative
     fine-tuning; `group_lrs(...) / lr_max`)."""
-    return _with_hyperparams(opt_state, lr_scale=scale)
+    return _with_hyperparams(opt_state, lr_scale=jnp.asarray(scale, jnp.float32))
 
 
 def n_groups(opt_state: PyTree) -> int:

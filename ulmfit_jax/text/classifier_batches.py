@@ -148,7 +148,8 @@ class ClassifierBatches(ResumableBatches):
         lengths = corpus.lengths
         self.lengths = lengths if max_tokens is None else np.minimum(lengths, max_tokens)
         self.epoch, self.step = 0, 0
-        self._order_epoch, self._order = -1, None
+        self._order_epoch = -1
+        self._order: np.ndarray | None = None
 
     def identity(self) -> dict:
         """Seed, batch size and corpus size: a saved state must match them."""
@@ -157,7 +158,7 @@ class ClassifierBatches(ResumableBatches):
 
     def order(self, epoch: int) -> np.ndarray:
         """Document indices of `epoch` in batch order, `[n_docs]`."""
-        if self._order_epoch != epoch:
+        if self._order is None or self._order_epoch != epoch:
             self._order = (sortish_order(self.lengths, self.batch_size,
                                          np.random.default_rng([self.seed, epoch]))
                            if self.shuffle else sorted_order(self.lengths))

@@ -24,6 +24,7 @@ import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, cast
 
 UNK, PAD, BOS, EOS, FLD = "xxunk", "xxpad", "xxbos", "xxeos", "xxfld"
 TK_REP, TK_WREP, TK_UP, TK_MAJ = "xxrep", "xxwrep", "xxup", "xxmaj"
@@ -192,7 +193,8 @@ class _SpacySpans:
         import spacy
         from spacy.symbols import ORTH
 
-        self._tokenizer = spacy.blank(lang).tokenizer
+        # Typed as a plain callable by spaCy; it is a spacy.tokenizer.Tokenizer (Cython, untyped).
+        self._tokenizer = cast(Any, spacy.blank(lang).tokenizer)
         for token in special_tokens:
             self._tokenizer.add_special_case(token, [{ORTH: token}])
         self._pairs, self._by_first, self._by_last = _special_case_boundaries(self._tokenizer)

@@ -95,7 +95,8 @@ class LMStream(ResumableBatches):
                              "least one input and target")
         self.buckets = bucket_lengths(bptt, length_step)
         self.epoch, self.step = 0, 0
-        self._plan_epoch, self._plan = -1, None
+        self._plan_epoch = -1
+        self._plan: EpochPlan | None = None
 
     # ---------------------------------------------------------------- state
 
@@ -108,7 +109,7 @@ class LMStream(ResumableBatches):
 
     def plan(self, epoch: int) -> EpochPlan:
         """Document order and window lengths of `epoch` (deterministic in `(seed, epoch)`)."""
-        if self._plan_epoch != epoch:
+        if self._plan is None or self._plan_epoch != epoch:
             self._plan = self._make_plan(epoch)
             self._plan_epoch = epoch
         return self._plan

@@ -141,9 +141,10 @@ class SentencePieceTokenizer:
         if path is not None and path.exists():
             self._set_model(path.read_bytes())
             return path
-        self._set_model(self._train_model(texts))
+        model = self._train_model(texts)
+        self._set_model(model)
         if path is not None:
-            atomic_write(path, self._model)  # concurrent trainers write the same bytes
+            atomic_write(path, model)  # concurrent trainers write the same bytes
         return path
 
     def _training_sentences(self, texts: Iterable[str]) -> Iterator[str]:
@@ -184,19 +185,22 @@ class SentencePieceTokenizer:
         self._model, self._sp = model, None
         self._processor()  # fail now on a bad model file, not later in a worker
 
-    def _processor(self):
+    def _trained_model(self) -> bytes:
         if self._model is None:
             raise RuntimeError("SentencePieceTokenizer: no model; call train() or from_model()")
+        return self._model
+
+    def _processor(self):
+        model = self._trained_model()
         if self._sp is None:
             import sentencepiece as spm
 
-            self._sp = spm.SentencePieceProcessor(model_proto=self._model)
+            self._sp = spm.SentencePieceProcessor(model_proto=model)
         return self._sp
 
     def save_model(self, path: str | os.PathLike) -> None:
         """Write the trained `.model` file."""
-        self._processor()
-        atomic_write(path, self._model)
+        atomic_write(path, self._trained_model())
 
     # ------------------------------------------------------------------ encode / decode
     @property

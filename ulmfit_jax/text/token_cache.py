@@ -53,7 +53,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -78,7 +78,8 @@ __all__ = ["CACHE_FORMAT_VERSION", "DamagedCacheError", "TokenCache", "Tokenized
 
 
 class _VocabLike(Protocol):
-    itos: Sequence[str]
+    @property
+    def itos(self) -> Sequence[str]: ...  # read-only: a `Vocab`'s list[str] fits
 
     def numericalize(self, tokens: Sequence[str]) -> np.ndarray: ...
 
@@ -254,7 +255,8 @@ def build_token_cache(source: Iterable[Any], tokenizer: FingerprintedTokenizer,
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     cache_root = Path(cache_root)
     # A sources.DocStream carries class names; its `as_pairs()` view gives class indices.
-    source = source.as_pairs() if callable(getattr(source, "as_pairs", None)) else source
+    as_pairs = getattr(source, "as_pairs", None)
+    source = as_pairs() if callable(as_pairs) else source
     corpus_fp = corpus_fingerprint(source) if corpus_fp is None else corpus_fp
     key = cache_key(corpus_fp, tokenizer.fingerprint())
     final = cache_root / key
@@ -289,7 +291,7 @@ def _build_into(tmp: Path, source: Iterable[Any], tokenizer: FingerprintedTokeni
     labels: list[Any] = []
     texts = text_chunks(source, chunk_size, labels)
     encoded = encoded_chunks(texts, tokenizer, workers, max_in_flight, mp_context)
-    total = len(source) if hasattr(source, "__len__") else None
+    total = len(source) if isinstance(source, Sized) else None
     with (_RawWriter(tmp) as writer,
           tqdm(total=total, desc="tokenizing", unit="doc", disable=not progress) as bar):
         for n_docs, chunk in encoded:

@@ -48,7 +48,7 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> None:
     """Write `tokenizer.json` (and `tokenizer.model` for SentencePiece) into `directory`."""
     directory = Path(directory)
     spec = tokenizer_spec(tokenizer)
-    if spec["type"] == "sentencepiece":
+    if isinstance(tokenizer, SentencePieceTokenizer):
         tokenizer.save_model(directory / SP_MODEL_FILE)
     text = json.dumps(spec, ensure_ascii=False, indent=1) + "\n"
     (directory / SPEC_FILE).write_text(text, "utf-8")

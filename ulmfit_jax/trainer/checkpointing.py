@@ -56,6 +56,7 @@ from orbax.checkpoint import checkpoint_managers as ocp_managers
 
 from ulmfit_jax.errors import WorkdirError, disk_full_is_clear
 from ulmfit_jax.trainer import distributed
+from ulmfit_jax.trainer.train_state import RngKey
 
 logger = logging.getLogger(__name__)
 # 1 (no `format` key): dict train states and the hand-written fastai Adam state;
@@ -93,14 +94,14 @@ def check_finite_loss(loss: float, stage: str, step: int) -> None:
         )
 
 
-def key_to_list(key: jax.Array) -> list[int]:
+def key_to_list(key: RngKey) -> list[int]:
     """A PRNG key (raw uint32 or typed) -> JSON-friendly list of ints."""
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
     return [int(v) for v in np.asarray(key).ravel()]
 
 
-def key_from_list(values: list[int]) -> jax.Array:
+def key_from_list(values: list[int]) -> np.ndarray:
     """Inverse of `key_to_list` for raw uint32 keys (`jax.random.PRNGKey`)."""
     return np.asarray(values, dtype=np.uint32)
 

@@ -15,6 +15,7 @@ import functools
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
@@ -133,7 +134,7 @@ class ClassifierStage:
             train, c.batch_size, bptt=c.bptt, pad_id=self.pad_id, shuffle=True,
             seed=config.seed, max_tokens=self.max_tokens, process_index=jax.process_index(),
             process_count=jax.process_count())
-        labels = {"multi_label": clf.multi_label, "threshold": clf.threshold}
+        labels: dict[str, Any] = {"multi_label": clf.multi_label, "threshold": clf.threshold}
         options = {"graphdef": graphdef, "model_config": clf.config, **labels}
 
         @functools.cache

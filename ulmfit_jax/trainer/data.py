@@ -141,11 +141,11 @@ def make_tokenizer(data: ml_collections.ConfigDict, train: _Subset, workdir: Pat
 
 
 def _cache(split: _Subset, tokenizer: Tokenizer, root: Path, workers: int) -> TokenCache:
-    workers = None if workers < 0 else workers  # -1: one process per CPU; 0: in-process
+    processes = None if workers < 0 else workers  # -1: one process per CPU; 0: in-process
     # A multi-process run has started jax (threads) by now, and forking a threaded process
     # can deadlock the child: its workers start from a clean server process instead.
     mp_context = "forkserver" if distributed.is_multiprocess() else "fork"
-    return build_token_cache(split, tokenizer, root, workers=workers, progress=False,
+    return build_token_cache(split, tokenizer, root, workers=processes, progress=False,
                              mp_context=mp_context)
 
 

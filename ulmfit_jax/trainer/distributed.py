@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import jax
 import ml_collections
@@ -35,11 +35,11 @@ ENV_KEYS = {"coordinator_address": "JAX_COORDINATOR_ADDRESS",
 _OK = "ok"
 
 
-def cluster_settings(settings: ml_collections.ConfigDict) -> dict[str, object]:
+def cluster_settings(settings: ml_collections.ConfigDict) -> dict[str, Any]:
     """`jax.distributed.initialize` keywords from the config, then the environment; what is
     still unset is left to jax's cluster detection."""
     unset = {"coordinator_address": "", "num_processes": 0, "process_id": -1}
-    found: dict[str, object] = {}
+    found: dict[str, Any] = {}  # config values: str or int, per `unset`
     for key, empty in unset.items():
         value = settings[key]
         if value == empty and os.environ.get(ENV_KEYS[key]):

@@ -100,6 +100,8 @@ class LMStage:
         self.graphdef, self._step_for = graphdef, step_for
         self._zeros = jax.device_put(zero_state(model_config, c.batch_size),
                                      sharding.batch_sharding(mesh))
+        # Compiled on the first evaluation.
+        self._evaluate_window: Callable[[LMEvalState, dict], tuple[LMEvalState, dict]] | None
         self._evaluate_window = None
 
     def schedule(self, n_steps: int, lr_max: float) -> Schedule:

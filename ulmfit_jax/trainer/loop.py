@@ -40,11 +40,11 @@ from ulmfit_jax.trainer.checkpointing import (
 )
 from ulmfit_jax.trainer.metric_logger import MetricLogger
 from ulmfit_jax.trainer.metrics import SumAccumulator
-from ulmfit_jax.trainer.train_state import TrainState
+from ulmfit_jax.trainer.train_state import RngKey, TrainState
 
 S = TypeVar("S", bound=TrainState)
 # A compiled train step: (state, device batch, base rng, {"lr", "mom"}) -> (state, metric sums).
-TrainStep = Callable[[S, dict, jax.Array, dict], tuple[S, dict]]
+TrainStep = Callable[[S, dict, RngKey, dict], tuple[S, dict]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +74,17 @@ class Stage(Protocol[S]):
     (fastai's `SaveModelCallback`).
     """
 
-    name: str
-    phases: Sequence[Phase]
-    iterator: ResumableBatches
-    best_metric: str
-    best_mode: str
+    # Read-only (properties) so a stage may hold e.g. a list of phases or an `LMStream`.
+    @property
+    def name(self) -> str: ...
+    @property
+    def phases(self) -> Sequence[Phase]: ...
+    @property
+    def iterator(self) -> ResumableBatches: ...
+    @property
+    def best_metric(self) -> str: ...
+    @property
+    def best_mode(self) -> str: ...
 
     def schedule(self, n_steps: int, lr_max: float) -> Schedule:
         """A phase's (lr, momentum) at each of its `n_steps` steps (`optim.schedules`)."""
@@ -186,7 +192,7 @@ class _Metrics:
         return {"epoch": self.epoch.sums, "interval": self.interval.sums}
 
 
-def _save(ckpt: Checkpointer, state: TrainState, rng: jax.Array, stage: Stage, metrics: _Metrics,
+def _save(ckpt: Checkpointer, state: TrainState, rng: RngKey, stage: Stage, metrics: _Metrics,
           step: int, config_dict: dict, valid: dict | None = None) -> None:
     metrics.flush()  # every loss up to `step` is checked before its checkpoint is written
     if not bool(_all_finite(state.params)):
@@ -210,7 +216,7 @@ def _begin_epoch(state: S, stage: Stage, plan: _Plan, metrics: _Metrics) -> S:
 
 
 def _train_epoch(
-    state: S, step: int, rng: jax.Array, stage: Stage, plan: _Plan, metrics: _Metrics,
+    state: S, step: int, rng: RngKey, stage: Stage, plan: _Plan, metrics: _Metrics,
     save: Callable, every_steps: int, progress: bool,
 ) -> tuple[S, int, tuple[int, float]]:
     """The rest of the current epoch; checkpoints every `every_steps` (not at its last step,
@@ -253,7 +259,7 @@ def _train_epoch(
 def run_stage(
     stage: Stage,
     state: S,
-    rng: jax.Array,
+    rng: RngKey,
     ckpt: Checkpointer,
     log: MetricLogger,
     *,
@@ -268,7 +274,8 @@ def run_stage(
     """
     plan = _Plan(stage)
     restored = ckpt.restore_latest(state)
-    saved_metrics, valid = None, {}
+    saved_metrics = None
+    valid: dict[str, float] = {}
     if restored is not None:
         state, meta = restored
         rng = key_from_list(meta["rng"])

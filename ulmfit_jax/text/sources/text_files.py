@@ -26,6 +26,7 @@ from .core import (
     DataError,
     DecodeErrors,
     EmptyPolicy,
+    ReadOptions,
     Record,
     SplitPlan,
     TextDataset,
@@ -128,7 +129,7 @@ def wikitext(path: str | os.PathLike, *, encoding: str = "utf-8",
     if not root.is_dir():
         raise DataError(f"{root}: folder not found (expected the WikiText folder holding "
                         f"{', '.join(WIKITEXT_FILES.values())})")
-    opts = dict(encoding=encoding, errors=errors, empty=empty)
+    opts = ReadOptions(encoding=encoding, errors=errors, empty=empty)
     files = {split: check_file(root / name) for split, name in WIKITEXT_FILES.items()
              if split != "test" or (root / name).exists()}
     records = {split: _Paragraphs(p, "wikitext", **opts) for split, p in files.items()}
@@ -144,7 +145,7 @@ def wikitext(path: str | os.PathLike, *, encoding: str = "utf-8",
     return dataclasses.replace(dataset, test=test.train)
 
 
-def _text_records(path: Path, opts: dict) -> tuple[_FileRecords | _Paragraphs, list[Path]]:
+def _text_records(path: Path, opts: ReadOptions) -> tuple[_FileRecords | _Paragraphs, list[Path]]:
     """Records of a folder of `.txt` files or of one file split at blank lines, and the files."""
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix == ".txt" and p.is_file())
@@ -163,7 +164,7 @@ def text_files(path: str | os.PathLike, valid_path: str | os.PathLike | None = N
     without it, a seeded `valid_fraction` of the documents is (see `stratified_valid_mask`).
     """
     check_policies(empty, errors)
-    opts = dict(encoding=encoding, errors=errors, empty=empty)
+    opts = ReadOptions(encoding=encoding, errors=errors, empty=empty)
     train, files = _text_records(Path(path), opts)
     valid = None
     if valid_path is not None:

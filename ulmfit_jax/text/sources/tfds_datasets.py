@@ -179,8 +179,11 @@ def tfds_dataset(name: str, *, data_dir: str | None = None, train_split: str = "
 
 def _fields(name: str, text_fields: Sequence[str] | None, label_field: str | None) -> TfdsFields:
     known = KNOWN_DATASETS.get(name)
-    if known is None and (text_fields is None or label_field is None):
-        raise DataError(f"tfds dataset {name!r}: not in KNOWN_DATASETS "
-                        f"({sorted(KNOWN_DATASETS)}); pass text_fields and label_field")
+    if known is None:
+        # Empty fields fall back to the known ones, so an unknown dataset needs both non-empty.
+        if not text_fields or not label_field:
+            raise DataError(f"tfds dataset {name!r}: not in KNOWN_DATASETS "
+                            f"({sorted(KNOWN_DATASETS)}); pass text_fields and label_field")
+        return TfdsFields(tuple(text_fields), label_field, None)
     return TfdsFields(tuple(text_fields) if text_fields else known.text,
-                      label_field or known.label, known.unsup_split if known else None)
+                      label_field or known.label, known.unsup_split)
