@@ -33,4 +33,5 @@ def matmul_precision(name: str | None) -> Iterator[None]:
 
 def active_matmul_precision() -> str | None:
     """The precision jax applies to matmuls traced now (None: jax's default)."""
-    return jax.config.jax_default_matmul_precision
+    # jax sets its flags as attributes of its config at runtime; its stubs do not list them.
+    return jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]
