@@ -4,11 +4,11 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.extend.core
 import jax.numpy as jnp
 import pytest
 from flax import nnx
 
+from tests.jaxprs import equations
 from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.classifier import AWDLSTMClassifier, sample_classifier_masks
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
@@ -20,19 +20,8 @@ DEFAULT = (jax.lax.Precision.DEFAULT, jax.lax.Precision.DEFAULT)
 
 
 def _matmul_precisions(fn, *args) -> list:
-    """The precision of every dot_general in fn's jaxpr, sub-jaxprs (scans, custom VJPs)
-    included."""
-    found = []
-
-    def visit(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "dot_general":
-                found.append(eqn.params["precision"])
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                visit(sub)
-
-    visit(jax.make_jaxpr(fn)(*args).jaxpr)
-    return found
+    """The precision of every matmul in fn's jaxpr, scans and custom VJPs included."""
+    return [eqn.params["precision"] for eqn in equations(fn, *args, primitive="dot_general")]
 
 
 def _lm_loss_grad(config):

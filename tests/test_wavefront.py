@@ -4,12 +4,12 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from tests.jaxprs import equations
 from ulmfit_jax.model.classifier import AWDLSTMClassifier, sample_classifier_masks
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, sample_lm_masks
@@ -75,19 +75,8 @@ def test_wavefront_equals_per_layer_scan(dropout, padded):
 
 
 def _scan_lengths(fn, *args) -> list[int]:
-    """Lengths of the top-level scans in fn's jaxpr (forward) and in its gradient's."""
-    jaxpr = jax.make_jaxpr(fn)(*args)
-    lengths = []
-
-    def visit(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "scan":
-                lengths.append(eqn.params["length"])
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                visit(sub)
-
-    visit(jaxpr.jaxpr)
-    return lengths
+    """Lengths of every scan in fn's jaxpr (forward and, for a gradient, backward)."""
+    return [eqn.params["length"] for eqn in equations(fn, *args, primitive="scan")]
 
 
 def test_wavefront_has_t_plus_l_minus_1_dependent_steps_per_direction():
