@@ -1,24 +1,17 @@
-"""benchmarks/accelerator.py: the smoke run on CPU (fastai included) prints a complete table,
-and the variants that cannot run here say why instead of disappearing."""
+"""benchmarks/accelerator.py: the variants that cannot run here say why instead of
+disappearing, and fastai's side builds its hidden state on its model's device. Its smoke run
+(a complete table on CPU, fastai included) is checked inside `benchmarks/gpu_check.py`'s smoke
+run, which runs it as one of its parts (tests/test_gpu_check.py, `accelerator_table`)."""
 
 import importlib
-import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.accelerator_table import RUNNABLE_ON_CPU
+
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ["ours scan fp32", "ours scan bf16", "ours wavefront fp32", "ours wavefront bf16",
-            "ours cuDNN fp32", "ours cuDNN bf16", "fastai fp32", "fastai AMP fp16"]
-RUNNABLE_ON_CPU = ["ours scan fp32", "ours scan bf16", "ours wavefront fp32",
-                   "ours wavefront bf16", "fastai fp32"]
-COLUMNS = ["batch", "variant", "LM train tok/s", "vs fastai fp32", "LM eval tok/s",
-           "vs fastai fp32", "clf train docs/s", "vs fastai fp32",
-           "first call s (LM train / LM eval / clf)", "step memory MiB"]
-RATES, RATIOS, FIRST_CALLS, MEMORY = (2, 4, 6), (3, 5, 7), 8, 9
 
 
 @pytest.fixture
@@ -26,54 +19,6 @@ def accelerator(monkeypatch):
     """The benchmark script as a module (it imports its sibling `lm_throughput`)."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     return importlib.import_module("accelerator")
-
-
-def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
-
-
-def _table(stdout: str) -> tuple[list[str], dict[str, list[str]]]:
-    """Header and rows (cells, by variant) of the printed markdown table."""
-    lines = [line for line in stdout.splitlines() if line.startswith("| ")]
-    rows = [_cells(line) for line in lines[1:]]
-    assert all(len(row) == len(COLUMNS) for row in rows)
-    return _cells(lines[0]), {row[1]: row for row in rows}
-
-
-def _positive(text: str) -> float:
-    value = float(text.replace(",", "").removesuffix("x"))
-    assert math.isfinite(value) and value > 0, text
-    return value
-
-
-@pytest.mark.slow
-def test_smoke_run_prints_every_variant_with_finite_figures():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "benchmarks/accelerator.py", "--smoke"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "SMOKE RUN" in proc.stdout
-    header, rows = _table(proc.stdout)
-    assert header == COLUMNS
-    assert list(rows) == VARIANTS
-    for name in RUNNABLE_ON_CPU:
-        row = rows[name]
-        assert row[0] == "4"
-        for column in (*RATES, *RATIOS):
-            _positive(row[column])
-        assert len([_positive(s) for s in row[FIRST_CALLS].split("/")]) == 3
-    assert [rows["fastai fp32"][column] for column in RATIOS] == ["1.00x"] * 3
-    for name in RUNNABLE_ON_CPU[:4]:
-        _positive(rows[name][MEMORY])
-    assert rows["fastai fp32"][MEMORY] == "n/a"  # no CUDA peak on a CPU
-    reasons = {"ours cuDNN fp32": "CUDA", "ours cuDNN bf16": "float32 only",
-               "fastai AMP fp16": "CUDA"}
-    for name, reason in reasons.items():
-        assert rows[name][2].startswith("n/a (") and reason in rows[name][2]
-        assert rows[name][3:] == ["n/a"] * 7
-    assert "the goals do NOT apply here" in proc.stdout
-    assert "WT103 epoch (103M tokens)" in proc.stdout
 
 
 def test_variants_that_cannot_run_on_cpu_say_why(accelerator):
