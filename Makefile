@@ -21,10 +21,12 @@ install: $(STAMP)
 demo: install
 	$(PY) train.py --config configs/quickstart.py --workdir runs/quickstart --stage all
 
+# worksteal: a worker that runs out of tests takes queued ones from the other, so the few
+# minute-long end-to-end tests do not leave one core idle at the end.
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest -n 2 --durations=15
+	$(PY) -m pytest -n 2 --dist worksteal --durations=15
 
 lint: install
 	$(PY) -m ruff check .
