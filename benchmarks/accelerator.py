@@ -54,6 +54,7 @@ from common import (
     BenchSetting,
     JaxStep,
     adam_hparams,
+    add_cpu_devices_argument,
     classifier_batch,
     fastai_classifier_model,
     fastai_optimizer,
@@ -66,6 +67,7 @@ from common import (
     timed,
     torch_amp,
     torch_update,
+    use_cpu_devices,
 )
 
 TASKS = ("lm_train", "lm_eval", "clf_train")
@@ -417,6 +419,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="classifier document length in bptt chunks")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--no-fastai", action="store_true", help="ours only")
+    add_cpu_devices_argument(parser)
     parser.add_argument("--smoke", action="store_true",
                         help=f"tiny CPU-sized run that checks the script: overrides {SMOKE}")
     args = parser.parse_args(argv)
@@ -427,6 +430,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    use_cpu_devices(args.cpu_devices, args.batch_sizes)  # on a CPU, as train.py
     # fastai's torch shares the device: jax must not take 75% of its memory up front.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     variants = our_variants() + fastai_variants(args.no_fastai)

@@ -91,6 +91,24 @@ def load_average() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def add_cpu_devices_argument(parser: Any) -> None:
+    """`--cpu-devices`: as the trainer's `cpu_devices` key (0 = one per core that the batch
+    sizes divide), so that on a CPU ours runs as `train.py` would."""
+    parser.add_argument("--cpu-devices", type=int, default=0,
+                        help="jax CPU devices sharing each batch; 0 = as train.py (one per "
+                             "core that the batch sizes divide), 1 = one device")
+
+
+def use_cpu_devices(requested: int, batch_sizes: Sequence[int]) -> None:
+    """Before jax starts: give its CPU backend the devices `train.py` would use (or
+    `requested`), so the data mesh of `ours_steps` splits each batch over them."""
+    from ulmfit_jax.trainer import cpu_devices
+
+    count = requested or cpu_devices.auto_device_count(cpu_devices.available_cores(),
+                                                       tuple(batch_sizes))
+    cpu_devices.use_cpu_cores(count)
+
+
 # --- batches ---------------------------------------------------------------------------------
 
 

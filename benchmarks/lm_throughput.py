@@ -34,11 +34,13 @@ import numpy as np
 from common import (
     SIZES,
     BenchSetting,
+    add_cpu_devices_argument,
     fastai_steps,
     interleaved_seconds,
     load_average,
     machine,
     ours_steps,
+    use_cpu_devices,
 )
 
 
@@ -79,7 +81,9 @@ def main() -> None:
     parser.add_argument("--bptt", type=int, default=70)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    add_cpu_devices_argument(parser)
     args = parser.parse_args()
+    use_cpu_devices(args.cpu_devices, [args.bs])
     run(BenchSetting(args.size, args.bs, args.bptt, args.steps, args.warmup))
 
 

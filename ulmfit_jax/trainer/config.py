@@ -46,6 +46,11 @@ def base_config() -> ml_collections.ConfigDict:
     """Defaults of every key (fastai's recipe at full size on the embedded IMDb corpus)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Where jax runs on CPUs: how many devices it splits each batch over (trainer/cpu_devices.py).
+    # 0 = one per core (as many as every batch size divides); N = exactly N. A multi-process
+    # run (`distributed.enabled`) keeps jax's own count. 1 (jax's own default) until the whole
+    # suite has run with 0: measured 1.4x on classifier steps on 2 cores (benchmarks/RESULTS.md).
+    c.cpu_devices = 1
     c.distributed = _distributed_config()
     c.data = _data_config()
     c.model = ml_collections.ConfigDict({
@@ -234,6 +239,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             _require(c[key] >= 1, f"{section}.{key}", c[key], "an integer >= 1")
     _require(config.classifier.eval_batch_size >= 1, "classifier.eval_batch_size",
              config.classifier.eval_batch_size, "an integer >= 1")
+    _require(config.cpu_devices >= 0, "cpu_devices", config.cpu_devices,
+             "0 (one per core) or a device count >= 1")
     _require(config.lm.epochs >= 1, "lm.epochs", config.lm.epochs, "an integer >= 1")
     _require(0 < config.classifier.threshold < 1, "classifier.threshold",
              config.classifier.threshold, "a probability in (0, 1)")

@@ -24,7 +24,7 @@ import numpy as np
 
 from ulmfit_jax.api import Ensemble
 from ulmfit_jax.errors import ConfigError, UserError
-from ulmfit_jax.trainer import distributed, sharding
+from ulmfit_jax.trainer import cpu_devices, distributed, sharding
 from ulmfit_jax.trainer.classifier_stage import (
     VALID_PROBS,
     classifier_name,
@@ -89,6 +89,8 @@ def train_and_evaluate(
     workdir = Path(workdir)
     # Before anything else touches jax. Process 0 alone claims the workdir and prepares the
     # data (vocab, token cache); the others read them once it has.
+    if not config.distributed.enabled:
+        cpu_devices.use_cpu_cores(cpu_devices.requested_device_count(config))
     distributed.initialize(config.distributed)
     with _claim_on_primary(workdir, config, stage, fresh) as first_run:
         try:

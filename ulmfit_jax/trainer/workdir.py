@@ -37,11 +37,13 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE, RUN_CONFIG = ".lock", "run_config.json"
 # Keys that never change what a run computes (display, logging, checkpoint cadence on disk,
-# where and how fast data is tokenized, multi-host start-up). A key is matched exactly or,
-# ending in ".", as a prefix. Everything else must match the stored run config.
+# where and how fast data is tokenized, multi-host start-up; how many devices share a batch
+# changes only the order of float32 sums). A key is matched exactly or, ending in ".", as a
+# prefix. Everything else must match the stored run config.
 RESULT_FREE_KEYS = (
     "progress", "log_every_steps", "tensorboard", "predict_examples",
     "distributed", "distributed.",  # (a bool before the multi-process settings)
+    "cpu_devices",
     "checkpoint.keep", "checkpoint.async_save", "checkpoint.every_steps",
     "data.workers", "data.cache_dir", "lr_find.",
 )
