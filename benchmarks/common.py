@@ -92,16 +92,16 @@ def load_average() -> str:
 
 
 def add_cpu_devices_argument(parser: Any) -> None:
-    """`--cpu-devices`: as the trainer's `cpu_devices` key (0 = one per core that the batch
-    sizes divide), so that on a CPU ours runs as `train.py` would."""
-    parser.add_argument("--cpu-devices", type=int, default=0,
-                        help="jax CPU devices sharing each batch; 0 = as train.py (one per "
-                             "core that the batch sizes divide), 1 = one device")
+    """`--cpu-devices`: as the trainer's `cpu_devices` key (1 = jax's one device, its default;
+    0 = one per core that the batch sizes divide; N = N)."""
+    parser.add_argument("--cpu-devices", type=int, default=1,
+                        help="jax CPU devices sharing each batch, as train.py's cpu_devices: "
+                             "1 (its default), 0 = one per core that the batch sizes divide")
 
 
 def use_cpu_devices(requested: int, batch_sizes: Sequence[int]) -> None:
-    """Before jax starts: give its CPU backend the devices `train.py` would use (or
-    `requested`), so the data mesh of `ours_steps` splits each batch over them."""
+    """Before jax starts: give its CPU backend `requested` devices (0: one per core that
+    `batch_sizes` divide), so the data mesh of `ours_steps` splits each batch over them."""
     from ulmfit_jax.trainer import cpu_devices
 
     count = requested or cpu_devices.auto_device_count(cpu_devices.available_cores(),
