@@ -168,9 +168,9 @@ def test_fastai_step_multiplicity_is_the_encoder_kinds_own():
     assert set(jax.tree.leaves(mult)) == {1.0}
 
 
-def test_unknown_and_clashing_kinds_are_refused_and_fastai_conversion_is_awd_lstm_only():
-    with pytest.raises(ConfigError, match="encoder_kind='qrnn'.*awd_lstm"):
-        zero_state(AWDLSTMConfig(vocab_size=10, encoder_kind="qrnn"), 2)
+def test_unknown_and_clashing_kinds_are_refused_and_fastai_conversion_is_fastais_kinds_only():
+    with pytest.raises(ConfigError, match="encoder_kind='gru'.*awd_lstm.*qrnn"):
+        zero_state(AWDLSTMConfig(vocab_size=10, encoder_kind="gru"), 2)
     with pytest.raises(ValueError, match="already ElmanEncoder"):
         register_encoder(KIND, AWDLSTMLanguageModel)
     assert register_encoder(KIND, ElmanEncoder) is ElmanEncoder  # the same class again is fine

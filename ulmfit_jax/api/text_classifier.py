@@ -140,13 +140,7 @@ class TextClassifier:
         `drop_mult`; `classifier_options` go to `ClassifierConfig` (bptt, max_len, head_sizes,
         head_ps).
         """
-        enc = AWDLSTMConfig.classifier_defaults(
-            encoder_config.vocab_size, drop_mult=drop_mult, emb_size=encoder_config.emb_size,
-            hidden_size=encoder_config.hidden_size, n_layers=encoder_config.n_layers,
-            pad_id=encoder_config.pad_id, compute_dtype=encoder_config.compute_dtype,
-            lstm_impl=encoder_config.lstm_impl, encoder_kind=encoder_config.encoder_kind,
-            matmul_precision=encoder_config.matmul_precision,
-        )
+        enc = encoder_config.for_classifier(drop_mult)
         config = ClassifierConfig(encoder=enc, n_classes=n_classes, **classifier_options)
         clf = cls.create(config, vocab, seed, tokenizer, class_names, backward)
         state = clf.state

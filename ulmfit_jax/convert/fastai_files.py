@@ -5,7 +5,8 @@ the keys and order of a fastai v2 model's `state_dict()`), which `fastai_weights
 our parameter trees. Layouts read (see docs/fastai_formats.md):
 
 - fastai v2: `rnns.{l}.weight_hh_l0_raw`; taken as is.
-- fastai v1 release: v2 keys plus a dropped copy `rnns.{l}.module.weight_hh_l0`, ignored.
+- fastai v1 release: v2 keys plus a dropped copy `rnns.{l}.module.weight_hh_l0` (an AWD-QRNN's:
+  `rnns.{l}.layers.0.linear.module.weight`), ignored.
 - 2018 (fastai 0.7 `.h5`, a torch file): `encoder_with_dropout.embed.weight` and
   `rnns.{l}.module.weight_hh_l0_raw`, renamed; its decoder has no bias, read as zeros (which
   gives exactly the 2018 model's logits).
@@ -47,7 +48,6 @@ OLD_SPECIAL_TOKENS = {"_unk_": "xxunk", "_pad_": "xxpad", "xbos": "xxbos", "xfld
 # 2018 encoder keys -> fastai v2 names (the LSTM's raw W_hh sat inside its WeightDrop module).
 _RENAMED_2018 = {"encoder_with_dropout.embed.weight": "encoder_dp.emb.weight"}
 _W_HH_2018 = re.compile(r"rnns\.(\d+)\.module\.weight_hh_l0_raw")
-_W_HH_DROPPED_V1 = re.compile(r"rnns\.\d+\.module\.weight_hh_l0")
 
 
 class UnsafeCheckpointError(ModelFileError):
@@ -179,8 +179,8 @@ def detect_kind(keys: Sequence[str], source: str) -> str:
     if "encoder.weight" in key_set or "0.encoder.weight" in key_set:
         return KIND_ENCODER
     raise ModelFileError(
-        f"{source}: not a fastai AWD-LSTM checkpoint (no 'encoder.weight', '0.encoder.weight' "
-        f"or '0.module.encoder.weight' key; keys: {sorted(key_set)[:6]}...)"
+        f"{source}: not a fastai AWD-LSTM checkpoint, nor an AWD-QRNN one (no 'encoder.weight', "
+        f"'0.encoder.weight' or '0.module.encoder.weight' key; keys: {sorted(key_set)[:6]}...)"
     )
 
 
@@ -190,7 +190,7 @@ def detect_layout(encoder_sd: Mapping[str, np.ndarray]) -> str:
         k.endswith("module.weight_hh_l0_raw") for k in encoder_sd
     ):
         return "2018"
-    if any(re.fullmatch(r"rnns\.\d+\.module\.weight_hh_l0", k) for k in encoder_sd):
+    if any(layout.V1_DROPPED_COPY.fullmatch(k) for k in encoder_sd):
         return "v1"
     return "v2"
 
@@ -202,7 +202,7 @@ def _v2_encoder_key(key: str, layout_name: str) -> str | None:
             return _RENAMED_2018[key]
         if m := _W_HH_2018.fullmatch(key):
             return f"rnns.{m.group(1)}.weight_hh_l0_raw"
-    if layout_name == "v1" and _W_HH_DROPPED_V1.fullmatch(key):
+    if layout_name == "v1" and layout.V1_DROPPED_COPY.fullmatch(key):
         return None  # fastai v1 also saved the dropped-out copy of W_hh: stale, ignore it
     return key
 
@@ -354,7 +354,7 @@ def save_encoder(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) 
     """Write the encoder as fastai's `save_encoder` does (keys without the `0.` prefix)."""
     ckpt = normalise_state_dict(state_dict, source="<encoder to save>")
     p = PREFIXES[ckpt.kind]
-    keys = layout.encoder_keys(ckpt.sizes.n_layers)
+    keys = layout.encoder_keys(ckpt.sizes.n_layers, encoder_kind=ckpt.sizes.encoder_kind)
     save_torch_state_dict({k: ckpt.state_dict[p + k] for k in keys}, path)
 
 

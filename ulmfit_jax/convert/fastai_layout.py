@@ -13,6 +13,14 @@ Keys of a fastai 2.8 `state_dict()` (fastai/text/models/awdlstm.py, core.py), in
 fastai's `load_pretrained` copies tensors by position, so writers must keep this order.
 fastai v1 files also hold DropConnect's dropped copy `rnns.{l}.module.weight_hh_l0`: derived
 data, ignored here.
+
+An AWD-QRNN (fastai v1's `AWD_LSTM(qrnn=True)`, early fastai v2's `AWD_QRNN`) has the same
+embedding, decoder and head keys; each layer l is a one-layer `QRNN` whose linear map sits in
+a `WeightDropout`: `rnns.{l}.layers.0.linear.weight_raw` [3h, window * in] (gates z, f, o;
+input columns: the current step, then the previous one) and
+`rnns.{l}.layers.0.linear.module.bias` [3h]. Layer 0's window (1 or 2) is read from its shape;
+later layers have window 1. fastai v1 also kept the dropped copy
+`rnns.{l}.layers.0.linear.module.weight`, ignored here as the LSTM's.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ulmfit_jax.errors import ModelFileError
+from ulmfit_jax.model.awd_lstm import KIND as AWD_LSTM
+from ulmfit_jax.model.qrnn import KIND as QRNN
 
 KIND_LM = "language_model"
 KIND_ENCODER = "encoder"
@@ -32,8 +42,13 @@ KIND_CLASSIFIER = "classifier"
 PREFIXES = {KIND_LM: "0.", KIND_ENCODER: "", KIND_CLASSIFIER: "0.module."}
 
 LAYER_KEYS = ("weight_hh_l0_raw", "module.weight_ih_l0", "module.bias_ih_l0", "module.bias_hh_l0")
+QRNN_LAYER_KEYS = ("layers.0.linear.weight_raw", "layers.0.linear.module.bias")
+# Each encoder kind's per-layer keys; the first one's presence in `rnns.0.` tells the kind.
+LAYER_KEYS_BY_KIND = {AWD_LSTM: LAYER_KEYS, QRNN: QRNN_LAYER_KEYS}
 BATCH_NORM_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-_V1_DROPPED_COPY = re.compile(r"(0\.(module\.)?)?rnns\.\d+\.module\.weight_hh_l0")
+# fastai v1's dropped copies of the DropConnect weight (LSTM W_hh, QRNN linear weight).
+V1_DROPPED_COPY = re.compile(r"rnns\.\d+\.(module\.weight_hh_l0|layers\.0\.linear\.module\.weight)")
+_V1_DROPPED_COPY = re.compile(r"(0\.(module\.)?)?" + V1_DROPPED_COPY.pattern)
 
 Shapes = OrderedDict[str, tuple[int, ...]]
 
@@ -43,6 +58,7 @@ class LayoutSizes:
     """Sizes read from a state dict's shapes.
 
     head: (n_out, linear index) per classifier head block; empty for LMs and encoders.
+    encoder_kind: "awd_lstm" or "qrnn"; qrnn_window: a QRNN's first-layer window (1 or 2).
     """
 
     vocab: int
@@ -50,11 +66,22 @@ class LayoutSizes:
     hidden: int
     n_layers: int
     head: tuple[tuple[int, int], ...] = ()
+    encoder_kind: str = AWD_LSTM
+    qrnn_window: int = 2
 
     def layer_sizes(self) -> list[tuple[int, int]]:
-        """(input width, hidden width) of each LSTM layer; the last one is `emb` wide."""
+        """(input width, hidden width) of each layer; the last one is `emb` wide."""
         widths = [self.hidden] * (self.n_layers - 1) + [self.emb]
         return list(zip([self.emb, *widths[:-1]], widths, strict=True))
+
+    def layer_shapes(self) -> list[tuple[tuple[int, ...], ...]]:
+        """Per layer, the shapes of its keys in `LAYER_KEYS_BY_KIND[encoder_kind]` order."""
+        if self.encoder_kind == QRNN:
+            windows = [self.qrnn_window] + [1] * (self.n_layers - 1)
+            return [((3 * n_out, window * n_in), (3 * n_out,))
+                    for (n_in, n_out), window in zip(self.layer_sizes(), windows, strict=True)]
+        return [((4 * n_out, n_out), (4 * n_out, n_in), (4 * n_out,), (4 * n_out,))
+                for n_in, n_out in self.layer_sizes()]
 
 
 def embedding_key(kind: str) -> str:
@@ -62,25 +89,26 @@ def embedding_key(kind: str) -> str:
     return PREFIXES[kind] + "encoder.weight"
 
 
-def encoder_keys(n_layers: int, prefix: str = "") -> list[str]:
-    """The AWD-LSTM encoder's keys in fastai order, each prefixed with `prefix`."""
+def encoder_keys(n_layers: int, prefix: str = "", encoder_kind: str = AWD_LSTM) -> list[str]:
+    """The encoder's keys in fastai order, each prefixed with `prefix`."""
     keys = [f"{prefix}encoder.weight", f"{prefix}encoder_dp.emb.weight"]
     for layer in range(n_layers):
-        keys += [f"{prefix}rnns.{layer}.{name}" for name in LAYER_KEYS]
+        keys += [f"{prefix}rnns.{layer}.{name}" for name in LAYER_KEYS_BY_KIND[encoder_kind]]
     return keys
 
 
-def lm_keys(n_layers: int) -> list[str]:
-    """fastai v2's 16 (for 3 layers) language-model keys in `state_dict()` order."""
-    return [*encoder_keys(n_layers, prefix="0."), "1.decoder.weight", "1.decoder.bias"]
+def lm_keys(n_layers: int, encoder_kind: str = AWD_LSTM) -> list[str]:
+    """fastai v2's 16 (for 3 LSTM layers) language-model keys in `state_dict()` order."""
+    return [*encoder_keys(n_layers, "0.", encoder_kind), "1.decoder.weight", "1.decoder.bias"]
 
 
-def classifier_keys(n_layers: int, linear_index: Sequence[int]) -> list[str]:
+def classifier_keys(n_layers: int, linear_index: Sequence[int],
+                    encoder_kind: str = AWD_LSTM) -> list[str]:
     """fastai v2 text classifier keys (`0.module.` encoder, `1.layers.` head) in order.
 
     `linear_index[k]` is where block k's Linear sits: 2, or 1 when that block has no Dropout.
     """
-    keys = encoder_keys(n_layers, prefix="0.module.")
+    keys = encoder_keys(n_layers, "0.module.", encoder_kind)
     for block, index in enumerate(linear_index):
         keys += [f"1.layers.{block}.0.{name}" for name in BATCH_NORM_KEYS]
         keys.append(f"1.layers.{block}.{index}.weight")
@@ -92,9 +120,9 @@ def expected_shapes(kind: str, sizes: LayoutSizes) -> Shapes:
     p = PREFIXES[kind]
     shapes: Shapes = OrderedDict()
     shapes[f"{p}encoder.weight"] = shapes[f"{p}encoder_dp.emb.weight"] = (sizes.vocab, sizes.emb)
-    for layer, (n_in, n_out) in enumerate(sizes.layer_sizes()):
-        for name, shape in zip(LAYER_KEYS, [(4 * n_out, n_out), (4 * n_out, n_in),
-                                            (4 * n_out,), (4 * n_out,)], strict=True):
+    names = LAYER_KEYS_BY_KIND[sizes.encoder_kind]
+    for layer, layer_shapes in enumerate(sizes.layer_shapes()):
+        for name, shape in zip(names, layer_shapes, strict=True):
             shapes[f"{p}rnns.{layer}.{name}"] = shape
     if kind == KIND_LM:
         shapes["1.decoder.weight"] = (sizes.vocab, sizes.emb)
@@ -109,16 +137,21 @@ def expected_shapes(kind: str, sizes: LayoutSizes) -> Shapes:
 
 
 def count_layers(state_dict: Mapping[str, object], prefix: str, source: str) -> int:
-    """Number of LSTM layers (`{prefix}rnns.{l}.*` keys, numbered 0..n-1)."""
+    """Number of recurrent layers (`{prefix}rnns.{l}.*` keys, numbered 0..n-1)."""
     pattern = re.compile(re.escape(prefix) + r"rnns\.(\d+)\.")
     layers = {int(m.group(1)) for k in state_dict if (m := pattern.match(k))}
     if not layers:
         raise ModelFileError(f"{source}: missing key '{prefix}rnns.0.weight_hh_l0_raw': "
-                         "not an AWD-LSTM state dict")
+                         "not an AWD-LSTM (or AWD-QRNN) state dict")
     if layers != set(range(max(layers) + 1)):
         raise ModelFileError(
-            f"{source}: LSTM layers must be numbered 0..n-1, found {sorted(layers)}")
+            f"{source}: recurrent layers must be numbered 0..n-1, found {sorted(layers)}")
     return max(layers) + 1
+
+
+def encoder_kind(state_dict: Mapping[str, object], prefix: str) -> str:
+    """"qrnn" when layer 0 is a QRNN (`rnns.0.layers.0.linear.weight_raw`), else "awd_lstm"."""
+    return QRNN if f"{prefix}rnns.0.{QRNN_LAYER_KEYS[0]}" in state_dict else AWD_LSTM
 
 
 def linear_index(state_dict: Mapping[str, object]) -> list[int]:
@@ -135,8 +168,14 @@ def read_sizes(state_dict: Mapping[str, np.ndarray], kind: str, source: str) -> 
     p = PREFIXES[kind]
     vocab, emb = _shape(state_dict, f"{p}encoder.weight", "[vocab, emb]", source, ndim=2)
     n_layers = count_layers(state_dict, p, source)
-    hidden = emb
-    if n_layers > 1:
+    kind_of_encoder = encoder_kind(state_dict, p)
+    hidden, window = emb, 2
+    if kind_of_encoder == QRNN:
+        rows, cols = _shape(state_dict, f"{p}rnns.0.{QRNN_LAYER_KEYS[0]}",
+                            "[3 * hidden, window * emb]", source, ndim=2)
+        hidden = rows // 3 if n_layers > 1 else emb
+        window = 1 if cols == emb else 2  # another width fails `validate` with both shapes
+    elif n_layers > 1:
         hidden = _shape(state_dict, f"{p}rnns.0.weight_hh_l0_raw", "[4 * hidden, hidden]",
                         source, ndim=2)[1]
     head: tuple[tuple[int, int], ...] = ()
@@ -145,7 +184,7 @@ def read_sizes(state_dict: Mapping[str, np.ndarray], kind: str, source: str) -> 
                              ndim=2)[0], i) for k, i in enumerate(linear_index(state_dict)))
         if not head:
             raise ModelFileError(f"{source}: missing key '1.layers.0.0.weight': no classifier head")
-    return LayoutSizes(vocab, emb, hidden, n_layers, head)
+    return LayoutSizes(vocab, emb, hidden, n_layers, head, kind_of_encoder, window)
 
 
 def validate(state_dict: Mapping[str, np.ndarray], kind: str, source: str) -> LayoutSizes:

@@ -2,11 +2,12 @@
 
 No torch here: `fastai_files` reads/writes the files and hands over numpy dicts. The keys,
 their order and shapes are `fastai_layout`'s; every reader validates through it.
-Only the AWD-LSTM encoder kind has a fastai layout (`FASTAI_ENCODER_KINDS`); the writers
-refuse a model of another kind with one line (a new kind with a fastai counterpart adds its
-own converter and layout, and its entry there).
+The AWD-LSTM and the AWD-QRNN encoder kinds have a fastai layout (`FASTAI_ENCODER_KINDS`);
+the writers refuse a model of another kind with one line (a new kind with a fastai
+counterpart adds its own converter and layout, and its entry there).
 torch keeps two LSTM biases; we keep their sum and write it back as `bias_ih` with a zero
-`bias_hh` (the sum, which is all the LSTM uses, is preserved).
+`bias_hh` (the sum, which is all the LSTM uses, is preserved). A QRNN layer's torch
+`Linear` weight [3h, window * in] is our kernel transposed; its bias is ours.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ulmfit_jax.convert.fastai_layout import KIND_CLASSIFIER, KIND_ENCODER, KIND
 from ulmfit_jax.errors import ModelFileError
 from ulmfit_jax.model.awd_lstm import KIND as AWD_LSTM
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
+from ulmfit_jax.model.qrnn import KIND as QRNN
 
 StateDict = Mapping[str, np.ndarray]
 _SOURCE = "<state dict>"
@@ -35,8 +37,8 @@ def _child(tree: Mapping[Any, Any], key: int) -> Any:
     return tree[key] if key in tree else tree[str(key)]
 
 
-# Encoder kinds whose parameter tree this module converts (fastai's AWD_LSTM, qrnn=False).
-FASTAI_ENCODER_KINDS = (AWD_LSTM,)
+# Encoder kinds whose parameter tree this module converts (fastai's AWD_LSTM and AWD_QRNN).
+FASTAI_ENCODER_KINDS = (AWD_LSTM, QRNN)
 
 
 def _check_convertible(config: AWDLSTMConfig | None) -> None:
@@ -46,22 +48,49 @@ def _check_convertible(config: AWDLSTMConfig | None) -> None:
                              f"fastai conversion exists for {FASTAI_ENCODER_KINDS} only")
 
 
+def _kind_fields(sizes: LayoutSizes) -> dict[str, Any]:
+    """The config fields a file's layout fixes beyond the sizes: its encoder kind (and window)."""
+    if sizes.encoder_kind == QRNN:
+        return {"encoder_kind": QRNN, "qrnn_window": sizes.qrnn_window}
+    return {}
+
+
 def _encoder_config(sizes: LayoutSizes) -> AWDLSTMConfig:
     return AWDLSTMConfig(vocab_size=sizes.vocab, emb_size=sizes.emb, hidden_size=sizes.hidden,
-                         n_layers=sizes.n_layers)
+                         n_layers=sizes.n_layers, **_kind_fields(sizes))
 
 
-def _encoder_params(state_dict: StateDict, n_layers: int, prefix: str) -> dict:
-    layers = {}
-    for layer in range(n_layers):
-        p = f"{prefix}rnns.{layer}."
-        layers[layer] = {
-            "w_ih": _f32(state_dict[p + "module.weight_ih_l0"]).T.copy(),
-            "w_hh": _f32(state_dict[p + "weight_hh_l0_raw"]).T.copy(),
-            "bias": _f32(state_dict[p + "module.bias_ih_l0"])
-            + _f32(state_dict[p + "module.bias_hh_l0"]),
-        }
+def _lstm_layer_params(state_dict: StateDict, p: str) -> dict:
+    return {
+        "w_ih": _f32(state_dict[p + "module.weight_ih_l0"]).T.copy(),
+        "w_hh": _f32(state_dict[p + "weight_hh_l0_raw"]).T.copy(),
+        "bias": _f32(state_dict[p + "module.bias_ih_l0"])
+        + _f32(state_dict[p + "module.bias_hh_l0"]),
+    }
+
+
+def _qrnn_layer_params(state_dict: StateDict, p: str) -> dict:
+    return {"kernel": _f32(state_dict[p + "layers.0.linear.weight_raw"]).T.copy(),
+            "bias": _f32(state_dict[p + "layers.0.linear.module.bias"]).copy()}
+
+
+def _encoder_params(state_dict: StateDict, sizes: LayoutSizes, prefix: str) -> dict:
+    read = _qrnn_layer_params if sizes.encoder_kind == QRNN else _lstm_layer_params
+    layers = {layer: read(state_dict, f"{prefix}rnns.{layer}.")
+              for layer in range(sizes.n_layers)}
     return {"embedding": _f32(state_dict[f"{prefix}encoder.weight"]).copy(), "layers": layers}
+
+
+def _lstm_layer_state_dict(weights: Mapping[str, Any], p: str) -> dict[str, np.ndarray]:
+    return {p + "weight_hh_l0_raw": np.ascontiguousarray(_f32(weights["w_hh"]).T),
+            p + "module.weight_ih_l0": np.ascontiguousarray(_f32(weights["w_ih"]).T),
+            p + "module.bias_ih_l0": _f32(weights["bias"]).copy(),
+            p + "module.bias_hh_l0": np.zeros_like(_f32(weights["bias"]))}
+
+
+def _qrnn_layer_state_dict(weights: Mapping[str, Any], p: str) -> dict[str, np.ndarray]:
+    return {p + "layers.0.linear.weight_raw": np.ascontiguousarray(_f32(weights["kernel"]).T),
+            p + "layers.0.linear.module.bias": _f32(weights["bias"]).copy()}
 
 
 def _encoder_state_dict(encoder: Mapping[str, Any], prefix: str) -> OrderedDict[str, np.ndarray]:
@@ -72,11 +101,9 @@ def _encoder_state_dict(encoder: Mapping[str, Any], prefix: str) -> OrderedDict[
     layers = encoder["layers"]
     for layer in range(len(layers)):
         weights = _child(layers, layer)
-        p = f"{prefix}rnns.{layer}."
-        out[p + "weight_hh_l0_raw"] = np.ascontiguousarray(_f32(weights["w_hh"]).T)
-        out[p + "module.weight_ih_l0"] = np.ascontiguousarray(_f32(weights["w_ih"]).T)
-        out[p + "module.bias_ih_l0"] = _f32(weights["bias"]).copy()
-        out[p + "module.bias_hh_l0"] = np.zeros_like(_f32(weights["bias"]))
+        # A QRNN layer holds `kernel` where an LSTM layer holds `w_ih`, `w_hh`.
+        write = _qrnn_layer_state_dict if "kernel" in weights else _lstm_layer_state_dict
+        out.update(write(weights, f"{prefix}rnns.{layer}."))
     return out
 
 
@@ -85,10 +112,11 @@ def encoder_params_from_fastai(
 ) -> tuple[AWDLSTMConfig, dict]:
     """`save_encoder` layout (keys `encoder.weight`, `rnns.{l}...`) -> (config, encoder params).
 
-    The params are the `encoder/...` subtree: {"embedding", "layers": {l: {w_ih, w_hh, bias}}}.
+    The params are the `encoder/...` subtree: {"embedding", "layers": {l: {w_ih, w_hh, bias}}}
+    (a QRNN's layers: {kernel, bias}).
     """
     sizes = layout.validate(state_dict, KIND_ENCODER, source)
-    return _encoder_config(sizes), _encoder_params(state_dict, sizes.n_layers, "")
+    return _encoder_config(sizes), _encoder_params(state_dict, sizes, "")
 
 
 def encoder_params_to_fastai(
@@ -105,12 +133,12 @@ def lm_params_from_fastai(
 ) -> tuple[AWDLSTMConfig, dict]:
     """fastai v2 LM state dict -> (AWDLSTMConfig with LM dropouts, params pure dict).
 
-    Sizes come from the shapes; raises ModelFileError (a ValueError) on a missing, unexpected
-    or mis-shaped key.
+    Sizes and the encoder kind (AWD-LSTM or AWD-QRNN) come from the keys and shapes; raises
+    ModelFileError (a ValueError) on a missing, unexpected or mis-shaped key.
     """
     sizes = layout.validate(state_dict, KIND_LM, source)
     params = {
-        "encoder": _encoder_params(state_dict, sizes.n_layers, "0."),
+        "encoder": _encoder_params(state_dict, sizes, "0."),
         "decoder_bias": _f32(state_dict["1.decoder.bias"]).copy(),
     }
     return _encoder_config(sizes), params
@@ -119,7 +147,7 @@ def lm_params_from_fastai(
 def lm_params_to_fastai(
     params: Mapping[str, Any], config: AWDLSTMConfig | None = None
 ) -> OrderedDict[str, np.ndarray]:
-    """LM params pure dict -> fastai's 16-key (3 layers) LM state dict in fastai's order
+    """LM params pure dict -> fastai's 16-key (3 LSTM layers) LM state dict in fastai's order
     (`config`, when given, must be of a convertible encoder kind)."""
     _check_convertible(config)
     out = _encoder_state_dict(params["encoder"], "0.")
@@ -138,13 +166,13 @@ def classifier_params_from_fastai(
     """
     sizes = layout.validate(state_dict, KIND_CLASSIFIER, source)
     enc_config = AWDLSTMConfig.classifier_defaults(
-        sizes.vocab, emb_size=sizes.emb, hidden_size=sizes.hidden, n_layers=sizes.n_layers
-    )
+        sizes.vocab, emb_size=sizes.emb, hidden_size=sizes.hidden, n_layers=sizes.n_layers,
+        **_kind_fields(sizes))
     config = ClassifierConfig(encoder=enc_config, n_classes=sizes.head[-1][0], bptt=bptt,
                               max_len=max_len, head_sizes=tuple(n for n, _ in sizes.head[:-1]))
     head = {k: _head_block(state_dict, f"1.layers.{k}.", index)
             for k, (_, index) in enumerate(sizes.head)}
-    encoder = _encoder_params(state_dict, sizes.n_layers, "0.module.")
+    encoder = _encoder_params(state_dict, sizes, "0.module.")
     return config, {"encoder": encoder, "head": {"blocks": head}}
 
 

@@ -16,13 +16,20 @@ from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.lstm_impl import LSTM_IMPLS
 from ulmfit_jax.model.precision import MATMUL_PRECISIONS
 
+# fastai's classifier encoder dropouts (`awd_lstm_clas_config`; `awd_qrnn_clas_config` has the
+# same), before drop_mult.
+CLASSIFIER_DROPOUTS: dict[str, Any] = dict(embed_p=0.05, input_p=0.4, weight_p=0.5, hidden_p=0.3,
+                                           output_p=0.4)
+
 
 @dataclasses.dataclass(frozen=True)
 class AWDLSTMConfig:
     """Sizes and dropouts of an AWD-LSTM (defaults: fastai's `awd_lstm_lm_config`).
 
-    `encoder_kind` names the recurrent encoder (`model.encoder`'s registry); the sizes and AWD
-    dropouts apply to every kind, as fastai's AWD_LSTM config does to its LSTM and QRNN.
+    `encoder_kind` names the recurrent encoder (`model.encoder`'s registry: "awd_lstm" or
+    "qrnn"); the sizes and AWD dropouts apply to every kind, as fastai's AWD_LSTM config does
+    to its LSTM and QRNN. The `qrnn_*` fields are the QRNN's own (fastai's `AWD_QRNN`
+    defaults); other kinds ignore them.
     """
 
     vocab_size: int
@@ -47,6 +54,13 @@ class AWDLSTMConfig:
     # How float32 matmuls run on GPUs/TPUs: "default" (jax's: TF32 / bf16 passes), "high" or
     # "highest" (full float32); see model/precision.py.
     matmul_precision: str = "default"
+    # The QRNN's convolution window over the input of its first layer (1 or 2; later layers
+    # see one step), its zoneout probability (dropout on the forget gate, training only; not
+    # scaled by drop_mult) and whether the first layer keeps the previous window's last input
+    # across calls (fastai's `save_prev_x`).
+    qrnn_window: int = 2
+    qrnn_zoneout: float = 0.0
+    qrnn_save_prev_x: bool = True
 
     def __post_init__(self) -> None:
         if self.vocab_size <= 0 or self.emb_size <= 0 or self.hidden_size <= 0:
@@ -61,6 +75,10 @@ class AWDLSTMConfig:
         if self.lstm_impl == "cudnn" and jnp.dtype(self.compute_dtype) != jnp.float32:
             raise ConfigError("lstm_impl='cudnn' runs in float32 only (cuDNN's LSTM in jax has "
                               f"no {jnp.dtype(self.compute_dtype).name}); use 'scan' or 'auto'")
+        if self.qrnn_window not in (1, 2):
+            raise ConfigError(f"qrnn_window={self.qrnn_window!r}; expected 1 or 2 (fastai's QRNN)")
+        if not 0.0 <= self.qrnn_zoneout < 1.0:
+            raise ConfigError(f"qrnn_zoneout={self.qrnn_zoneout} must be in [0, 1)")
         for name in ("embed_p", "input_p", "weight_p", "hidden_p", "output_p"):
             p = getattr(self, name) * self.drop_mult
             if not 0.0 <= p < 1.0:
@@ -77,11 +95,15 @@ class AWDLSTMConfig:
     def classifier_defaults(
         cls, vocab_size: int, drop_mult: float = 1.0, **overrides: Any
     ) -> AWDLSTMConfig:
-        """fastai's classifier encoder config (`awd_lstm_clas_config`)."""
-        values: dict[str, Any] = dict(embed_p=0.05, input_p=0.4, weight_p=0.5, hidden_p=0.3,
-                                      output_p=0.4)
+        """fastai's classifier encoder config (`awd_lstm_clas_config`, `awd_qrnn_clas_config`)."""
+        values: dict[str, Any] = dict(CLASSIFIER_DROPOUTS)
         values.update(overrides)
         return cls(vocab_size=vocab_size, drop_mult=drop_mult, **values)
+
+    def for_classifier(self, drop_mult: float) -> AWDLSTMConfig:
+        """This encoder with fastai's classifier dropouts times `drop_mult` (stage 3 of ULMFiT:
+        the fine-tuned LM's encoder under a new head); every other field is kept."""
+        return dataclasses.replace(self, drop_mult=drop_mult, **CLASSIFIER_DROPOUTS)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (`compute_dtype` by its name, e.g. "bfloat16")."""
@@ -118,7 +140,7 @@ class AWDLSTMConfig:
 
     @property
     def weight_dropout(self) -> float:
-        """Effective DropConnect probability on each W_hh."""
+        """Effective DropConnect probability on each LSTM's W_hh (each QRNN layer's weight)."""
         return self.weight_p * self.drop_mult
 
     @property

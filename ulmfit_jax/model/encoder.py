@@ -1,10 +1,11 @@
 """The encoder seam: what an encoder kind provides, and the registry that names the kinds.
 
 The LM (`language_model.py`) and the classifier (`classifier.py`) reach their encoder only
-through this module, so a new recurrent encoder (a QRNN, say) is one module of its own that
-registers itself here, plus, if it has a fastai counterpart, its converter in `convert/`.
-`AWDLSTMConfig.encoder_kind` picks the kind (default "awd_lstm", `awd_lstm.AWDLSTMEncoder`);
-the sizes and the AWD dropout probabilities of that config apply to every kind.
+through this module, so a new recurrent encoder is one module of its own that registers
+itself here, plus, if it has a fastai counterpart, its converter in `convert/`.
+`AWDLSTMConfig.encoder_kind` picks the kind: "awd_lstm" (default, `awd_lstm.AWDLSTMEncoder`)
+or "qrnn" (`qrnn.QRNNEncoder`); the sizes and the AWD dropout probabilities of that config
+apply to every kind.
 
 An encoder kind is an `nnx.Module` class satisfying `Encoder`. Its parameters sit under
 `encoder/` in the model's tree with these paths, which the optimizer's layer groups, the
@@ -24,6 +25,8 @@ from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.awd_lstm import KIND as AWD_LSTM
 from ulmfit_jax.model.awd_lstm import AWDLSTMEncoder
 from ulmfit_jax.model.config import AWDLSTMConfig
+from ulmfit_jax.model.qrnn import KIND as QRNN
+from ulmfit_jax.model.qrnn import QRNNEncoder
 
 # Pytrees whose structure belongs to the encoder kind; every array of a state or of a
 # variational mask has the batch on its first axis.
@@ -85,7 +88,10 @@ class Encoder(Protocol):
 
 # mypy reads `encode = staticmethod(encode)` in a class body as an instance attribute, not
 # the static method the protocol declares; the class has every member.
-ENCODERS: dict[str, type[Encoder]] = {AWD_LSTM: AWDLSTMEncoder}  # type: ignore[dict-item]
+ENCODERS: dict[str, type[Encoder]] = {
+    AWD_LSTM: AWDLSTMEncoder,  # type: ignore[dict-item]
+    QRNN: QRNNEncoder,  # type: ignore[dict-item]
+}
 
 
 def register_encoder(kind: str, encoder: type[Encoder]) -> type[Encoder]:

@@ -17,6 +17,7 @@ import ml_collections
 
 from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.config import AWDLSTMConfig
+from ulmfit_jax.model.encoder import ENCODERS
 from ulmfit_jax.model.lstm_impl import LSTM_IMPLS
 from ulmfit_jax.model.precision import MATMUL_PRECISIONS
 from ulmfit_jax.text import sources
@@ -54,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed = _distributed_config()
     c.data = _data_config()
     c.model = ml_collections.ConfigDict({
+        # The recurrent encoder: "awd_lstm" (ULMFiT's) or "qrnn" (fastai's AWD-QRNN, MultiFiT's;
+        # fastai's size for it: hidden_size 1552, n_layers 4).
+        "encoder": "awd_lstm",
         "emb_size": 400, "hidden_size": 1152, "n_layers": 3, "max_vocab": 60000, "min_freq": 3,
         # Matmuls in bfloat16 (parameters, optimizer state, LSTM cell state, softmax and loss
         # stay float32) or float32.
@@ -64,6 +68,12 @@ def base_config() -> ml_collections.ConfigDict:
         # float32 matmuls on GPU/TPU (model/precision.py): "default" (jax's: TF32 on GPUs, one
         # bfloat16 pass on TPUs), "high" or "highest" (full float32). Exact on CPU either way.
         "matmul_precision": "default",
+        # encoder="qrnn" only (fastai's AWD_QRNN defaults): the first layer's window over its
+        # input (1 or 2; later layers 1), zoneout on the forget gates (training; not scaled by
+        # drop_mult), and whether the first layer carries its last input into the next window.
+        "qrnn_window": 2,
+        "qrnn_zoneout": 0.0,
+        "qrnn_save_prev_x": True,
     })
     c.lm = _lm_config()
     c.classifier = _classifier_config()
@@ -208,8 +218,16 @@ def lm_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> AWDLS
     return AWDLSTMConfig.lm_defaults(
         vocab_size, drop_mult=config.lm.drop_mult, emb_size=m.emb_size,
         hidden_size=m.hidden_size, n_layers=m.n_layers, compute_dtype=compute_dtype(config),
-        lstm_impl=m.lstm_impl, matmul_precision=m.matmul_precision,
+        lstm_impl=m.lstm_impl, matmul_precision=m.matmul_precision, **encoder_options(config),
     )
+
+
+def encoder_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The `AWDLSTMConfig` fields of the run config's encoder choice (`model.encoder` and the
+    QRNN's options), also what a fastai file's weights are read with."""
+    m = config.model
+    return {"encoder_kind": m.encoder, "qrnn_window": m.qrnn_window,
+            "qrnn_zoneout": m.qrnn_zoneout, "qrnn_save_prev_x": m.qrnn_save_prev_x}
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> Any:
@@ -256,7 +274,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
              config.model.matmul_precision, f"one of {MATMUL_PRECISIONS}")
     _require(config.model.lstm_impl in LSTM_IMPLS, "model.lstm_impl", config.model.lstm_impl,
              f"one of {LSTM_IMPLS}")
+    _check_encoder_keys(config.model)
     _check_distributed_keys(config.distributed)
+
+
+def _check_encoder_keys(m: ml_collections.ConfigDict) -> None:
+    kinds = tuple(sorted(ENCODERS))
+    _require(m.encoder in kinds, "model.encoder", m.encoder, f"one of {kinds}")
+    _require(m.qrnn_window in (1, 2), "model.qrnn_window", m.qrnn_window, "1 or 2")
+    _require(0 <= m.qrnn_zoneout < 1, "model.qrnn_zoneout", m.qrnn_zoneout,
+             "a probability in [0, 1)")
 
 
 def _check_distributed_keys(d: ml_collections.ConfigDict) -> None:

@@ -22,6 +22,7 @@ from ulmfit_jax.api import LanguageModel
 from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.model.encoder import fastai_step_multiplicity, zero_state
+from ulmfit_jax.model.qrnn import KIND as QRNN
 from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.optim.layer_groups import lm_layer_groups
 from ulmfit_jax.optim.schedules import Schedule
@@ -56,7 +57,9 @@ def _initial_model(
     lm = LanguageModel.from_fastai(init_from, itos, new_vocab=data.vocab.itos,
                                    drop_mult=c.drop_mult, compute_dtype=compute_dtype(config),
                                    lstm_impl=config.model.lstm_impl,
-                                   matmul_precision=config.model.matmul_precision)
+                                   matmul_precision=config.model.matmul_precision,
+                                   qrnn_zoneout=config.model.qrnn_zoneout,
+                                   qrnn_save_prev_x=config.model.qrnn_save_prev_x)
     _check_pretrained_size(config, lm.config, init_from)
     phases = [Phase(c.frozen_epochs, c.frozen_lr, 1.0, freeze_to=-1)] if c.frozen_epochs else []
     return lm, phases + [unfrozen]
@@ -68,11 +71,20 @@ def _check_pretrained_size(
     """config.model must describe the pretrained weights: the evaluator's hidden state and the
     classifier phases are built from its sizes."""
     m = config.model
+    if m.encoder != pretrained.encoder_kind:
+        raise ConfigError(f"{path} holds an encoder of kind {pretrained.encoder_kind!r}, but "
+                          f"config.model.encoder is {m.encoder!r}; set it to the file's "
+                          "(and rerun with --fresh)")
+    if m.encoder == QRNN and m.qrnn_window != pretrained.qrnn_window:
+        raise ConfigError(f"{path} holds a QRNN whose first layer has window "
+                          f"{pretrained.qrnn_window}, but config.model.qrnn_window is "
+                          f"{m.qrnn_window}; set it to the file's (and rerun with --fresh)")
     want = (m.emb_size, m.hidden_size, m.n_layers)
     got = (pretrained.emb_size, pretrained.hidden_size, pretrained.n_layers)
     if want != got:
+        what = "an AWD-QRNN" if m.encoder == QRNN else "an AWD-LSTM"
         raise ConfigError(
-            f"{path} holds an AWD-LSTM with (emb_size, hidden_size, n_layers) = {got}, but "
+            f"{path} holds {what} with (emb_size, hidden_size, n_layers) = {got}, but "
             f"config.model has {want}; set config.model to the file's sizes "
             "(and rerun with --fresh)")
 
