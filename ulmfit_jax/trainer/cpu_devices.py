@@ -54,9 +54,10 @@ def requested_device_count(config: ml_collections.ConfigDict) -> int:
 
 
 def use_cpu_cores(count: int) -> None:
-    """Give jax's CPU backend `count` devices, unless the user's XLA_FLAGS already set the
-    count, or jax's backends have already started in this process."""
-    if FORCED_DEVICES_FLAG in os.environ.get("XLA_FLAGS", ""):
+    """Give jax's CPU backend `count` devices, unless the user's XLA_FLAGS or
+    JAX_NUM_CPU_DEVICES already set the count, or jax's backends have already started."""
+    if (FORCED_DEVICES_FLAG in os.environ.get("XLA_FLAGS", "")
+            or "JAX_NUM_CPU_DEVICES" in os.environ):
         logging.debug("cpu_devices: XLA_FLAGS sets the CPU device count; keeping it")
         return
     try:
