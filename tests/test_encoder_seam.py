@@ -89,8 +89,16 @@ class ElmanEncoder(nnx.Module):
         return elman_encode(self.weights(), self.config, ids, state, masks, step_mask)
 
 
-register_encoder(KIND, ElmanEncoder)
 VOCAB, EMB, HIDDEN = 23, 6, 7
+
+
+@pytest.fixture(autouse=True)
+def elman_registered():
+    """The test kind is registered only while this module's tests run: other modules (and
+    xdist workers that collect this one) see the built-in kinds alone."""
+    register_encoder(KIND, ElmanEncoder)
+    yield
+    ENCODERS.pop(KIND, None)
 
 
 def elman_config(**overrides) -> AWDLSTMConfig:
