@@ -15,6 +15,9 @@ step builders of `common.py`), the median over timed rounds after warm-up of:
 for these variants, each in the same process on the same device:
 
 - ours: `lstm_impl` scan, wavefront or cuDNN x `compute_dtype` float32 or bfloat16;
+- with `--qrnn`, ours with the QRNN encoder (`model.encoder = "qrnn"`) x float32 / bfloat16,
+  at the AWD-LSTM's recurrent weight count ("qrnn equal") and at fastai's AWD-QRNN size
+  ("qrnn fastai": 400 / 1552 / 4 layers, 15k vocab);
 - fastai: float32, and AMP (`torch.autocast` float16 + `GradScaler`, as `Learner.to_fp16()`).
 
 A variant that cannot run here (cuDNN off CUDA, cuDNN in bfloat16, AMP off CUDA, fastai not
@@ -28,6 +31,7 @@ first calls, minus what was allocated before it was built.
     python benchmarks/accelerator.py                       # WT103 size, batch 64/128/256
     python benchmarks/accelerator.py --batch-sizes 256 --tasks lm_train
     python benchmarks/accelerator.py --smoke               # tiny, seconds on a CPU: no figure
+    python benchmarks/accelerator.py --batch-sizes 256 --qrnn   # + the QRNN rows
 
 It ends with a markdown table for `benchmarks/RESULTS.md` and the issue's goals (one
 H100/H200-class GPU, batch 256: >= 5x fastai fp32 LM training tokens/s, >= 1M tokens/s, a
@@ -50,6 +54,7 @@ import numpy as np
 from common import (
     MAX_CHUNKS,
     N_CLASSES,
+    QRNN_MATCHES,
     SIZES,
     BenchSetting,
     JaxStep,
@@ -64,6 +69,7 @@ from common import (
     machine,
     our_optimizer,
     ours_steps,
+    qrnn_sizes,
     timed,
     torch_amp,
     torch_update,
@@ -96,8 +102,10 @@ class Measured:
     memory: int | None
 
 
-def ours_classifier_step(setting: BenchSetting, doc_len: int, **model_options: Any) -> JaxStep:
-    """The trainer's jitted classifier step with `ulmfit_optimizer`, every group training."""
+def ours_classifier_step(setting: BenchSetting, doc_len: int, sizes: dict | None = None,
+                         **model_options: Any) -> JaxStep:
+    """The trainer's jitted classifier step with `ulmfit_optimizer`, every group training;
+    `sizes` default to `SIZES[setting.size]`."""
     from flax import nnx
 
     from ulmfit_jax.model.classifier import AWDLSTMClassifier
@@ -110,7 +118,7 @@ def ours_classifier_step(setting: BenchSetting, doc_len: int, **model_options: A
         make_train_step,
     )
 
-    encoder = AWDLSTMConfig.classifier_defaults(**SIZES[setting.size], **model_options)
+    encoder = AWDLSTMConfig.classifier_defaults(**(sizes or SIZES[setting.size]), **model_options)
     config = ClassifierConfig(encoder, N_CLASSES, bptt=setting.bptt,
                               max_len=MAX_CHUNKS * setting.bptt)
     model = AWDLSTMClassifier(config, rngs=nnx.Rngs(0))
@@ -175,6 +183,16 @@ def our_variants() -> list[Variant]:
         name = f"ours {'cuDNN' if impl == 'cudnn' else impl} {_short(dtype)}"
         variants.append(Variant(name, "ours", options, why))
     return variants
+
+
+def qrnn_variants(size: str, matches: tuple[str, ...] = QRNN_MATCHES) -> list[Variant]:
+    """Ours with the QRNN encoder (`--qrnn`), float32 and bfloat16: at the recurrent weight
+    count of `size`'s AWD-LSTM ("equal"), and at fastai's AWD-QRNN size ("fastai"). Named
+    "qrnn ...", not "ours ...": the goals compare our AWD-LSTM with fastai's."""
+    return [Variant(f"qrnn {match} {_short(dtype)}", "ours",
+                    {"sizes": qrnn_sizes(SIZES[size], match), "encoder_kind": "qrnn",
+                     "compute_dtype": getattr(jnp, dtype)})
+            for match in matches for dtype in ("float32", "bfloat16")]
 
 
 def _short(dtype: str) -> str:
@@ -420,6 +438,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--no-fastai", action="store_true", help="ours only")
     add_cpu_devices_argument(parser)
+    parser.add_argument("--qrnn", action="store_true",
+                        help="also ours with a QRNN encoder (equal recurrent weights; fastai's "
+                             "AWD-QRNN size)")
     parser.add_argument("--smoke", action="store_true",
                         help=f"tiny CPU-sized run that checks the script: overrides {SMOKE}")
     args = parser.parse_args(argv)
@@ -433,7 +454,9 @@ def main() -> None:
     use_cpu_devices(args.cpu_devices, args.batch_sizes)  # on a CPU, as train.py
     # fastai's torch shares the device: jax must not take 75% of its memory up front.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    variants = our_variants() + fastai_variants(args.no_fastai)
+    # A smoke run stays tiny: fastai's AWD-QRNN size is WT103-sized.
+    qrnn = qrnn_variants(args.size, ("equal",) if args.smoke else QRNN_MATCHES) if args.qrnn else []
+    variants = our_variants() + qrnn + fastai_variants(args.no_fastai)
     fastai_device = next((v.options["device"] for v in variants
                           if v.side == "fastai" and v.unavailable is None), None)
     if fastai_device == "cpu":

@@ -6,7 +6,8 @@ scikit-learn) are imported inside the functions that need them, so that a script
 host memory or tokenization does not pay for them.
 
 - sizes and timing: `SIZES`, `BenchSetting`, `timed`, `interleaved_seconds`, `machine`,
-  `load_average`;
+  `load_average`; the QRNN beside an AWD-LSTM: `qrnn_sizes` (equal recurrent weights, or
+  fastai's `AWD_QRNN_SIZES`), `recurrent_weights`;
 - ours: `our_optimizer` (the one place a benchmark builds the trainer's optimizer),
   `adam_hparams`, `JaxStep`, `ours_steps` (the trainer's own LM train and eval steps);
 - fastai: `fastai_language_model`, `fastai_classifier_model` (hidden state on the model's
@@ -35,6 +36,10 @@ SIZES = {
     "quickstart": dict(vocab_size=12_000, emb_size=200, hidden_size=512, n_layers=3),
     "full": dict(vocab_size=60_000, emb_size=400, hidden_size=1152, n_layers=3),
 }
+# fastai's `awd_qrnn_lm_config` (early fastai v2: 400 / 1552 / 4 layers) with MultiFiT's 15k
+# SentencePiece vocab.
+AWD_QRNN_SIZES = dict(vocab_size=15_000, emb_size=400, hidden_size=1552, n_layers=4)
+QRNN_MATCHES = ("equal", "fastai")
 N_CLASSES = 2
 MAX_CHUNKS = 20  # fastai's classifier max_len = 20 * bptt
 EVENTS = "events.jsonl"  # what frontier_fastai.py writes, one JSON object per line
@@ -47,6 +52,33 @@ class BenchSetting:
     bptt: int
     steps: int
     warmup: int
+
+
+def recurrent_weights(sizes: dict, encoder_kind: str) -> int:
+    """Weights of an encoder's recurrent layers (embedding aside): an AWD-LSTM's
+    `4h * (in + h + 1)` per layer (one fused bias), a QRNN's `3h * (window * in + 1)` (window
+    2 for layer 0, 1 after); every layer is `hidden_size` wide but the last (`emb_size`)."""
+    emb, hidden, n_layers = sizes["emb_size"], sizes["hidden_size"], sizes["n_layers"]
+    widths = [hidden] * (n_layers - 1) + [emb]
+    total = 0
+    for layer, (n_in, n_out) in enumerate(zip([emb, *widths[:-1]], widths, strict=True)):
+        if encoder_kind == "qrnn":
+            total += 3 * n_out * ((2 if layer == 0 else 1) * n_in + 1)
+        else:
+            total += 4 * n_out * (n_in + n_out + 1)
+    return total
+
+
+def qrnn_sizes(sizes: dict, match: str) -> dict:
+    """The QRNN to put beside an AWD-LSTM of `sizes`: "equal" keeps its vocab, embedding and
+    layer count and takes the hidden width whose recurrent weights come nearest to the
+    AWD-LSTM's; "fastai" is fastai's AWD-QRNN size (`AWD_QRNN_SIZES`)."""
+    if match == "fastai":
+        return dict(AWD_QRNN_SIZES)
+    target = recurrent_weights(sizes, "awd_lstm")
+    hidden = min(range(1, 4 * sizes["hidden_size"]), key=lambda h: abs(
+        recurrent_weights({**sizes, "hidden_size": h}, "qrnn") - target))
+    return {**sizes, "hidden_size": hidden}
 
 
 # --- timing and the machine ------------------------------------------------------------------

@@ -18,6 +18,12 @@ timed steps and the ratio is the median of the per-round ratios.
 
     python benchmarks/lm_throughput.py --size small                          # ~1 minute
     python benchmarks/lm_throughput.py --size full --steps 4 --warmup 1     # WT103 size, ~3 min
+    python benchmarks/lm_throughput.py --size small --qrnn equal    # + ours with a QRNN encoder
+
+`--qrnn equal` adds a third side, ours with the QRNN encoder (`model.encoder = "qrnn"`) whose
+recurrent weights equal the AWD-LSTM's (same vocab, embedding and layers, wider hidden);
+`--qrnn fastai` the QRNN at fastai's AWD-QRNN size (400 / 1552 / 4 layers, 15k vocab). Its
+ratios to our AWD-LSTM are printed too.
 
 Each side runs warm-up steps first (compilation for JAX, allocator warm-up for torch).
 The step builders live in `common.py`, which `accelerator.py` uses too on a GPU or TPU
@@ -32,6 +38,7 @@ import os
 import jax
 import numpy as np
 from common import (
+    QRNN_MATCHES,
     SIZES,
     BenchSetting,
     add_cpu_devices_argument,
@@ -40,16 +47,22 @@ from common import (
     load_average,
     machine,
     ours_steps,
+    qrnn_sizes,
     use_cpu_devices,
 )
 
 
-def run(setting: BenchSetting) -> None:
-    """Time both implementations, interleaved, and print tokens/s and ratios."""
+def run(setting: BenchSetting, qrnn: str | None = None) -> None:
+    """Time both implementations (and our QRNN with `qrnn`), interleaved; print tokens/s and
+    ratios."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     sides = {"fastai": fastai_steps(setting), "ours": ours_steps(setting)}
+    if qrnn is not None:
+        qrnn_size = qrnn_sizes(SIZES[setting.size], qrnn)
+        print(f"qrnn: {qrnn_size} ({qrnn})")
+        sides["qrnn"] = ours_steps(setting, qrnn_size, encoder_kind="qrnn")
     load_before = load_average()
     steps = {f"{side} {kind}": fns[i] for kind, i in (("train", 0), ("eval", 1))
              for side, fns in sides.items()}
@@ -72,6 +85,12 @@ def run(setting: BenchSetting) -> None:
           "ratios / ratio of best steps)")
     for k, values in ratios.items():
         print(f"  per-round {k} ratios: " + " ".join(f"{r:.2f}" for r in values))
+    if qrnn is not None:
+        for base in ("ours", "fastai"):
+            cells = [f"{np.median(np.divide(seconds[f'{base} {k}'], seconds[f'qrnn {k}'])):7.2f}x"
+                     for k in ("train", "eval")]
+            print(f"{'qrnn':>7}  {cells[0]:>18}  {cells[1]:>18}   (qrnn / {base}: median of "
+                  "per-round ratios)")
 
 
 def main() -> None:
@@ -82,9 +101,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     add_cpu_devices_argument(parser)
+    parser.add_argument("--qrnn", choices=QRNN_MATCHES, default=None,
+                        help="also ours with a QRNN encoder: equal recurrent weights, or "
+                             "fastai's AWD-QRNN size")
     args = parser.parse_args()
     use_cpu_devices(args.cpu_devices, [args.bs])
-    run(BenchSetting(args.size, args.bs, args.bptt, args.steps, args.warmup))
+    run(BenchSetting(args.size, args.bs, args.bptt, args.steps, args.warmup), args.qrnn)
 
 
 if __name__ == "__main__":

@@ -35,3 +35,31 @@ def test_scripts_import_common_not_each_other(script):
     imported = {name.split(".")[0] for name in _imported_modules(script)}
     assert not imported & siblings
     assert "sys.path" not in script.read_text()  # no path games: `common` is a sibling
+
+
+def test_qrnn_beside_an_awd_lstm_has_its_recurrent_weight_count(monkeypatch):
+    """`common.qrnn_sizes("equal")` counts what the models really hold."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from ulmfit_jax.model.config import AWDLSTMConfig
+    from ulmfit_jax.model.language_model import AWDLSTMLanguageModel
+
+    monkeypatch.syspath_prepend(str(FOLDER))
+    common = __import__("common")
+
+    def held(sizes: dict, kind: str) -> int:
+        lm = AWDLSTMLanguageModel(AWDLSTMConfig(**sizes, encoder_kind=kind), rngs=nnx.Rngs(0))
+        layers = nnx.to_pure_dict(nnx.state(lm, nnx.Param))["encoder"]["layers"]
+        return sum(np.size(a) for a in jax.tree.leaves(layers))
+
+    sizes = common.SIZES["tiny"]
+    qrnn = common.qrnn_sizes(sizes, "equal")
+    assert {k: v for k, v in qrnn.items() if k != "hidden_size"} == {
+        k: v for k, v in sizes.items() if k != "hidden_size"}
+    lstm_weights, qrnn_weights = held(sizes, "awd_lstm"), held(qrnn, "qrnn")
+    assert lstm_weights == common.recurrent_weights(sizes, "awd_lstm")
+    assert qrnn_weights == common.recurrent_weights(qrnn, "qrnn")
+    assert abs(qrnn_weights - lstm_weights) < 0.02 * lstm_weights
+    assert common.qrnn_sizes(sizes, "fastai") == common.AWD_QRNN_SIZES

@@ -96,7 +96,7 @@ def _our_train_loss(params, graphdef, ids, targets, state, masks):
     return ce + 2.0 * jnp.mean(out.dropped_last**2) + tar, out
 
 
-@pytest.mark.parametrize("first_window,zoneout", [(2, 0.0), (1, 0.3), (2, 0.3)])
+@pytest.mark.parametrize("first_window,zoneout", [(2, 0.0), (1, 0.3)])
 def test_training_outputs_and_gradients_match_fastai_with_injected_masks(first_window, zoneout):
     rng = np.random.default_rng(2)
     vocab, batch, time = 29, 3, 6

@@ -108,13 +108,16 @@ def zoneout_masks(
 ) -> tuple[jax.Array, ...] | None:
     """Each layer's zoneout mask [batch, time, hid_l] (fastai's `dropout_mask` on the forget
     gate: Bernoulli(1 - p) / (1 - p)), from the masks' per-row keys; None without zoneout."""
-    if masks.zoneout_keys is None:
+    keys = masks.zoneout_keys
+    if keys is None:
         return None
     p = config.qrnn_zoneout
 
     def draw(layer: int, n_out: int) -> jax.Array:
-        row = lambda key: dropout_mask(jax.random.fold_in(key, layer), (time, n_out), p)  # noqa: E731
-        return jax.vmap(row)(masks.zoneout_keys)
+        def row(key: jax.Array) -> jax.Array:
+            return dropout_mask(jax.random.fold_in(key, layer), (time, n_out), p)
+
+        return jax.vmap(row)(keys)
 
     return tuple(draw(layer, n_out) for layer, (_, n_out) in enumerate(config.layer_sizes()))
 
