@@ -21,7 +21,9 @@ The same as ours:
   validated each epoch; forward, then backward when `lm.backward` (`reverse_text`);
 - the classifier: the LM's encoder, then for each phase `freeze_to(f)` and
   `fit_one_cycle(epochs, slice(lr_max / lr_div, lr_max))`, with bs, eval bs, bptt, max_len,
-  wd, moms and no clipping; the fwd+bwd ensemble averages the two classifiers' probabilities;
+  wd, moms, AR/TAR (`classifier.alpha`, `classifier.beta`: `TextLearner`'s RNNRegularizer,
+  which ours reproduces) and no clipping; the fwd+bwd ensemble averages the two classifiers'
+  probabilities;
 - torch with `--threads` threads (the caller passes one per core).
 
 Deviations (what fastai cannot do our way, or does differently by design):
@@ -29,9 +31,6 @@ Deviations (what fastai cannot do our way, or does differently by design):
   backward model the first N, reversed). fastai has no such option: the token lists are cut
   the same way after fastai's tokenizer, before `Numericalize`, and `SortedDL` sorts by the
   cut lengths.
-- AR/TAR in the classifier: fastai's `TextLearner` also adds them to the classifier's loss
-  (alpha 2, beta 1, on the padded last-layer outputs); our classifier step does not, so this
-  recipe passes alpha=beta=0 to `text_classifier_learner`.
 - Batching: fastai's own `LMDataLoader` and sortish `SortedDL` + `Pad_Chunk` batches; the
   classifier's last incomplete training batch is dropped (fewer than `batch_size` reviews an
   epoch) and each batch is padded to its longest review where ours pads to a few bucketed
@@ -164,7 +163,7 @@ def train_classifier(config, docs: Documents, tokens: list[list[str]], vocab: li
                                                       **model_sizes(config)),
         pretrained=False, drop_mult=c.drop_mult, max_len=c.max_len,
         n_out=len(docs.class_names), metrics=[fa.accuracy], wd=c.wd, moms=tuple(c.moms),
-        alpha=0.0, beta=0.0, path=run_dir,  # our classifier step has no AR/TAR
+        alpha=c.alpha, beta=c.beta, path=run_dir,
         cbs=[*clip_callbacks(c.clip), EpochEvents(f"classifier_{direction(backward)}",
                                                    run_dir / EVENTS)])
     learn.model[0].module.load_state_dict(language_model.model[0].state_dict())

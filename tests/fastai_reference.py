@@ -8,11 +8,14 @@ Importable by any test module:
 - `DropoutRecorder`: context manager that records every dropout mask fastai draws (or replays
   given masks), so the same masks can be injected into our model.
 - `lm_masks_from_fastai`, `classifier_masks_to_fastai`: convert masks between the two layouts.
+- `text_learner_step(model, ids, labels, ...)`: one training step of fastai's own
+  `TextLearner` (its AR/TAR, Adam, `freeze_to`) on one batch; what it computed and changed.
 - `load_pure_dict(model, tree)`: put a pure dict (e.g. from `fastai_weights`) into an nnx model.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 
@@ -208,3 +211,50 @@ def no_grad_eval(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     model.reset()
     with torch.no_grad():
         yield model
+
+
+@dataclasses.dataclass
+class FastaiStep:
+    """One fastai training step: `loss` (reported), `loss_grad` (what it differentiated,
+    AR/TAR included), `grads` of the trainable parameters and every parameter after the step,
+    both by torch name."""
+
+    loss: float
+    loss_grad: float
+    grads: dict[str, np.ndarray]
+    params: dict[str, np.ndarray]
+
+
+class _StepCapture(fa.Callback):
+    """Records the step's losses and gradients; skips validation."""
+
+    order = fa.RNNRegularizer.order + 1  # after the regularizer has added AR/TAR
+
+    def after_loss(self) -> None:
+        self.reported, self.differentiated = self.learn.loss.item(), self.learn.loss_grad.item()
+
+    def after_backward(self) -> None:
+        self.gradients = {name: p.grad.numpy().copy()
+                          for name, p in self.learn.model.named_parameters() if p.grad is not None}
+
+    def before_validate(self) -> None:
+        raise fa.CancelValidException()
+
+
+def text_learner_step(model: torch.nn.Module, ids: np.ndarray, labels: np.ndarray, *,
+                      freeze_to: int, lr: float, lr_div: float, replay: dict, wd: float,
+                      alpha: float, beta: float) -> FastaiStep:
+    """One step of fastai's own `TextLearner` (`RNNRegularizer(alpha, beta)`, cross-entropy,
+    Adam with mom 0.9, `freeze_to` with `train_bn`) on one batch, LR `slice(lr / lr_div, lr)`,
+    with the dropout masks of `replay` (`classifier_masks_to_fastai`)."""
+    batch = (torch.from_numpy(ids).long(), torch.from_numpy(labels).long())
+    loader = fa.DataLoader([batch], bs=None)  # one prebatched batch
+    capture = _StepCapture()
+    learn = fa.TextLearner(fa.DataLoaders(loader, loader), model, alpha=alpha, beta=beta,
+                           loss_func=fa.CrossEntropyLossFlat(), opt_func=fa.Adam,
+                           splitter=fa.awd_lstm_clas_split, wd=wd, cbs=[capture])
+    learn.freeze_to(freeze_to)
+    with learn.no_bar(), learn.no_logging(), DropoutRecorder(replay):
+        learn.fit(1, slice(lr / lr_div, lr))
+    params = {name: p.detach().numpy().copy() for name, p in model.named_parameters()}
+    return FastaiStep(capture.reported, capture.differentiated, capture.gradients, params)

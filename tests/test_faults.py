@@ -156,6 +156,20 @@ def test_check_config_names_key_value_and_what_is_allowed():
         check_config(config)
 
 
+@pytest.mark.parametrize("key", ["classifier.alpha", "classifier.beta", "lm.alpha", "lm.beta"])
+def test_check_config_refuses_negative_or_infinite_ar_tar_weights(key):
+    config = base_config()
+    assert (config.classifier.alpha, config.classifier.beta) == (2.0, 1.0)  # fastai's
+    section, name = key.split(".")
+    for bad in (-0.5, float("inf"), float("nan")):
+        config[section][name] = bad
+        with pytest.raises(ConfigError, match=rf"config\.{key}={bad!r} is not allowed: a "
+                                              r"finite number >= 0"):
+            check_config(config)
+    config[section][name] = 0.0  # off
+    check_config(config)
+
+
 # ------------------------------------------------------------------------- data refused
 
 

@@ -1,6 +1,8 @@
 """Train steps: every trainable parameter moves, frozen ones don't, no recompiles, AR/TAR,
 another optax optimizer under the same layer groups."""
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,6 +101,31 @@ def test_ar_tar_change_gradient_but_not_reported_loss():
     )
 
 
+@pytest.mark.parametrize("batch, time", [(3, 5), (1, 5), (3, 1)])
+def test_activation_regularization_is_fastais_rnn_regularizer(batch, time):
+    import torch
+    from fastai.callback.rnn import RNNRegularizer
+
+    rng = np.random.default_rng(batch * 10 + time)
+    raw, dropped = (rng.normal(size=(batch, time, 4)).astype(np.float32) for _ in range(2))
+    for alpha, beta in [(2.0, 1.0), (0.0, 3.0), (1.5, 0.0)]:
+        reg = RNNRegularizer(alpha=alpha, beta=beta)
+        rnn = SimpleNamespace(out=torch.from_numpy(dropped), raw_out=torch.from_numpy(raw))
+        reg.learn = SimpleNamespace(training=True, loss_grad=torch.zeros(()), rnn=rnn)
+        reg.after_loss()
+        expected = reg.learn.loss_grad.item()
+        if np.isnan(expected):  # fastai's TAR over one time step (a mean of nothing); ours: 0
+            assert time == 1 and batch > 1
+            expected = alpha * float(np.mean(dropped.astype(np.float64)**2))
+        ours = train_step.activation_regularization(jnp.asarray(raw), jnp.asarray(dropped),
+                                                    alpha, beta)
+        np.testing.assert_allclose(float(ours), expected, rtol=1e-6)
+        # The classifier's form: only the first `length` positions count, zeros after them.
+        padded = [jnp.pad(jnp.asarray(a), ((0, 0), (0, 3), (0, 0))) for a in (raw, dropped)]
+        cut = train_step.activation_regularization(*padded, alpha, beta, jnp.int32(time))
+        np.testing.assert_allclose(float(cut), float(ours), rtol=1e-6)
+
+
 def test_lm_dropout_depends_on_step_number():
     step, state, _, _ = lm_setup()
     rng = jax.random.PRNGKey(0)
@@ -135,7 +162,7 @@ def test_classifier_step_trains_head_and_batchnorm_only_when_frozen():
     mesh = sharding.make_data_mesh()
     frozen_step, step = (train_step.make_train_step(
         train_step.classifier_train_step, mesh, state, graphdef=graphdef, model_config=config,
-        optimizer=optimizer.transform(n),
+        optimizer=optimizer.transform(n), alpha=2.0, beta=1.0,
     ) for n in (-1, 0))
     state = sharding.place_state(state, mesh)
     ids = np.random.default_rng(0).integers(2, VOCAB, (BATCH, 10), dtype=np.int32)
@@ -170,7 +197,7 @@ def _classifier_setup():
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     optimizer = ulmfit_optimizer(params, classifier_layer_groups(2), wd=0.01, clip_norm=0.5)
     graphdef, state = train_step.create_classifier_state(model, optimizer.transform())
-    options = {"graphdef": graphdef, "model_config": config}
+    options = {"graphdef": graphdef, "model_config": config, "alpha": 2.0, "beta": 1.0}
     return optimizer, state, options
 
 

@@ -11,8 +11,15 @@ Each document's result equals fastai's result for that document run alone (batch
 - pooling counts non-pad tokens only; the "last" output is fastai's `-last_lens-1` position.
 fastai itself can skip a short document in a batch whose padded length is not a multiple of
 `bptt`; we give the single-document answer there.
+
+`AWDLSTMClassifier.forward` also returns what fastai's `PoolingLinearClassifier` hands its
+`RNNRegularizer` (AR/TAR in training): the `SentenceEncoder` outputs, rebuilt in fastai's
+positions (`fastai_sentence_outputs`), so the regularizer sees the same values whatever
+bucketed width our batch is padded to.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -96,6 +103,16 @@ class PoolingHead(nnx.Module):
         return x
 
 
+class ClassifierOutput(NamedTuple):
+    """logits [batch, n_classes]; sentence_outputs [batch, window, emb] and sentence_length
+    (int32 scalar): fastai's `SentenceEncoder` outputs for this batch in their first
+    `sentence_length` positions, zeros after them (`fastai_sentence_outputs`)."""
+
+    logits: jax.Array
+    sentence_outputs: jax.Array
+    sentence_length: jax.Array
+
+
 class AWDLSTMClassifier(nnx.Module):
     """Parameters: encoder/... (as the LM's) and head/blocks/{k}/..."""
 
@@ -116,8 +133,27 @@ class AWDLSTMClassifier(nnx.Module):
         its running statistics.
         """
         with matmul_precision(self.config.encoder.matmul_precision):
-            pooled = bpt3c_pool(self.encoder.weights(), self.config, ids, masks)
-            return self.head(pooled, None if masks is None else masks.head, train)
+            encoded = bpt3c_encode(self.encoder.weights(), self.config, ids, masks)
+            return self._classify(encoded, masks, train)
+
+    def forward(
+        self,
+        ids: jax.Array,
+        masks: ClassifierDropoutMasks | None = None,
+        train: bool = False,
+    ) -> ClassifierOutput:
+        """`__call__`'s logits and what fastai's `PoolingLinearClassifier` also returns for
+        its `RNNRegularizer` (AR/TAR in training): the `SentenceEncoder` outputs."""
+        with matmul_precision(self.config.encoder.matmul_precision):
+            encoded = bpt3c_encode(self.encoder.weights(), self.config, ids, masks)
+            logits = self._classify(encoded, masks, train)
+        outputs, length = fastai_sentence_outputs(encoded, self.config)
+        return ClassifierOutput(logits, outputs, length)
+
+    def _classify(self, encoded: EncodedChunks, masks: ClassifierDropoutMasks | None,
+                  train: bool) -> jax.Array:
+        pooled = bpt3c_pool(encoded, self.config)
+        return self.head(pooled, None if masks is None else masks.head, train)
 
 
 def _document_layout(ids: jax.Array, pad_id: int) -> tuple[jax.Array, jax.Array]:
@@ -182,13 +218,23 @@ def first_kept_chunk(time: int, config: ClassifierConfig) -> int:
     return max(0, -(-(time - config.max_len - bptt + 1) // bptt))
 
 
-def bpt3c_pool(
+class EncodedChunks(NamedTuple):
+    """The encoder run over BPT3C chunks: `ids` [batch, n_chunks * bptt] (the input padded at
+    the end to whole chunks) and the raw last-layer `outputs` [batch, window, emb] of its
+    positions from `start` on (a multiple of bptt: the first chunk any document keeps)."""
+
+    ids: jax.Array
+    outputs: jax.Array
+    start: int
+
+
+def bpt3c_encode(
     weights: EncoderWeights,
     config: ClassifierConfig,
     ids: jax.Array,
     masks: ClassifierDropoutMasks | None = None,
-) -> jax.Array:
-    """Run the encoder over bptt chunks and concat-pool: ids [batch, time] -> [batch, 3*emb].
+) -> EncodedChunks:
+    """Run the encoder over the bptt chunks of ids [batch, time] (fastai layout).
 
     The state is carried between chunks with its gradient cut at every boundary (fastai
     detaches it); the chunks before the kept window run without any backward.
@@ -211,9 +257,46 @@ def bpt3c_pool(
     _, outputs = _scan_chunks(weights, enc_cfg, padded[:, c0 * bptt:], active[:, c0 * bptt:],
                               state, encoder_masks, bptt, keep_outputs=True)
     assert outputs is not None  # keep_outputs=True
-    mask, last_index = pooling_mask(padded, config, c0 * bptt)
-    window = c0 * bptt
-    return masked_concat_pool(outputs, mask[:, window:], last_index - window)
+    return EncodedChunks(padded, outputs, c0 * bptt)
+
+
+def bpt3c_pool(encoded: EncodedChunks, config: ClassifierConfig) -> jax.Array:
+    """Masked concat pooling of the encoded chunks -> [batch, 3*emb]."""
+    start = encoded.start
+    mask, last_index = pooling_mask(encoded.ids, config, start)
+    return masked_concat_pool(encoded.outputs, mask[:, start:], last_index - start)
+
+
+def fastai_sentence_outputs(
+    encoded: EncodedChunks, config: ClassifierConfig
+) -> tuple[jax.Array, jax.Array]:
+    """fastai's `SentenceEncoder` output for this batch, rebuilt from ours.
+
+    fastai pads a batch to its longest document, `width` tokens (`pad_input_chunk`: a row's
+    whole chunks of padding first, the remainder last, so its text starts on a chunk boundary
+    `row_start`), runs chunk i only on the rows whose token i is real (the others get zero
+    rows) and keeps the chunks with `width - i <= max_len`. So from its first kept chunk on,
+    fastai's position p of a row holds our output of the row's text position p - row_start
+    (text, then the trailing pads of its last chunk) up to the end of that chunk, and zeros
+    elsewhere; our bucketed width and extra kept chunk do not show. Returns the outputs
+    [batch, window, emb] in fastai's `length = width - first kept position` positions, zeros
+    after them, and `length` (int32 scalar). Exact where fastai's shrinking `real_bs` runs
+    just those rows (the batch-consistent layouts, as for `bpt3c_pool`).
+    """
+    bptt = config.bptt
+    first, last = _document_layout(encoded.ids, config.encoder.pad_id)
+    n_tokens = jnp.maximum(last - first + 1, 0)
+    width = jnp.max(n_tokens)
+    kept = jnp.maximum(0, -((config.max_len - width) // bptt)) * bptt  # fastai: ceil, chunks
+    row_start = (width - n_tokens) // bptt * bptt
+    row_end = jnp.minimum(width, row_start + -(-n_tokens // bptt) * bptt)
+    window = encoded.outputs.shape[1]
+    position = kept + jnp.arange(window)[None, :]
+    inside = (position >= row_start[:, None]) & (position < row_end[:, None])
+    source = first[:, None] + position - row_start[:, None] - encoded.start
+    gathered = jnp.take_along_axis(encoded.outputs, jnp.clip(source, 0, window - 1)[..., None],
+                                   axis=1)
+    return jnp.where(inside[..., None], gathered, 0.0), (width - kept).astype(jnp.int32)
 
 
 def _scan_chunks(

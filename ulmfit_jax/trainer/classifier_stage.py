@@ -135,7 +135,8 @@ class ClassifierStage:
             seed=config.seed, max_tokens=self.max_tokens, process_index=jax.process_index(),
             process_count=jax.process_count())
         labels: dict[str, Any] = {"multi_label": clf.multi_label, "threshold": clf.threshold}
-        options = {"graphdef": graphdef, "model_config": clf.config, **labels}
+        options = {"graphdef": graphdef, "model_config": clf.config, "alpha": c.alpha,
+                   "beta": c.beta, **labels}
 
         @functools.cache
         def step_for(freeze_to: int) -> TrainStep:

@@ -9,6 +9,7 @@ The model's part becomes frozen dataclasses at the boundary (`lm_model_config`,
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from math import inf
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,10 @@ def _classifier_config() -> ml_collections.ConfigDict:
         "max_len": 72 * 20,
         "max_tokens": 0,  # > 0: keep only each document's last N tokens (quick runs)
         "drop_mult": 0.5,
+        # AR and TAR on the last layer's outputs, as fastai's `TextLearner` adds to the
+        # classifier's loss too (its RNNRegularizer; 0 = off)
+        "alpha": 2.0,  # AR
+        "beta": 1.0,  # TAR
         "wd": 0.01,
         "clip": 0.0,  # 0 = no clipping (fastai's classifier default)
         "schedule": "one_cycle",
@@ -255,6 +260,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         _require(c.schedule in SCHEDULES, f"{section}.schedule", c.schedule, f"one of {SCHEDULES}")
         for key in ("batch_size", "bptt"):
             _require(c[key] >= 1, f"{section}.{key}", c[key], "an integer >= 1")
+        for key in ("alpha", "beta"):
+            _require(_non_negative(c[key]), f"{section}.{key}", c[key], "a finite number >= 0")
     _require(config.classifier.eval_batch_size >= 1, "classifier.eval_batch_size",
              config.classifier.eval_batch_size, "an integer >= 1")
     _require(config.cpu_devices >= 0, "cpu_devices", config.cpu_devices,
@@ -276,6 +283,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
              f"one of {LSTM_IMPLS}")
     _check_encoder_keys(config.model)
     _check_distributed_keys(config.distributed)
+
+
+def _non_negative(value: object) -> bool:
+    """A finite number >= 0 (not a bool, NaN or infinity)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and 0 <= value < inf
 
 
 def _check_encoder_keys(m: ml_collections.ConfigDict) -> None:

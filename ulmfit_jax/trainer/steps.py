@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 
 from ulmfit_jax.inference.classify import classifier_eval
-from ulmfit_jax.model.classifier import sample_classifier_masks
+from ulmfit_jax.model.classifier import ClassifierDropoutMasks, sample_classifier_masks
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.encoder import zero_state
 from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, sample_lm_masks
@@ -129,17 +129,31 @@ def _sum_metrics(ce: jax.Array, logits: jax.Array, targets: jax.Array, weights: 
 
 
 def activation_regularization(
-    raw_last: jax.Array, dropped_last: jax.Array, alpha: float, beta: float
+    raw_last: jax.Array, dropped_last: jax.Array, alpha: float, beta: float,
+    length: jax.Array | None = None,
 ) -> jax.Array:
-    """AR + TAR (Merity et al.): alpha*mean(dropped^2) + beta*mean((raw_t - raw_{t-1})^2).
+    """AR + TAR (Merity et al.) as fastai's `RNNRegularizer`:
+    alpha * mean(dropped^2) + beta * mean((raw_t - raw_{t-1})^2) over `[batch, time, emb]`.
 
     raw_last, dropped_last: `[batch, time, emb]`, the last LSTM layer's output before and
-    after the output dropout.
+    after the output dropout (the classifier's are both fastai's undropped `SentenceEncoder`
+    outputs). length (int scalar, may be traced): the means run over the first `length` time
+    positions only, and the later ones must be zeros; None = all. As fastai, a zero weight
+    skips its term and a batch of one row skips TAR (its `len(h) > 1`), as does one time step.
     """
-    ar = alpha * jnp.mean(jnp.square(dropped_last.astype(jnp.float32)))
-    diff = raw_last[:, 1:].astype(jnp.float32) - raw_last[:, :-1].astype(jnp.float32)
-    tar = beta * jnp.mean(jnp.square(diff)) if raw_last.shape[1] > 1 else 0.0
-    return ar + tar
+    batch, time, emb = raw_last.shape
+    steps = time if length is None else length
+    reg = jnp.zeros([], jnp.float32)
+    if alpha:
+        ar_sum = jnp.sum(jnp.square(dropped_last.astype(jnp.float32)))
+        reg += alpha * ar_sum / (batch * emb * steps)
+    if beta and batch > 1 and time > 1:
+        raw = raw_last.astype(jnp.float32)
+        diff = jnp.square(raw[:, 1:] - raw[:, :-1])
+        if length is not None:
+            diff = jnp.where(jnp.arange(time - 1)[None, :, None] < length - 1, diff, 0.0)
+        reg += beta * jnp.sum(diff) / (batch * emb * jnp.maximum(steps - 1, 1))
+    return reg
 
 
 def lm_train_step(
@@ -188,6 +202,43 @@ def lm_eval_step(
     return state.replace(hidden=out.state), _sum_metrics(ce, out.logits, batch["targets"], weights)
 
 
+def classifier_objective(
+    params: Any,
+    batch_stats: Any,
+    inputs: jax.Array,
+    labels: jax.Array,
+    masks: ClassifierDropoutMasks,
+    *,
+    graphdef: nnx.GraphDef,
+    alpha: float,
+    beta: float,
+    multi_label: bool = False,
+    threshold: float = 0.5,
+    frozen: Any = None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
+    """The classifier's training loss, what its step differentiates, with its by-products.
+
+    Mean loss over the documents (`_classifier_loss`) plus fastai's AR/TAR over its
+    `SentenceEncoder` outputs (`AWDLSTMClassifier.forward`), in training mode with `masks`.
+    `frozen` (a bool tree like the params) marks parameters held constant: their gradient
+    is zero and the backward pass stops above them. Returns (loss, (per-document loss
+    [batch], correct [batch], new BatchNorm statistics)).
+    """
+    if frozen is not None:
+        params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+    model = nnx.merge(graphdef, params, batch_stats)
+    if alpha or beta:
+        out = model.forward(inputs, masks=masks, train=True)
+        logits = out.logits
+        reg = activation_regularization(out.sentence_outputs, out.sentence_outputs, alpha,
+                                        beta, out.sentence_length)
+    else:
+        logits, reg = model(inputs, masks=masks, train=True), jnp.zeros([], jnp.float32)
+    ce, correct = _classifier_loss(logits, labels, multi_label, threshold)
+    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    return jnp.mean(ce) + reg, (ce, correct, stats)
+
+
 def classifier_train_step(
     state: ClassifierTrainState,
     batch: dict,
@@ -197,6 +248,8 @@ def classifier_train_step(
     graphdef: nnx.GraphDef,
     model_config: ClassifierConfig,
     optimizer: optax.GradientTransformationExtraArgs,
+    alpha: float,
+    beta: float,
     multi_label: bool = False,
     threshold: float = 0.5,
     frozen: Any = None,
@@ -204,27 +257,23 @@ def classifier_train_step(
     """One classifier step on `batch = {"inputs": [batch, time], "labels": [batch]}`
     (multi-label: multi-hot labels `[batch, n_classes]`, sigmoid and binary cross-entropy).
 
+    The loss is `classifier_objective` (AR/TAR weighted by alpha and beta, as fastai's
+    `TextLearner`); reported metrics exclude AR/TAR.
     BatchNorm running statistics are updated (training mode); dropout masks come from `rng`
     folded with the step. `frozen` (a bool tree like the params, `optimizer.frozen_mask`)
     marks parameters to differentiate as constants: the optimizer gives them no update
     anyway, and the backward pass then stops above the frozen layers, as torch's does for
-    fastai's `requires_grad=False` parameters (head-only: no backward through the encoder).
+    fastai's `requires_grad=False` parameters (head-only: no backward through the encoder,
+    so AR/TAR then add to the loss but not to any gradient, as in fastai).
     """
     rng = jax.random.fold_in(rng, state.step)
     inputs, labels = batch["inputs"], batch["labels"]
     masks = sample_classifier_masks(rng, model_config, inputs.shape[0])
-
-    def loss_fn(params):
-        if frozen is not None:
-            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params,
-                                  frozen)
-        model = nnx.merge(graphdef, params, state.batch_stats)
-        logits = model(inputs, masks=masks, train=True)
-        ce, correct = _classifier_loss(logits, labels, multi_label, threshold)
-        stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-        return jnp.mean(ce), (ce, correct, stats)
-
-    grads, (ce, correct, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    objective = functools.partial(classifier_objective, graphdef=graphdef, alpha=alpha,
+                                  beta=beta, multi_label=multi_label, threshold=threshold,
+                                  frozen=frozen)
+    grads, (ce, correct, batch_stats) = jax.grad(objective, has_aux=True)(
+        state.params, state.batch_stats, inputs, labels, masks)
     params, opt_state = apply_optimizer(optimizer, grads, state, hparams)
     new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1,
                               batch_stats=batch_stats)
