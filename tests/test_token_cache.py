@@ -385,3 +385,25 @@ def test_stale_temps_of_dead_local_writers_only_are_removed(tmp_path):
     assert temp_owner(not_ours.name) is None
     assert sorted(remove_stale_temps(tmp_path)) == sorted([gone_dir, gone_file])
     assert visible_entries(tmp_path) == sorted(p.name for p in (live, other_host, not_ours))
+
+
+@pytest.mark.slow  # train.py tokenizing every embedded review: about 30 s of CPU
+def test_ctrl_c_while_train_py_tokenizes_says_interrupted_and_leaves_no_cache(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the process group) while train.py's workers tokenize:
+    `interrupted`, exit code 130, no token cache and no temporary directory."""
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
+         "--stage", "lm", "--config.data.max_train_docs=0", "--config.data.workers=2"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu"),
+        start_new_session=True, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not any(p.stat().st_size for p in tmp_path.glob("cache/*.tmp-*/raw_ids.bin")):
+        if proc.poll() is not None or time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"train.py never started tokenizing:\n{proc.communicate()[1]}")
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    stderr = _stderr_after_exit(proc, timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted", stderr
+    assert visible_entries(tmp_path / "cache") == []

@@ -1,12 +1,18 @@
-"""Atomic writes: a file or a directory is built under a temporary sibling name and renamed
-into place when complete, so a killed process (or a full disk) never leaves a partial one at
-the final path, and an earlier version stays intact until the new one replaces it.
+"""Atomic writes: a file or a directory is built under a temporary sibling name and put in
+place when complete, so a killed process (or a full disk) never leaves a partial one at the
+final path, and an earlier version stays intact until the new one replaces it.
 
-A written file is fsynced before its rename and its directory after it, so a power cut
-cannot leave the new name pointing at blocks never written. Temporary names carry their
-writer's host and pid (`<name>.tmp-<host>-<pid>-<random>`, `temp_owner` reads them back), so a
+A file (`atomic_file`, `atomic_write`) is fsynced before its rename and its directory after
+it, so a power cut cannot leave the new name pointing at blocks never written (the temporary
+name needs no fsync of its own: the rename moves the written file, whatever its entry). A
+directory (`atomic_directory`) is a symbolic link to a complete version beside it, every file
+and folder of which is fsynced before a new link is renamed over the old one: the path never
+goes missing, and `read_directory` reads one version whole while another process saves.
+
+Temporary names carry their writer's host and pid (`<name>.tmp-<host>-<pid>-<random>`,
+`temp_owner` reads them back; versions `.<name>.v-<host>-<pid>-<random>` likewise), so a
 cleanup can tell a dead writer's leftovers from a live writer's work
-(`ulmfit_jax.text.stale_temps`).
+(`ulmfit_jax.text.stale_temps`, `atomic_directory` itself).
 
 Dependency-free, so that every layer can use it.
 """
