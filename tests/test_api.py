@@ -135,7 +135,7 @@ def test_lm_rejects_bad_ids(fx):
 def test_lm_save_load_round_trip(fx, tmp_path):
     lm = LanguageModel.from_fastai(fx["lm_file"], fx["itos"], drop_mult=0.3)
     lm.save(tmp_path / "saved")
-    assert sorted(os.listdir(tmp_path)) == ["saved"]  # no temporary directory left behind
+    assert sorted(os.listdir(tmp_path)) == _linked(tmp_path / "saved")  # no temporary left
     loaded = LanguageModel.load(tmp_path / "saved")
     assert loaded.config == lm.config and loaded.vocab == lm.vocab
     assert Vocab.load(tmp_path / "saved" / "vocab.json").itos == VOCAB
@@ -187,13 +187,18 @@ def test_save_is_atomic_when_interrupted(fx, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         other.save(tmp_path / "fresh")
     monkeypatch.undo()
-    assert sorted(os.listdir(tmp_path)) == ["m"]
+    assert sorted(os.listdir(tmp_path)) == _linked(tmp_path / "m")
     kept = LanguageModel.load(tmp_path / "m")
     jax.tree.map(np.testing.assert_array_equal, kept.params, lm.params)
     other.save(tmp_path / "m", overwrite=True)
     jax.tree.map(np.testing.assert_array_equal, LanguageModel.load(tmp_path / "m").params,
                  other.params)
-    assert sorted(os.listdir(tmp_path)) == ["m"]
+    assert sorted(os.listdir(tmp_path)) == _linked(tmp_path / "m")
+
+
+def _linked(directory) -> list[str]:
+    """A saved directory and the one version its link names (`atomic_io.atomic_directory`)."""
+    return sorted([directory.name, os.readlink(directory)])
 
 
 def test_load_names_the_missing_file(fx, tmp_path):
@@ -292,3 +297,53 @@ def test_classifier_encoder_round_trips_through_fastai_load_encoder(fx, tmp_path
         if "bias" in k:  # we store b_ih + b_hh; only their sum is defined
             continue
         np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
+# Loads the LM at argv[1] until argv[2] exists, appending each load's vocab size to argv[3];
+# any failure ends it with a traceback.
+LOADING_LOOP = """
+import sys
+from pathlib import Path
+from ulmfit_jax import LanguageModel
+final, stop, progress = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+while not stop.exists():
+    lm = LanguageModel.load(final)
+    assert len(lm.vocab) == lm.params["decoder_bias"].shape[0] == lm.config.vocab_size
+    with progress.open("a") as f:
+        f.write(f"{len(lm.vocab)}\\n")
+"""
+
+
+def test_a_process_loading_in_a_loop_never_fails_while_another_saves(tmp_path):
+    """Saves alternate two LMs of different vocab sizes over one directory, while another
+    process loads it again and again: every load is one whole model (a mix of the two would
+    not restore)."""
+    import subprocess
+    import sys
+    import time
+
+    models = [LanguageModel.create(AWDLSTMConfig(vocab_size=n, emb_size=8, hidden_size=8,
+                                                 n_layers=1), [f"w{i}" for i in range(n)],
+                                   seed=n) for n in (16, 24)]
+    final, stop, progress = tmp_path / "lm", tmp_path / "stop", tmp_path / "progress"
+    models[0].save(final)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", LOADING_LOOP, str(final), str(stop), str(progress)],
+        env={**os.environ, "JAX_PLATFORMS": "cpu",
+             "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+        stderr=subprocess.PIPE, text=True)
+
+    def loads() -> list[str]:
+        return progress.read_text().split() if progress.exists() else []
+
+    try:
+        saves, deadline = 0, time.time() + 240
+        while (len(set(loads())) < 2 or len(loads()) < 8) and reader.poll() is None \
+                and time.time() < deadline:
+            models[saves % 2].save(final, overwrite=True)
+            saves += 1
+    finally:
+        stop.touch()
+        stderr = reader.communicate(timeout=120)[1]
+    assert reader.returncode == 0, stderr
+    assert set(loads()) == {"16", "24"} and len(loads()) >= 8, (saves, loads())

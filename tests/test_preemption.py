@@ -24,8 +24,8 @@ from tests.test_trainer import (
     assert_bitwise_same_result,
     toy_state,
 )
-from ulmfit_jax.errors import DiskFullError, Preempted, WorkdirError
-from ulmfit_jax.trainer.checkpointing import Checkpointer
+from ulmfit_jax.errors import DiskFullError, Preempted, UserError, WorkdirError
+from ulmfit_jax.trainer.checkpointing import Checkpointer, CheckpointReadError
 from ulmfit_jax.trainer.config import base_config
 from ulmfit_jax.trainer.loop import Phase, run_stage_with_checkpoints
 from ulmfit_jax.trainer.metric_logger import MetricLogger
@@ -129,7 +129,18 @@ def _garble_meta(step_dir: Path) -> None:
             f.write_bytes(b"\xff\xfe garbage \x00" * 3)
 
 
-@pytest.mark.parametrize("damage", [_truncate_largest_state_file, _garble_meta])
+def _garble_largest_state_file(step_dir: Path) -> None:
+    largest = max((p for p in (step_dir / "state").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+    largest.write_bytes(bytes(b ^ 0xFF for b in largest.read_bytes()))
+
+
+def _delete_meta(step_dir: Path) -> None:
+    (step_dir / "meta" / "metadata").unlink()
+
+
+@pytest.mark.parametrize("damage", [_truncate_largest_state_file, _garble_meta,
+                                    _garble_largest_state_file, _delete_meta])
 def test_a_damaged_newest_checkpoint_falls_back_and_ends_bitwise_equal(tmp_path, caplog, damage):
     straight = train(tmp_path / "straight")
     resumed = tmp_path / "resumed"
@@ -139,7 +150,8 @@ def test_a_damaged_newest_checkpoint_falls_back_and_ends_bitwise_equal(tmp_path,
     damage(resumed / "checkpoints" / "lm_fwd" / "7")
     with caplog.at_level(logging.WARNING, logger="ulmfit_jax.trainer.checkpointing"):
         final = train(resumed)
-    assert "lm_fwd/7 cannot be read" in caplog.text
+    assert "lm_fwd/7 cannot be read, it is damaged" in caplog.text
+    assert "resuming from step 6" in caplog.text
     assert len(list((resumed / "checkpoints" / "lm_fwd.damaged").iterdir())) == 1
     assert_same_run(tmp_path / "straight", resumed, straight, final)
 
@@ -237,3 +249,53 @@ def test_a_signal_the_process_ignores_stays_ignored():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.1)
     assert not preemption.requested_anywhere()  # nothing was recorded: no Preempted either
+
+
+def _restore_fails_with(error: BaseException):
+    def restore(*args, **kwargs):
+        raise error
+    return restore
+
+
+@pytest.mark.parametrize("error, fix", [
+    (PermissionError(errno.EACCES, "Permission denied"), "check that this user may read it"),
+    (OSError(errno.EIO, "Input/output error"), "check the storage"),
+    (MemoryError(), "free some memory"),
+    (ValueError("UNAVAILABLE: Error reading local file: stale NFS handle"), "check the storage"),
+])
+def test_a_checkpoint_unreadable_for_another_reason_stops_in_one_line_and_moves_nothing(
+        tmp_path, monkeypatch, error, fix):
+    """Only damage moves a checkpoint aside: a permission, I/O or memory error while reading
+    stops the run with one line naming the checkpoint, and the rerun resumes from it."""
+    import orbax.checkpoint as ocp
+
+    straight = train(tmp_path / "straight")
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Preempted):
+        train(resumed, SignallingIterator(5, at=7, signum=signal.SIGTERM))
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", _restore_fails_with(error))
+    with pytest.raises(CheckpointReadError) as e:
+        train(resumed)
+    message = str(e.value)
+    assert "\n" not in message and isinstance(e.value, UserError)
+    assert f"lm_fwd{os.sep}7 cannot be read ({type(error).__name__}" in message, message
+    assert "nothing was moved" in message and fix in message, message
+    assert steps_on_disk(resumed) == [5, 6, 7]
+    assert not (resumed / "checkpoints" / "lm_fwd.damaged").exists()
+    monkeypatch.undo()
+    assert_same_run(tmp_path / "straight", resumed, straight, train(resumed))
+
+
+def test_an_unknown_error_while_restoring_keeps_its_traceback_and_moves_nothing(
+        tmp_path, monkeypatch):
+    """An error that is neither damage nor the storage's (here a TypeError) is a bug: it is
+    raised as it is, and nothing is moved."""
+    import orbax.checkpoint as ocp
+
+    with pytest.raises(Preempted):
+        train(tmp_path, SignallingIterator(5, at=3, signum=signal.SIGTERM))
+    monkeypatch.setattr(ocp.CheckpointManager, "restore",
+                        _restore_fails_with(TypeError("unexpected tree")))
+    with pytest.raises(TypeError, match="unexpected tree"):
+        train(tmp_path)
+    assert steps_on_disk(tmp_path) == [2, 3]

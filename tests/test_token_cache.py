@@ -180,14 +180,16 @@ def test_worker_error_propagates_and_leaves_nothing(tmp_path):
     assert visible_entries(tmp_path) == []
 
 
-def _start_slow_build(cache_root, workers):
-    """A real build in a child process (own process group), slow enough to interrupt."""
+def _start_slow_build(cache_root, workers, pause=0.05):
+    """A real build in a child process (own process group), slow enough to interrupt; each
+    chunk takes `pause` seconds. SIGUSR1 makes it print every thread's stack (faulthandler)."""
     script = textwrap.dedent(f"""
-        import time
+        import faulthandler, signal, time
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         from ulmfit_jax.text.token_cache import build_token_cache
         class Slow:
             def tokenize(self, texts):
-                time.sleep(0.05)
+                time.sleep({pause})
                 return [["xxbos", *t.split()] for t in texts]
             def fingerprint(self):
                 return "whitespace-v1"
@@ -197,7 +199,7 @@ def _start_slow_build(cache_root, workers):
     """)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline:
         written = list(Path(cache_root).glob("*.tmp-*/raw_ids.bin"))
@@ -209,19 +211,37 @@ def _start_slow_build(cache_root, workers):
     raise AssertionError("build never started writing")
 
 
-def test_ctrl_c_with_workers_leaves_nothing(tmp_path):
-    """SIGINT to the whole process group, as a terminal's Ctrl-C: no cache, no temp dir."""
-    proc = _start_slow_build(tmp_path, workers=2)
+def _stderr_after_exit(proc, timeout):
+    """The child's stderr once it exits; if it does not within `timeout` seconds, fail with
+    the stacks of every process of its group (a hang)."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGUSR1)
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"no exit within {timeout} s; stacks and stderr:\n{proc.communicate()[1]}")
+
+
+@pytest.mark.parametrize("pause", [0.05, 0.001])  # workers mostly busy / mostly idle
+def test_ctrl_c_with_workers_leaves_nothing(tmp_path, pause):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C: no cache, no temp dir,
+    and no worker left behind."""
+    proc = _start_slow_build(tmp_path, workers=2, pause=pause)
     os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=30) != 0
+    stderr = _stderr_after_exit(proc, timeout=30)
+    assert proc.returncode != 0, stderr
+    assert "KeyboardInterrupt" in stderr and "_process_worker" not in stderr, stderr
     assert visible_entries(tmp_path) == []
+    with pytest.raises(ProcessLookupError):  # the workers (same group) are gone too
+        os.killpg(proc.pid, 0)
 
 
 def test_killed_build_leaves_no_cache_and_next_run_cleans_up(tmp_path):
     """SIGKILL a real build midway: only a temp dir remains, and the next build removes it."""
     proc = _start_slow_build(tmp_path, workers=0)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     leftovers = visible_entries(tmp_path)
     assert len(leftovers) == 1 and ".tmp-" in leftovers[0]
     assert not list(tmp_path.glob("*/meta.json"))
@@ -365,3 +385,25 @@ def test_stale_temps_of_dead_local_writers_only_are_removed(tmp_path):
     assert temp_owner(not_ours.name) is None
     assert sorted(remove_stale_temps(tmp_path)) == sorted([gone_dir, gone_file])
     assert visible_entries(tmp_path) == sorted(p.name for p in (live, other_host, not_ours))
+
+
+@pytest.mark.slow  # train.py tokenizing every embedded review: about 30 s of CPU
+def test_ctrl_c_while_train_py_tokenizes_says_interrupted_and_leaves_no_cache(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the process group) while train.py's workers tokenize:
+    `interrupted`, exit code 130, no token cache and no temporary directory."""
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
+         "--stage", "lm", "--config.data.max_train_docs=0", "--config.data.workers=2"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu"),
+        start_new_session=True, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not any(p.stat().st_size for p in tmp_path.glob("cache/*.tmp-*/raw_ids.bin")):
+        if proc.poll() is not None or time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"train.py never started tokenizing:\n{proc.communicate()[1]}")
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    stderr = _stderr_after_exit(proc, timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted", stderr
+    assert visible_entries(tmp_path / "cache") == []

@@ -21,6 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ulmfit_jax.atomic_io import read_directory
 from ulmfit_jax.serving_format import EXPORT_FILE, VOCAB_FILE, read_serving_meta
 from ulmfit_jax.text import prediction_batches as pb
 from ulmfit_jax.text.tokenizer_spec import load_tokenizer
@@ -31,6 +32,9 @@ class ServedClassifier:
     """An exported classifier with its tokenizer, vocab and class names."""
 
     def __init__(self, directory: str | os.PathLike):
+        read_directory(directory, self._read)  # one version, even while an export replaces it
+
+    def _read(self, directory: str) -> None:
         root = Path(directory)
         meta = read_serving_meta(root)
         self.class_names: list[str] = list(meta["class_names"])

@@ -172,7 +172,8 @@ class LanguageModel:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> LanguageModel:
         """Load a directory written by `save` (format version 1 or 2)."""
-        saved = saved_model.read_saved_model(directory, saved_model.KIND_LM)
-        module = abstract_module(AWDLSTMLanguageModel, AWDLSTMConfig.from_dict(saved.config))
-        saved_model.restore_state(module, saved.state_path)
+        saved, module = saved_model.load_saved_model(
+            directory, saved_model.KIND_LM,
+            lambda saved: abstract_module(AWDLSTMLanguageModel,
+                                          AWDLSTMConfig.from_dict(saved.config)))
         return cls(module, saved.vocab, saved.tokenizer, saved.meta.get("backward", False))

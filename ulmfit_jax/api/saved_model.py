@@ -8,9 +8,11 @@
   tokenizer.json   the tokenizer spec (+ tokenizer.model for SentencePiece; text.tokenizer_spec)
   config.json      {"format_version", "kind", <meta: direction, class names, ...>, "config"}
 ```
-`config` is the model config's `to_dict()`. The directory is written atomically: everything goes
-into a hidden temporary sibling that is renamed into place only when complete (a killed process
-can leave that sibling, never a partial model); config.json is written last.
+`config` is the model config's `to_dict()`. The directory is written atomically
+(`atomic_io.atomic_directory`): everything goes into a hidden versioned sibling, fsynced, and
+`<directory>` becomes a symbolic link to it in one rename, so it always names one complete model,
+the old or the new one, whenever a writer stops; `load_saved_model` reads one version whole even
+while another process saves over it. config.json is written last.
 
 Format versions: 2 adds the tokenizer spec, the direction and the class names. Version 1
 directories (none of them) still load, for use on ids.
@@ -21,16 +23,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
 from flax import nnx
 
 from ulmfit_jax.api.module_state import set_state
-from ulmfit_jax.atomic_io import atomic_directory
-from ulmfit_jax.errors import MissingFileError, ModelFileError, disk_full_is_clear
+from ulmfit_jax.atomic_io import atomic_directory, read_directory
+from ulmfit_jax.errors import MissingFileError, ModelFileError, UserError, disk_full_is_clear
 from ulmfit_jax.text.tokenizer_spec import Tokenizer, has_tokenizer, load_tokenizer, save_tokenizer
 from ulmfit_jax.text.vocab import Vocab
 
@@ -38,6 +40,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 STATE_DIR, CONFIG_FILE, VOCAB_FILE = "state", "config.json", "vocab.json"
 KIND_LM, KIND_CLASSIFIER = "language_model", "classifier"
+M = TypeVar("M", bound=nnx.Module)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +63,7 @@ def write_saved_model(
     state: Mapping[str, Any], overwrite: bool, meta: Mapping[str, Any],
     tokenizer: Tokenizer | None,
 ) -> None:
-    """Write state/config/vocab/tokenizer into a temporary sibling, then rename it into place.
+    """Write state/config/vocab/tokenizer into a new version, then link it into place.
 
     `meta` (direction, class names) goes into config.json beside the model config."""
     with disk_full_is_clear(f"the model {os.fspath(directory)}"), \
@@ -75,6 +78,23 @@ def write_saved_model(
         # config.json last: its presence marks a complete directory.
         _write_json(os.path.join(tmp, CONFIG_FILE), {"format_version": FORMAT_VERSION,
                                                      "kind": kind, **meta, "config": config})
+
+
+def load_saved_model(directory: str | os.PathLike, kind: str,
+                     build: Callable[[SavedModel], M]) -> tuple[SavedModel, M]:
+    """`read_saved_model`, then the module `build` makes from it, filled by `restore_state`: all
+    from the one version of `directory` it names now, even while a save replaces it."""
+    given = os.path.abspath(os.fspath(directory))
+
+    def read(root: str) -> tuple[SavedModel, M]:
+        try:
+            saved = read_saved_model(root, kind)
+            module = build(saved)
+            restore_state(module, saved.state_path)
+        except UserError as e:  # name the directory given, not the version it links to
+            raise type(e)(str(e).replace(root, given)) from e
+        return saved, module
+    return read_directory(directory, read)
 
 
 def read_saved_model(directory: str | os.PathLike, kind: str) -> SavedModel:

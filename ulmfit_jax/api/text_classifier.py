@@ -278,9 +278,10 @@ class TextClassifier:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> TextClassifier:
         """Load a directory written by `save` (format version 1 or 2)."""
-        saved = saved_model.read_saved_model(directory, saved_model.KIND_CLASSIFIER)
-        module = abstract_module(AWDLSTMClassifier, ClassifierConfig.from_dict(saved.config))
-        saved_model.restore_state(module, saved.state_path)
+        saved, module = saved_model.load_saved_model(
+            directory, saved_model.KIND_CLASSIFIER,
+            lambda saved: abstract_module(AWDLSTMClassifier,
+                                          ClassifierConfig.from_dict(saved.config)))
         clf = cls(module, saved.vocab, saved.tokenizer, saved.meta.get("class_names"),
                   saved.meta.get("backward", False))
         if saved.meta.get("multi_label", False):

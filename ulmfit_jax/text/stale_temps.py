@@ -11,7 +11,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from ulmfit_jax.atomic_io import TEMP_MARKER, temp_owner
+from ulmfit_jax.atomic_io import TEMP_MARKER, pid_alive, temp_owner
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
@@ -20,7 +20,7 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     host = socket.gethostname()
     for entry in Path(directory).glob(f"*{TEMP_MARKER}*"):
         owner = temp_owner(entry.name)
-        if owner is None or owner[0] != host or _pid_alive(owner[1]):
+        if owner is None or owner[0] != host or pid_alive(owner[1]):
             continue
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
@@ -29,12 +29,3 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
         removed.append(entry)
     return removed
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True

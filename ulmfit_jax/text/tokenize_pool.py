@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Protocol
@@ -71,7 +72,8 @@ def encoded_chunks(chunks: Iterator[list[str]], tokenizer: FingerprintedTokenize
             n, future = pending.popleft()
             yield n, future.result()
     finally:
-        # On error or Ctrl-C, drop queued chunks; at most `workers` running ones finish.
+        # On error or Ctrl-C, drop queued chunks; the few already handed to workers finish
+        # (workers ignore SIGINT, see `_init_worker`), then the workers exit.
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -81,6 +83,12 @@ _WORKER_TOKENIZER: FingerprintedTokenizer | None = None
 
 
 def _init_worker(tokenizer: FingerprintedTokenizer) -> None:
+    # A terminal's Ctrl-C reaches the whole process group. A worker that took it as a
+    # KeyboardInterrupt could die between acquiring the task queue's lock and the `with` that
+    # releases it, and its siblings would then wait on that lock forever, hanging the parent's
+    # shutdown. So only the parent handles SIGINT: it cancels the queued chunks and waits for
+    # the running ones.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     global _WORKER_TOKENIZER
     _WORKER_TOKENIZER = tokenizer
 

@@ -16,12 +16,15 @@ taken for a damaged one.
 
 Saves are atomic: orbax writes into a temporary directory and renames it once complete, so a
 run killed at any moment leaves only whole checkpoints (`latest_step` never sees a partial one).
-We keep the last `keep` checkpoints plus the best one by `best_metric`. A checkpoint damaged on
-disk afterwards (truncated or garbled files) is skipped by `restore_latest`, which logs its
-step, restores the newest intact one and moves the bad ones to `<stage>.damaged/`; with none
-readable it raises `WorkdirError` suggesting `--fresh`. A full disk raises `DiskFullError`,
-leaving the earlier checkpoints intact. With several processes every one of them saves and
-restores (orbax coordinates the writes); only process 0 moves damaged checkpoints aside.
+We keep the last `keep` checkpoints plus the best one by `best_metric`. A checkpoint proven
+damaged on disk afterwards (metadata that does not parse, array data that does not decode, a
+file of its own missing: `is_damaged`) is skipped by `restore_latest`, which logs its step,
+restores the newest intact one and moves the bad ones to `<stage>.damaged/`, naming the step
+resumed from; with none readable it raises `WorkdirError` suggesting `--fresh`. Any other error
+while reading (permission denied, an I/O error of the storage, out of memory) says nothing about
+the files: `CheckpointReadError` in one line, and nothing is moved. A full disk raises
+`DiskFullError`, leaving the earlier checkpoints intact. With several processes every one of them
+saves and restores (orbax coordinates the writes); only process 0 moves damaged checkpoints aside.
 
 Resume order (the only place this is written down; `trainer.loop.run_stage` follows it):
   1. build the config, mesh, model and optimizer exactly as for a fresh run (same seed);
@@ -42,9 +45,11 @@ checkpoint is never replaced by a diverged one.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -79,6 +84,52 @@ def check_format(meta: dict, where: str) -> None:
     raise CheckpointFormatError(
         f"{where} was written by {age} ulmfit_jax (checkpoint format {found}; this version "
         f"reads format {CHECKPOINT_FORMAT}); rerun with --fresh to start this run over, or {fix}")
+
+
+class CheckpointReadError(WorkdirError):
+    """A checkpoint that could not be read for a reason other than damage; nothing was moved."""
+
+
+# tensorstore's status codes for array data that does not decode, a file shorter than its
+# index says, and a file that is missing.
+_DAMAGE_CODES = ("DATA_LOSS:", "OUT_OF_RANGE:", "NOT_FOUND:")
+# Its other codes (PERMISSION_DENIED, UNAVAILABLE, RESOURCE_EXHAUSTED, UNKNOWN...) come from the
+# storage or the machine, not from the files' content.
+_STATUS_CODE = re.compile(r"^[A-Z_]+: ")
+
+
+def is_damaged(error: BaseException, step_dir: Path) -> bool:
+    """Whether `error`, raised while reading the checkpoint in `step_dir`, proves it damaged:
+    metadata that does not parse, array data that does not decode, or a file of its own
+    missing. A permission, I/O or memory error proves nothing about the files."""
+    if isinstance(error, json.JSONDecodeError | UnicodeDecodeError):
+        return True
+    names_it = f"{step_dir}{os.sep}" in str(error)
+    if isinstance(error, FileNotFoundError):
+        return names_it
+    return type(error) is ValueError and str(error).startswith(_DAMAGE_CODES) and names_it
+
+
+def _read_error(error: BaseException, step_dir: Path) -> CheckpointReadError | None:
+    """The one-line error for a checkpoint that the storage or the machine could not read
+    (None: neither, so a bug keeps its traceback)."""
+    text = _one_line(error)
+    coded = type(error) is ValueError and _STATUS_CODE.match(text) is not None
+    if not (isinstance(error, OSError | MemoryError) or coded):
+        return None
+    if isinstance(error, PermissionError) or text.startswith("PERMISSION_DENIED"):
+        fix = "check that this user may read it"
+    elif isinstance(error, MemoryError) or text.startswith("RESOURCE_EXHAUSTED"):
+        fix = "free some memory"
+    else:
+        fix = "check the storage (an I/O error may pass)"
+    return CheckpointReadError(
+        f"checkpoint {step_dir} cannot be read ({type(error).__name__}: {text}); it is not "
+        f"known to be damaged, so nothing was moved: {fix}, then rerun the same command")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:200]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -173,11 +224,12 @@ class Checkpointer:
     def restore_latest(self, state_template: Any) -> tuple[Any, dict] | None:
         """`restore` of the newest readable checkpoint, or None when there is none.
 
-        A checkpoint that cannot be read (truncated or garbled files) is logged and the next
-        older one is tried; once one restores, the unreadable newer ones are moved to
-        `<directory>.damaged/` so training can write those steps again. When none can be read,
-        `WorkdirError` (nothing is moved). A checkpoint of another format is not damaged:
-        `CheckpointFormatError` at once."""
+        A checkpoint proven damaged (`is_damaged`) is logged and the next older one is tried;
+        once one restores, the damaged newer ones are moved to `<directory>.damaged/` so
+        training can write those steps again. When none can be read, `WorkdirError` (nothing
+        is moved). Any other error stops at once and moves nothing: `CheckpointReadError` when
+        the storage or the machine failed (permissions, I/O, memory), the error itself
+        otherwise. A checkpoint of another format is not damaged: `CheckpointFormatError`."""
         bad: list[int] = []
         for step in sorted(self.all_steps(), reverse=True):
             try:
@@ -185,26 +237,33 @@ class Checkpointer:
             except CheckpointFormatError:
                 raise
             except Exception as e:  # orbax, tensorstore and json raise many types here
-                logger.warning("checkpoint %s/%d cannot be read (%s: %s); trying an older one",
-                               self.directory, step, type(e).__name__, str(e)[:200])
+                step_dir = self.directory / str(step)
+                if not is_damaged(e, step_dir):
+                    read_error = _read_error(e, step_dir)
+                    if read_error is None:
+                        raise
+                    raise read_error from e
+                logger.warning("checkpoint %s cannot be read, it is damaged (%s: %s); trying an "
+                               "older one", step_dir, type(e).__name__, _one_line(e))
                 bad.append(step)
                 continue
-            self._set_aside(bad)
+            self._set_aside(bad, resumed_from=step)
             return restored
         if bad:
             raise WorkdirError(f"{self.directory}: no checkpoint can be read (steps {bad}); "
                                "rerun with --fresh to start this run over")
         return None
 
-    def _set_aside(self, steps: list[int]) -> None:
+    def _set_aside(self, steps: list[int], resumed_from: int) -> None:
         if not steps:
             return
         aside = self.directory.with_name(self.directory.name + ".damaged")
-        if distributed.is_primary():  # every process found the same steps unreadable
+        if distributed.is_primary():  # every process found the same steps damaged
             for step in steps:
                 aside.mkdir(exist_ok=True)
                 os.replace(self.directory / str(step), aside / f"{step}-{uuid.uuid4().hex[:8]}")
-                logger.warning("moved unreadable checkpoint step %d to %s", step, aside)
+                logger.warning("moved damaged checkpoint %s/%d to %s; resuming from step %d",
+                               self.directory, step, aside, resumed_from)
         distributed.barrier(f"set aside {self.directory} {steps}")
         self._manager.reload()
 

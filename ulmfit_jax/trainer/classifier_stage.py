@@ -24,7 +24,7 @@ from flax import nnx
 
 from ulmfit_jax.api import LanguageModel, TextClassifier
 from ulmfit_jax.atomic_io import atomic_write
-from ulmfit_jax.errors import MissingFileError
+from ulmfit_jax.errors import MissingFileError, device_memory_is_clear
 from ulmfit_jax.model.encoder import fastai_step_multiplicity
 from ulmfit_jax.optim import optimizer as opt
 from ulmfit_jax.optim.layer_groups import classifier_layer_groups
@@ -190,6 +190,22 @@ def train_classifier(
     c = config.classifier
     sharding.check_batch_size(c.batch_size, mesh)
     sharding.check_batch_size(c.eval_batch_size, mesh)
+    with device_memory_is_clear(name, {"classifier.batch_size": c.batch_size,
+                                       "classifier.eval_batch_size": c.eval_batch_size}):
+        clf, state, final, probs = _train(config, data, workdir, mesh, log, backward)
+    if distributed.is_primary():
+        _save_classifier(clf, state, backward, out_dir, probs)
+    log.write_summary({name: final})
+    distributed.barrier(f"{name} saved")
+    return out_dir
+
+
+def _train(
+    config: ml_collections.ConfigDict, data: PreparedData, workdir: Path, mesh, log: MetricLogger,
+    backward: bool,
+) -> tuple[TextClassifier, ClassifierTrainState, dict[str, float], np.ndarray]:
+    """The classifier, its trained state, its last validation metrics and probabilities."""
+    c = config.classifier
     clf = _classifier(config, data, workdir, backward)
     optimizer = opt.ulmfit_optimizer(
         clf.params, classifier_layer_groups(clf.config.encoder.n_layers), wd=c.wd,
@@ -205,11 +221,7 @@ def train_classifier(
     probs = stage.validated.get(_step(state))
     if probs is None:
         probs, _ = stage.valid_probs(state)
-    if distributed.is_primary():
-        _save_classifier(clf, state, backward, out_dir, probs)
-    log.write_summary({name: final})
-    distributed.barrier(f"{name} saved")
-    return out_dir
+    return clf, state, final, probs
 
 
 def _save_classifier(clf: TextClassifier, state: ClassifierTrainState, backward: bool,

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from ulmfit_jax.api import LanguageModel
-from ulmfit_jax.errors import ConfigError
+from ulmfit_jax.errors import ConfigError, device_memory_is_clear
 from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.model.encoder import fastai_step_multiplicity, zero_state
 from ulmfit_jax.model.qrnn import KIND as QRNN
@@ -179,9 +179,10 @@ def train_language_model(
     out_dir = workdir / "models" / name
     if (out_dir / "config.json").exists():
         return out_dir  # finished in an earlier run
-    lm, state, stage = build_lm_stage(config, data, mesh, backward)
-    state, valid = run_stage_with_checkpoints(stage, state, config, workdir, log,
-                                              seed_offset=1 if backward else 0)
+    with device_memory_is_clear(name, {"lm.batch_size": config.lm.batch_size}):
+        lm, state, stage = build_lm_stage(config, data, mesh, backward)
+        state, valid = run_stage_with_checkpoints(stage, state, config, workdir, log,
+                                                  seed_offset=1 if backward else 0)
     if distributed.is_primary():
         params = jax.device_get(state.params)
         LanguageModel.from_params(lm.config, params, data.vocab.itos, data.tokenizer,

@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from ulmfit_jax.atomic_io import atomic_write
+from ulmfit_jax.errors import device_memory_is_clear
 from ulmfit_jax.optim.lr_finder import LRFinderResult, find_lr_with_state, plot_lr_find
 from ulmfit_jax.trainer import distributed
 from ulmfit_jax.trainer.data import PreparedData
-from ulmfit_jax.trainer.lm_stage import build_lm_stage
+from ulmfit_jax.trainer.lm_stage import build_lm_stage, lm_name
 from ulmfit_jax.trainer.loop import Stage, start_phase
 from ulmfit_jax.trainer.train_state import LMTrainState
 
@@ -40,6 +41,20 @@ def find_lm_lr(
     backward: bool = False,
 ) -> LRFinderResult:
     """Sweep the LM's learning rate; write the plot and the suggestions into `workdir`."""
+    name = f"lr_find_{lm_name(backward)}"
+    with device_memory_is_clear(name, {"lm.batch_size": config.lm.batch_size},
+                                checkpointed=False):
+        result = _sweep(config, data, mesh, backward)
+    if distributed.is_primary():
+        plot_lr_find(result, workdir / f"{name}.png")
+        report = {"suggestions": result.suggestions, "diverged": result.diverged,
+                  "steps": int(result.lrs.size)}
+        atomic_write(workdir / f"{name}.json", json.dumps(report, indent=2))
+    return result
+
+
+def _sweep(config: ml_collections.ConfigDict, data: PreparedData, mesh,
+           backward: bool) -> LRFinderResult:
     _, state, stage = build_lm_stage(config, data, mesh, backward)
     first = stage.phases[0]
     state = start_phase(stage.start_epoch(state), first)
@@ -54,12 +69,5 @@ def find_lm_lr(
         return state, float(metrics["loss_sum"] / metrics["count"])
 
     c = config.lr_find
-    result = find_lr_with_state(sweep_step, state, _endless_batches(stage), start_lr=c.start_lr,
-                                end_lr=c.end_lr, num_it=c.num_it)
-    if distributed.is_primary():
-        name = f"lr_find_{stage.name}"
-        plot_lr_find(result, workdir / f"{name}.png")
-        report = {"suggestions": result.suggestions, "diverged": result.diverged,
-                  "steps": int(result.lrs.size)}
-        atomic_write(workdir / f"{name}.json", json.dumps(report, indent=2))
-    return result
+    return find_lr_with_state(sweep_step, state, _endless_batches(stage), start_lr=c.start_lr,
+                              end_lr=c.end_lr, num_it=c.num_it)
