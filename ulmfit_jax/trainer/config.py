@@ -263,9 +263,9 @@ def _check_distributed_keys(d: ml_collections.ConfigDict) -> None:
 
 
 def _check_data_keys(data: ml_collections.ConfigDict) -> None:
-    sources.check_settings(data, "source")
-    if data.lm_source:
-        sources.check_settings(data, "lm_source")
+    for key in ("source", "lm_source") if data.lm_source else ("source",):
+        sources.check_settings(data, key)
+        sources.check_valid_split(data, key)
     _require(data.tokenizer in TOKENIZERS, "data.tokenizer", data.tokenizer,
              f"one of {TOKENIZERS}")
     _require(data.sp_model_type in SP_MODEL_TYPES, "data.sp_model_type", data.sp_model_type,
