@@ -433,6 +433,29 @@ def test_a_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path):
     assert (tmp_path / ".lock").read_text().split() == [str(os.getpid()), socket.gethostname()]
 
 
+def test_train_py_on_a_held_workdir_says_who_holds_it_and_takes_a_dead_holders_lock(tmp_path):
+    workdir = tmp_path / "w"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLD_LOCK), str(workdir)],
+                              cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert_one_line_error(run_train("--workdir", str(workdir)), f"workdir {workdir} is in "
+                              f"use by pid {holder.pid} on host {socket.gethostname()}")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The killed holder's lock is taken over: --fresh starts over (a warning), then the
+    # (single-class) data is refused.
+    path = write_csv(tmp_path / "one.csv", [("pos", f"a fine film number {i}") for i in range(30)])
+    proc = run_train("--workdir", str(workdir), "--fresh", "--config.data.source=csv",
+                     f"--config.data.path={path}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        f"warning: {workdir}: starting afresh (checkpoints, models, vocab, metrics removed)",
+        f"error: data source 'csv' ({path}), train split: fewer than two classes (['pos']); a "
+        "classifier needs at least two"]
+
+
 # ------------------------------------------------------------------------- token cache
 
 
@@ -538,6 +561,25 @@ def test_disk_full_while_saving_a_model_keeps_the_previous_model(tmp_path, monke
     loaded = api.LanguageModel.load(tmp_path / "lm")
     for a, b in zip(jax.tree.leaves(old.params), jax.tree.leaves(loaded.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_train_py_on_a_full_disk_says_so_in_one_line_and_leaves_no_cache(tmp_path):
+    code = """
+        import errno, runpy, sys
+        from ulmfit_jax.text import token_cache
+
+        def no_space(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        token_cache._save_npy = no_space
+        sys.argv = ["train.py", "--config", "configs/tiny.py", "--workdir", sys.argv[1]]
+        runpy.run_path("train.py", run_name="__main__")
+    """
+    proc = run_python(code, str(tmp_path / "w"))
+    assert_one_line_error(proc, "error: no space left on device while writing the token cache ",
+                          "; the previous files are intact: free some space and rerun the "
+                          "same command")
+    assert visible_entries(tmp_path / "w" / "cache") == []
 
 
 def test_a_workdir_checkpointed_by_an_older_version_is_refused_in_one_line(tmp_path):

@@ -110,7 +110,8 @@ def _data_config() -> ml_collections.ConfigDict:
         # csv: labels separated by this inside one column ("" = none); with it, or with
         # several label columns, the task is multi-label (sigmoid + binary cross-entropy)
         "csv_label_delim": "",
-        "valid_fraction": 0.2,  # when the source has no validation split
+        # when the source has no validation split (then > 0: 0 would leave it empty)
+        "valid_fraction": 0.2,
         "max_train_docs": 0,  # > 0: keep only the first N training documents (quick runs)
         "max_valid_docs": 0,
         # LM corpus: "" = the classifier dataset's texts (train + valid + unsup, never labels);
