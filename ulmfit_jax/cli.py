@@ -52,9 +52,8 @@ class OneLineHandler(logging.Handler):
     """Each record as one line `<level>: <message>` (`warning: ...`), without absl's prefix
     of level letter, time, thread and file; loggers in `QUIET_LOGGERS` only from their level."""
 
-    def __init__(self, stream: TextIO | None = None):
+    def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self.stream = stream
 
     def filter(self, record: logging.LogRecord) -> bool:
         top = record.name.split(".", 1)[0]
@@ -62,9 +61,8 @@ class OneLineHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            stream = self.stream or sys.stderr  # the current one (tests replace sys.stderr)
-            stream.write(f"{record.levelname.lower()}: {one_line(record.getMessage())}\n")
-            stream.flush()
+            print(f"{record.levelname.lower()}: {one_line(record.getMessage())}",
+                  file=sys.stderr, flush=True)
         except Exception:
             self.handleError(record)
 

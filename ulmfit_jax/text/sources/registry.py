@@ -95,8 +95,8 @@ def check_valid_split(settings: Any, key: str = "source") -> None:
     name = getattr(settings, key)
     entry = source_entry(name, key)
     by_fraction = entry.fraction_split and not (entry.reads_valid_path and settings.valid_path)
-    if settings.valid_fraction != 0 or not by_fraction or not (key == "source" or
-                                                                entry.pretraining):
+    needed = key == "source" or entry.pretraining
+    if settings.valid_fraction != 0 or not (by_fraction and needed):
         return
     path = " and no config.data.valid_path" if entry.reads_valid_path else ""
     raise ConfigError(f"config.data.valid_fraction={settings.valid_fraction!r} is not allowed "
