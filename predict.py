@@ -8,13 +8,17 @@
 Inputs: texts as arguments, or `--input` FILE.txt (one text per line), FILE.csv /
 FILE.jsonl (`--text_column`, default `text`) or `-` (stdin, one text per line unless
 `--input_format`). Output (`--output`, default `-` = stdout, CSV unless `--output_format`):
-one row per text with the label and every class's probability.
+one row per text with the label and every class's probability. A multi-label model gives
+each text the set of classes whose probability exceeds its threshold (as
+`TextClassifier.predict`): in CSV the column `labels`, class names joined by `|` (empty for
+none); in JSONL the key `labels`, a list.
 """
 
-from absl import flags, logging
+from absl import flags
 
 from ulmfit_jax.cli import run_cli
 from ulmfit_jax.inference import text_files
+from ulmfit_jax.text.prediction_batches import predicted_labels
 
 _MODELS = flags.DEFINE_multi_string(
     "model", None, "Saved classifier directory; repeat for an ensemble (e.g. fwd and bwd).")
@@ -48,15 +52,16 @@ def _model():
 
 
 def main(argv: list[str]) -> None:
-    logging.set_verbosity(logging.ERROR)
     texts = _texts(argv)
     out_fmt = text_files.file_format(_OUTPUT.value, _OUTPUT_FORMAT.value, "csv")
     if out_fmt == "txt":
         raise text_files.InputError(f"{_OUTPUT.value}: output must be .csv or .jsonl")
     model = _model()
     probs = model.predict_proba(texts, batch_size=_BATCH_SIZE.value)
+    labels = predicted_labels(probs, model.class_names, model.multi_label, model.threshold)
     text_files.write_output(
-        _OUTPUT.value, text_files.format_predictions(probs, model.class_names, out_fmt))
+        _OUTPUT.value, text_files.format_predictions(probs, labels, model.class_names, out_fmt,
+                                                      model.multi_label))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ line and exits with 2 (`--verbose`: with its traceback); SIGTERM/Ctrl-C save a c
 exit with 143/130 (see README, "What happens when things go wrong").
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from ulmfit_jax.cli import run_cli
@@ -34,7 +34,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes
     train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STAGE.value, fresh=_FRESH.value)
 
 

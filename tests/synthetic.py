@@ -14,14 +14,20 @@ KEYWORDS = {"pos": ["splendid", "marvelous", "superb"], "neg": ["dreadful", "awf
 def separable_documents(n: int, seed: int) -> list[tuple[str, str]]:
     """`n` (label, text) rows: shared filler words plus two keywords of the document's class."""
     rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        label = "pos" if i % 2 == 0 else "neg"
-        words = list(rng.choice(FILLER, rng.integers(15, 40)))
-        for keyword in rng.choice(KEYWORDS[label], 2):
-            words.insert(int(rng.integers(0, len(words) + 1)), str(keyword))
-        rows.append((label, " ".join(words) + "."))
-    return rows
+    return [_keyword_document("pos" if i % 2 == 0 else "neg", rng) for i in range(n)]
+
+
+def imbalanced_documents(n: int, seed: int) -> list[tuple[str, str]]:
+    """As `separable_documents`, but only every 18th row (the first included) is "pos"."""
+    rng = np.random.default_rng(seed)
+    return [_keyword_document("pos" if i % 18 == 0 else "neg", rng) for i in range(n)]
+
+
+def _keyword_document(label: str, rng: np.random.Generator) -> tuple[str, str]:
+    words = list(rng.choice(FILLER, rng.integers(15, 40)))
+    for keyword in rng.choice(KEYWORDS[label], 2):
+        words.insert(int(rng.integers(0, len(words) + 1)), str(keyword))
+    return label, " ".join(words) + "."
 
 
 def write_csvs(directory: Path, rows, n_train: int, n_valid: int) -> tuple[Path, Path]:

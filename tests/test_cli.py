@@ -1,4 +1,5 @@
-"""train.py end to end on configs/tiny.py, and the config typo error."""
+"""train.py end to end on configs/tiny.py, and the config typo error. A clean run prints
+nothing on stderr (warnings that must reach it: tests/test_warnings.py)."""
 
 import csv
 import json
@@ -55,6 +56,7 @@ def test_all_stages_forward_and_backward_end_to_end(tmp_path):
     predictions = [line for line in proc.stdout.splitlines() if line.startswith(("neg", "pos"))]
     assert len(predictions) == 3, proc.stdout
     assert "classifier_fwd: validation accuracy" in proc.stdout
+    assert proc.stderr == ""  # a clean run: no warning, no orbax or absl logging
 
     from ulmfit_jax.api import LanguageModel, TextClassifier
 
@@ -103,4 +105,5 @@ def test_lr_find_stage_writes_plot_and_suggestions_and_trains_nothing(tmp_path):
     assert suggestions and all(1e-7 <= lr <= 100.0 for lr in suggestions.values())
     assert (tmp_path / "lr_find_lm_fwd.png").stat().st_size > 1000
     assert "LR finder (forward LM)" in proc.stdout
+    assert proc.stderr == ""  # nothing to warn about
     assert not (tmp_path / "models").exists() and not (tmp_path / "checkpoints").exists()

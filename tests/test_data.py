@@ -86,7 +86,7 @@ def test_a_source_is_one_registry_entry_for_loading_checking_and_messages(csvs, 
     from ulmfit_jax.errors import ConfigError
     from ulmfit_jax.text import sources
     from ulmfit_jax.trainer.config import check_config
-    from ulmfit_jax.trainer.validate_data import source_name
+    from ulmfit_jax.trainer.data import source_name
 
     assert {n for n, e in sources.SOURCES.items() if e.pretraining} == {"wikitext", "text_files"}
     assert {n for n, e in sources.SOURCES.items() if "path" in e.required} == {

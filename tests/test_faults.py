@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.synthetic import separable_documents
 from tests.test_token_cache import (
     ListVocab,
     Source,
@@ -82,6 +83,9 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
      ["/nonexistent/train.csv: not found"]),
     (["--config.lm.schedule=cosine"], ["config.lm.schedule='cosine'", "one_cycle"]),
     (["--config.data.source=csv"], ["config.data.path=''", "config.data.source='csv'"]),
+    (["--config.data.lm_source=text_files", "--config.data.path=corpus.txt",
+      "--config.data.valid_fraction=0"],
+     ["config.data.valid_fraction=0.0", "its validation split would be empty"]),
 ])
 def test_user_errors_are_one_line_exit_2_and_leave_no_run(tmp_path, args, needles):
     proc = run_train("--workdir", str(tmp_path / "w"), *args)
@@ -263,6 +267,87 @@ def test_refused_data_never_deletes_an_earlier_runs_results(tmp_path):
     assert (tmp_path / "w" / "models" / "lm_fwd").is_dir()
 
 
+@pytest.mark.parametrize("data, refused", [
+    ({"source": "text_files", "path": "c.txt"}, "with config.data.source='text_files' and no "
+     "config.data.valid_path: its validation split would be empty; a fraction in (0, 1) or a "
+     "config.data.valid_path"),
+    ({"lm_source": "text_files", "path": "c.txt"}, "with config.data.source="
+     "'movie_reviews_imdb': its validation split would be empty; a fraction in (0, 1)"),
+    ({"source": "csv", "path": "t.csv", "valid_path": "v.csv"}, None),
+    ({"source": "text_files", "path": "c.txt", "valid_path": "v.txt"}, None),
+    ({"source": "wikitext", "path": "wt103"}, None),
+    ({"source": "imdb_folder", "path": "aclImdb"}, None),
+    # The LM re-splits a labelled LM corpus by lm_valid_fraction: its own split is not needed.
+    ({"source": "csv", "path": "t.csv", "valid_path": "v.csv", "lm_source": "movie_reviews_lm"},
+     None),
+])
+def test_check_config_refuses_a_valid_fraction_that_leaves_no_validation_split(data, refused):
+    config = base_config()
+    config.data.update(valid_fraction=0.0, **data)
+    if refused is None:
+        check_config(config)
+        return
+    with pytest.raises(ConfigError) as e:
+        check_config(config)
+    assert str(e.value) == "config.data.valid_fraction=0.0 is not allowed " + refused
+
+
+def write_text_corpus(path: Path, n_docs: int) -> Path:
+    """A `text_files` corpus: one file, its documents separated by blank lines."""
+    path.write_text("\n\n".join(text for _, text in separable_documents(n_docs, 0)) + "\n")
+    return path
+
+
+def empty_lm_validation_config(tmp_path: Path):
+    """configs/tiny.py with a text_files LM corpus whose validation file holds no document."""
+    config = tiny_config()
+    config.data.update(lm_source="text_files",
+                       path=str(write_text_corpus(tmp_path / "corpus.txt", 30)),
+                       valid_path=str(tmp_path / "empty.txt"))
+    (tmp_path / "empty.txt").write_text("\n\n\n")
+    return config
+
+
+def test_an_empty_lm_validation_split_is_refused_by_name_in_every_stage_that_needs_it(tmp_path):
+    from ulmfit_jax.trainer import train_and_evaluate
+
+    config = empty_lm_validation_config(tmp_path)
+    message = (f"data source 'text_files' ({tmp_path / 'corpus.txt'}), LM validation "
+               "documents: no documents")
+    for stage in ("lm", "lr_find", "all"):
+        with pytest.raises(DataError) as e:
+            train_and_evaluate(config, tmp_path / "w", stage)
+        assert str(e.value) == message
+    # The classifier stage reads no LM validation text: its data passes, and it asks for the LM.
+    with pytest.raises(UserError, match=r"run `--stage lm`"):
+        train_and_evaluate(config, tmp_path / "w", "classifier")
+
+
+def test_train_py_refuses_an_empty_lm_validation_split_in_one_line(tmp_path):
+    config = empty_lm_validation_config(tmp_path)
+    proc = run_train("--workdir", str(tmp_path / "w"), "--config.data.lm_source=text_files",
+                     f"--config.data.path={config.data.path}",
+                     f"--config.data.valid_path={config.data.valid_path}")
+    assert_one_line_error(proc, "data source 'text_files'", "LM validation documents: no "
+                          "documents")
+    assert not (tmp_path / "w" / "run_config.json").exists()
+
+
+def test_a_sentencepiece_tokenizer_without_training_documents_is_refused_by_name(tmp_path):
+    from ulmfit_jax.trainer.data import prepare_data
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("\n")
+    config = tiny_config()
+    config.data.update(source="text_files", path=str(tmp_path / "empty"),
+                       valid_path=str(write_text_corpus(tmp_path / "valid.txt", 5)),
+                       tokenizer="sentencepiece")
+    with pytest.raises(DataError) as e:
+        prepare_data(config, tmp_path / "w")
+    assert str(e.value) == (f"data source 'text_files' ({tmp_path / 'empty'}), train split: "
+                            "no documents to train the SentencePiece tokenizer on")
+
+
 # ------------------------------------------------------------------------- workdir
 
 
@@ -360,6 +445,29 @@ def test_a_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path):
     with claim(tmp_path, base_config(), "all") as first:  # the dead holder's lock is gone
         assert not first
     assert (tmp_path / ".lock").read_text().split() == [str(os.getpid()), socket.gethostname()]
+
+
+def test_train_py_on_a_held_workdir_says_who_holds_it_and_takes_a_dead_holders_lock(tmp_path):
+    workdir = tmp_path / "w"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLD_LOCK), str(workdir)],
+                              cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert_one_line_error(run_train("--workdir", str(workdir)), f"workdir {workdir} is in "
+                              f"use by pid {holder.pid} on host {socket.gethostname()}")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The killed holder's lock is taken over: --fresh starts over (a warning), then the
+    # (single-class) data is refused.
+    path = write_csv(tmp_path / "one.csv", [("pos", f"a fine film number {i}") for i in range(30)])
+    proc = run_train("--workdir", str(workdir), "--fresh", "--config.data.source=csv",
+                     f"--config.data.path={path}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        f"warning: {workdir}: starting afresh (checkpoints, models, vocab, metrics removed)",
+        f"error: data source 'csv' ({path}), train split: fewer than two classes (['pos']); a "
+        "classifier needs at least two"]
 
 
 # ------------------------------------------------------------------------- token cache
@@ -468,6 +576,25 @@ def test_disk_full_while_saving_a_model_keeps_the_previous_model(tmp_path, monke
     loaded = api.LanguageModel.load(tmp_path / "lm")
     for a, b in zip(jax.tree.leaves(old.params), jax.tree.leaves(loaded.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_train_py_on_a_full_disk_says_so_in_one_line_and_leaves_no_cache(tmp_path):
+    code = """
+        import errno, runpy, sys
+        from ulmfit_jax.text import token_cache
+
+        def no_space(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        token_cache._save_npy = no_space
+        sys.argv = ["train.py", "--config", "configs/tiny.py", "--workdir", sys.argv[1]]
+        runpy.run_path("train.py", run_name="__main__")
+    """
+    proc = run_python(code, str(tmp_path / "w"))
+    assert_one_line_error(proc, "error: no space left on device while writing the token cache ",
+                          "; the previous files are intact: free some space and rerun the "
+                          "same command")
+    assert visible_entries(tmp_path / "w" / "cache") == []
 
 
 def test_a_workdir_checkpointed_by_an_older_version_is_refused_in_one_line(tmp_path):

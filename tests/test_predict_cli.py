@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from ulmfit_jax import Ensemble, TextClassifier
+from ulmfit_jax.inference.text_files import InputError, format_predictions
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.text import FastaiTokenizer
+from ulmfit_jax.text.fastai_tokenizer import RULES_VERSION
 from ulmfit_jax.text.vocab import Vocab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,15 +30,34 @@ def predict(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
+def tiny_classifiers(class_names: list[str]) -> list[TextClassifier]:
+    """A forward and a backward classifier at configs/tiny.py's sizes."""
+    tok = FastaiTokenizer()
+    vocab = Vocab.from_tokens(tok.tokenize(TEXTS), min_freq=1)
+    config = ClassifierConfig(AWDLSTMConfig(len(vocab), 16, 32, 2), len(class_names), bptt=24,
+                              max_len=96)
+    return [TextClassifier.create(config, vocab.itos, seed=s, tokenizer=tok,
+                                  class_names=class_names, backward=s == 1) for s in (0, 1)]
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """fwd and bwd classifiers at configs/tiny.py's sizes."""
     root = tmp_path_factory.mktemp("cli")
-    tok = FastaiTokenizer()
-    vocab = Vocab.from_tokens(tok.tokenize(TEXTS), min_freq=1)
-    config = ClassifierConfig(AWDLSTMConfig(len(vocab), 16, 32, 2), 2, bptt=24, max_len=96)
-    clfs = [TextClassifier.create(config, vocab.itos, seed=s, tokenizer=tok,
-                                  class_names=["neg", "pos"], backward=s == 1) for s in (0, 1)]
+    clfs = tiny_classifiers(["neg", "pos"])
+    for name, clf in zip(("fwd", "bwd"), clfs, strict=True):
+        clf.save(root / name)
+    return root, clfs
+
+
+@pytest.fixture(scope="module")
+def multi_label_models(tmp_path_factory):
+    """fwd and bwd multi-label classifiers whose threshold (the median of the ensemble's
+    probabilities on TEXTS) gives texts label sets of different sizes."""
+    root = tmp_path_factory.mktemp("multi")
+    clfs = tiny_classifiers(["alpha", "beta", "gamma"])
+    threshold = float(np.median(Ensemble(clfs).predict_proba(TEXTS)))
+    clfs = [clf.with_multi_label(threshold) for clf in clfs]
     for name, clf in zip(("fwd", "bwd"), clfs, strict=True):
         clf.save(root / name)
     return root, clfs
@@ -49,7 +70,7 @@ def _rows(csv_text: str) -> list[dict]:
 def test_texts_as_arguments_give_label_and_every_probability(models):
     root, (fwd, _) = models
     proc = predict("--model", str(root / "fwd"), *TEXTS)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # nothing to warn about
     rows = _rows(proc.stdout)
     expected = fwd.predict_proba(TEXTS)
     assert [r["label"] for r in rows] == fwd.predict(TEXTS)
@@ -78,6 +99,52 @@ def test_stdin_lines(models):
                    stdin="A wonderful film, I loved it.\nBoring and far too long.\n")
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(x)["label"] for x in proc.stdout.splitlines()] == fwd.predict(TEXTS[:2])
+
+
+def test_multi_label_csv_gives_each_text_its_label_set(multi_label_models):
+    root, (fwd, _) = multi_label_models
+    proc = predict("--model", str(root / "fwd"), *TEXTS)
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(proc.stdout)
+    expected = fwd.predict(TEXTS)
+    assert {len(labels) for labels in expected} != {1}  # not what an argmax would give
+    assert [r["labels"].split("|") if r["labels"] else [] for r in rows] == expected
+    got = [[float(r[name]) for name in fwd.class_names] for r in rows]
+    np.testing.assert_allclose(got, fwd.predict_proba(TEXTS), atol=1e-6)
+
+
+def test_multi_label_ensemble_jsonl_gives_each_text_its_label_set(multi_label_models, tmp_path):
+    root, clfs = multi_label_models
+    out = tmp_path / "out.jsonl"
+    proc = predict("--model", str(root / "fwd"), "--model", str(root / "bwd"), "--output",
+                   str(out), *TEXTS)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = Ensemble(clfs).predict(TEXTS)
+    assert {len(labels) for labels in expected} != {1}
+    assert [r["labels"] for r in rows] == expected
+
+
+def test_a_class_name_holding_the_csv_label_separator_asks_for_jsonl():
+    probs = np.array([[0.9, 0.8]])
+    with pytest.raises(InputError, match=r"class 'a\|b' contains '\|'.*--output_format jsonl"):
+        format_predictions(probs, [["a|b", "c"]], ["a|b", "c"], "csv", multi_label=True)
+    line = json.loads(format_predictions(probs, [["a|b", "c"]], ["a|b", "c"], "jsonl", True))
+    assert line["labels"] == ["a|b", "c"]
+
+
+def test_a_tokenizer_rules_mismatch_is_one_warning_line_on_stderr(models, tmp_path):
+    root, (fwd, _) = models
+    fwd.save(tmp_path / "old")
+    spec_path = tmp_path / "old" / "tokenizer.json"
+    spec = json.loads(spec_path.read_text())
+    spec["rules"] = "fastai-2.7.0-rules/1"
+    spec_path.write_text(json.dumps(spec))
+    proc = predict("--model", str(tmp_path / "old"), *TEXTS)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [f"warning: {spec_path}: trained with tokenizer rules "
+                                        f"fastai-2.7.0-rules/1, running {RULES_VERSION}"]
+    assert [r["label"] for r in _rows(proc.stdout)] == fwd.predict(TEXTS)
 
 
 @pytest.mark.parametrize("case", ["bad_jsonl_row", "unknown_column", "missing_model",

@@ -217,9 +217,12 @@ def test_train_py_sigterm_and_sigint_save_exit_with_a_hint_and_resume_bitwise(tm
     for stage, signum in (("lm_fwd", signal.SIGTERM), ("classifier_fwd", signal.SIGINT)):
         proc = _signal_after_checkpoint(resumed, stage, signum)
         assert proc.returncode == 128 + signum, proc.stderr.read()[-3000:]
-        last = proc.stderr.read().strip().splitlines()[-1]
-        assert last.startswith(f"stopped by {signal.Signals(signum).name}: stage {stage} saved")
-        assert "rerun the same command to resume" in last
+        received, stopped = proc.stderr.read().strip().splitlines()  # all the user sees
+        name = signal.Signals(signum).name
+        assert received == (f"{name} received: saving a checkpoint after this step (send it "
+                            "again to stop at once)")
+        assert stopped.startswith(f"stopped by {name}: stage {stage} saved")
+        assert "rerun the same command to resume" in stopped
     subprocess.run(_train_cmd(resumed), cwd=ROOT, env=_env(), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out, _ = reference.communicate(timeout=600)

@@ -12,16 +12,22 @@ traceback. `Preempted` prints its one-line resume hint and exits with `128 + sig
 (143 for SIGTERM, 130 for SIGINT); Ctrl-C elsewhere prints `interrupted`, exit 130. Anything
 else is a bug and keeps its traceback (exit 1). In a multi-process run an error exits at once,
 without jax's graceful shutdown (see `_exit`).
+
+What a run logs reaches stderr through one policy (`show_warnings`): every warning of the
+package (and of jax, numpy...) as one line `warning: <message>`, once, informational messages
+not at all, and the loggers in `QUIET_LOGGERS` only from their errors up.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -29,6 +35,10 @@ from ml_collections import config_flags
 from ulmfit_jax.errors import Preempted, UserError
 
 USER_ERROR_EXIT_CODE = 2
+# Loggers shown only from ERROR up. orbax logs through absl's logger: a line for every file of
+# every checkpoint, and warnings about its own options ("Requested `tracked_metric`; did not
+# provide metrics") that say nothing a user can act on.
+QUIET_LOGGERS = {"absl": logging.ERROR}
 
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of user errors too.")
 
@@ -36,6 +46,46 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of user error
 def one_line(text: str) -> str:
     """`text` with every run of whitespace (newlines included) as one space."""
     return " ".join(str(text).split())
+
+
+class OneLineHandler(logging.Handler):
+    """Each record as one line `<level>: <message>` (`warning: ...`), without absl's prefix
+    of level letter, time, thread and file; loggers in `QUIET_LOGGERS` only from their level."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        top = record.name.split(".", 1)[0]
+        return record.levelno >= QUIET_LOGGERS.get(top, logging.NOTSET)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"{record.levelname.lower()}: {one_line(record.getMessage())}",
+                  file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+def _warning_as_log(message: Warning | str, category: type[Warning], filename: str,
+                    lineno: int, file: TextIO | None = None, line: str | None = None) -> None:
+    """`warnings.showwarning` as one log line (Python's own prints the source line too)."""
+    logging.getLogger("py.warnings").warning("%s (%s, %s:%d)", message, category.__name__,
+                                             os.path.basename(filename), lineno)
+
+
+def show_warnings() -> None:
+    """The command line's logging: warnings and errors of every logger as one line each on
+    stderr (`OneLineHandler`) in place of absl's handler, info hidden, `QUIET_LOGGERS` quiet.
+
+    Called once absl has set up its handler (`app.run`); absl's own policy, `set_verbosity`,
+    sets the ROOT logger's level, which would hide every package's warnings too."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(OneLineHandler())
+    root.setLevel(logging.WARNING)
+    warnings.showwarning = _warning_as_log
 
 
 def _exit(code: int) -> NoReturn:
@@ -87,6 +137,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def _guarded(main: Callable[[list[str]], object]) -> Callable[[list[str]], None]:
     def run(argv: list[str]) -> None:
+        show_warnings()
         try:
             main(argv)
         except UserError as e:

@@ -5,8 +5,11 @@
 - `.jsonl`: one JSON object per line, the text under key `text_column`.
 A bad file or row raises `InputError` with one line naming the file, line or column.
 
-Output rows hold the predicted label and every class's probability: CSV columns
+Output rows hold the prediction and every class's probability: CSV columns
 `label,<class 1>,<class 2>,...`, or JSONL objects `{"label": ..., "probabilities": {...}}`.
+A multi-label model predicts a set of classes (each whose probability exceeds its threshold,
+possibly none): CSV column `labels` holds their names joined by `|` (`LABEL_SEPARATOR`; empty
+for none), JSONL key `labels` a list.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ulmfit_jax.atomic_io import atomic_write
 from ulmfit_jax.errors import DataError
 
 FORMATS = ("txt", "csv", "jsonl")
+LABEL_SEPARATOR = "|"  # between a multi-label prediction's classes in a CSV cell
 
 
 class InputError(DataError):
@@ -104,19 +108,36 @@ def _jsonl_texts(content: str, name: str, key: str) -> list[str]:
     return texts
 
 
-def format_predictions(probs: np.ndarray, class_names: Sequence[str], fmt: str) -> str:
-    """Rows of label and per-class probabilities, probs `[n, n_classes]`, as CSV or JSONL."""
-    labels = [class_names[i] for i in probs.argmax(axis=1)]
+def format_predictions(probs: np.ndarray, labels: Sequence[str] | Sequence[Sequence[str]],
+                       class_names: Sequence[str], fmt: str, multi_label: bool = False) -> str:
+    """Rows of prediction and per-class probabilities (`probs` `[n, n_classes]`) as CSV or
+    JSONL; `labels` holds a class name per row, or with `multi_label` a list of them (see the
+    module doc), as `predicted_labels` gives them."""
+    key = "labels" if multi_label else "label"
     if fmt == "jsonl":
-        return "".join(json.dumps({"label": label, "probabilities": dict(
-            zip(class_names, map(float, row), strict=True))}, ensure_ascii=False) + "\n"
-            for label, row in zip(labels, probs, strict=True))
+        return "".join(json.dumps({key: label if isinstance(label, str) else list(label),
+                                   "probabilities": dict(zip(class_names, map(float, row),
+                                                             strict=True))},
+                                  ensure_ascii=False) + "\n"
+                       for label, row in zip(labels, probs, strict=True))
+    if multi_label:
+        _check_separator(class_names)
+    cells = [label if isinstance(label, str) else LABEL_SEPARATOR.join(label)
+             for label in labels]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["label", *class_names])
-    writer.writerows([label, *(f"{p:.6f}" for p in row)]
-                     for label, row in zip(labels, probs, strict=True))
+    writer.writerow([key, *class_names])
+    writer.writerows([cell, *(f"{p:.6f}" for p in row)]
+                     for cell, row in zip(cells, probs, strict=True))
     return out.getvalue()
+
+
+def _check_separator(class_names: Sequence[str]) -> None:
+    for name in class_names:
+        if LABEL_SEPARATOR in name:
+            raise InputError(f"class {name!r} contains {LABEL_SEPARATOR!r}, which separates a "
+                             "multi-label prediction's classes in CSV; write JSONL instead "
+                             "(--output_format jsonl)")
 
 
 def write_output(path: str, text: str) -> None:

@@ -126,7 +126,8 @@ def _data_config() -> ml_collections.ConfigDict:
         # csv: labels separated by this inside one column ("" = none); with it, or with
         # several label columns, the task is multi-label (sigmoid + binary cross-entropy)
         "csv_label_delim": "",
-        "valid_fraction": 0.2,  # when the source has no validation split
+        # when the source has no validation split (then > 0: 0 would leave it empty)
+        "valid_fraction": 0.2,
         "max_train_docs": 0,  # > 0: keep only the first N training documents (quick runs)
         "max_valid_docs": 0,
         # LM corpus: "" = the classifier dataset's texts (train + valid + unsup, never labels);
@@ -309,9 +310,9 @@ def _check_distributed_keys(d: ml_collections.ConfigDict) -> None:
 
 
 def _check_data_keys(data: ml_collections.ConfigDict) -> None:
-    sources.check_settings(data, "source")
-    if data.lm_source:
-        sources.check_settings(data, "lm_source")
+    for key in ("source", "lm_source") if data.lm_source else ("source",):
+        sources.check_settings(data, key)
+        sources.check_valid_split(data, key)
     _require(data.tokenizer in TOKENIZERS, "data.tokenizer", data.tokenizer,
              f"one of {TOKENIZERS}")
     _require(data.sp_model_type in SP_MODEL_TYPES, "data.sp_model_type", data.sp_model_type,

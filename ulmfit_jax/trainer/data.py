@@ -24,7 +24,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from ulmfit_jax.errors import disk_full_is_clear
+from ulmfit_jax.errors import DataError, disk_full_is_clear
 from ulmfit_jax.text import sources
 from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
 from ulmfit_jax.text.sentencepiece_tokenizer import SentencePieceTokenizer
@@ -95,6 +95,15 @@ class _Texts:
         return self.subset.texts()
 
 
+def source_name(data: ml_collections.ConfigDict, lm: bool = False) -> str:
+    """How messages name the data: `config.data.source` (`lm`: the LM's source) and its
+    path."""
+    name = (data.lm_source or data.source) if lm else data.source
+    reads_path = "path" in sources.source_entry(name).required
+    path = data.path if reads_path and data.path else ""
+    return f"data source {name!r}" + (f" ({path})" if path else "")
+
+
 def load_dataset(data: ml_collections.ConfigDict, name: str | None = None) -> sources.TextDataset:
     """The `TextDataset` named by `data.source` (or `name`), through `sources.SOURCES`."""
     return sources.load_source(data, name)
@@ -111,11 +120,15 @@ def lm_corpus_splits(dataset: sources.TextDataset, lm_dataset: sources.TextDatas
                      train: _Subset, valid: _Subset) -> list[_Subset]:
     """The document streams whose concatenation, in this order, is the LM corpus: the separate
     LM corpus's splits (`data.lm_source`), else the classifier's `train` and `valid`
-    documents and the unlabelled split."""
+    documents, then the unlabelled split if there is one. The first two stay in place even
+    when empty: a pretraining corpus's are the LM's training and validation documents (an
+    empty one is refused by name in `validate_data`)."""
     if lm_dataset is not None:
-        return [_Subset(s, 0) for s in (lm_dataset.train, lm_dataset.valid, lm_dataset.unsup)
-                if s]
-    return [train, valid] + ([_Subset(dataset.unsup, 0)] if dataset.unsup is not None else [])
+        splits = [_Subset(lm_dataset.train, 0), _Subset(lm_dataset.valid, 0)]
+        unsup = lm_dataset.unsup
+    else:
+        splits, unsup = [train, valid], dataset.unsup
+    return splits + ([_Subset(unsup, 0)] if unsup is not None else [])
 
 
 def make_tokenizer(data: ml_collections.ConfigDict, train: _Subset, workdir: Path,
@@ -127,6 +140,9 @@ def make_tokenizer(data: ml_collections.ConfigDict, train: _Subset, workdir: Pat
     stored = workdir / TOKENIZER_DIR
     if has_tokenizer(stored):
         return load_tokenizer(stored)
+    if len(train) == 0:  # (sentencepiece's own error is an INTERNAL check failure)
+        raise DataError(f"{source_name(data, lm=bool(data.lm_source))}, train split: no "
+                        "documents to train the SentencePiece tokenizer on")
     tokenizer = SentencePieceTokenizer(vocab_size=data.sp_vocab_size,
                                        model_type=data.sp_model_type, cache_dir=cache_root)
     with disk_full_is_clear(f"the SentencePiece model in {cache_root}"):

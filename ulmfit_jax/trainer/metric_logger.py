@@ -125,7 +125,8 @@ class MetricLogger:
                     steps, losses = zip(*points, strict=True)
                     ax.plot(steps, losses, marker="o" if split == "valid" else None, label=split)
             ax.set(title=stage, xlabel="step", ylabel="loss")
-            ax.legend()
+            if ax.lines:  # (an empty legend is a matplotlib warning: lr_find logs no losses)
+                ax.legend()
         fig.tight_layout()
         path = self.workdir / "loss_curve.png"
         fig.savefig(path, dpi=100)

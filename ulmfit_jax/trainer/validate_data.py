@@ -14,22 +14,13 @@ import ml_collections
 import numpy as np
 
 from ulmfit_jax.errors import DataError
-from ulmfit_jax.text import sources
 from ulmfit_jax.text.tokenized_corpus import TokenizedCorpus
-from ulmfit_jax.trainer.data import PreparedData
+from ulmfit_jax.trainer.data import PreparedData, source_name
 
 logger = logging.getLogger(__name__)
 
 FEW_DOCS = 20  # fewer classifier documents in a split than this: a warning
 IMBALANCE = 10.0  # largest / smallest training class above this: a warning
-
-
-def source_name(data: ml_collections.ConfigDict, lm: bool = False) -> str:
-    """How messages name the data: `config.data.source` (and its path)."""
-    name = (data.lm_source or data.source) if lm else data.source
-    reads_path = "path" in sources.source_entry(name).required
-    path = data.path if reads_path and data.path else ""
-    return f"data source {name!r}" + (f" ({path})" if path else "")
 
 
 def _check_not_empty(corpus: TokenizedCorpus, where: str) -> None:

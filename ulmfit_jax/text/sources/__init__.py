@@ -24,8 +24,8 @@ Sources:
 - `text_files`: a folder of `.txt` files or one file split at blank lines (unlabelled).
 
 `registry.SOURCES` maps each name a run config may give (`config.data.source`) to its
-factory from the config's `data` section and the keys it requires (`load_source`,
-`check_settings`).
+factory from the config's `data` section, the keys it requires and where its validation
+split comes from (`load_source`, `check_settings`, `check_valid_split`).
 
 Splits made from one source are stratified and seeded by a hash of each text
 (`stratified_valid_mask`): deterministic everywhere. Bad input raises `DataError`
@@ -52,7 +52,14 @@ from .movie_reviews import (
     movie_reviews_lm,
     movie_reviews_rotten_tomatoes,
 )
-from .registry import SOURCES, SourceEntry, check_settings, load_source, source_entry
+from .registry import (
+    SOURCES,
+    SourceEntry,
+    check_settings,
+    check_valid_split,
+    load_source,
+    source_entry,
+)
 from .text_files import text_files, wikitext
 from .tfds_datasets import KNOWN_DATASETS, TfdsFields, tfds_dataset
 
@@ -67,6 +74,7 @@ __all__ = [
     "TextDataset",
     "TfdsFields",
     "check_settings",
+    "check_valid_split",
     "csv_dataset",
     "imdb_folder",
     "join_fields",

