@@ -26,9 +26,9 @@ body {{ font-family: sans-serif; max-width: 50em; margin: 2em auto; line-height:
 .head {{ font-weight: bold; margin-bottom: 0.3em; }}
 .w {{ border-radius: 3px; padding: 0 1px; }}
 </style></head><body>
-<p>Background: how strongly the probability of the class shown responds to each word
-(gradient of the probability with respect to the word's embedding, scaled to the document's
-largest). It does not say in which direction.</p>
+<p>Background: how strongly the probability of the class shown responds to each word (from
+the gradient of the probability with respect to the word's embedding, scaled to the
+document's largest), not in which direction.</p>
 {docs}
 </body></html>
 """

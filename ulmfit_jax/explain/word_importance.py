@@ -1,10 +1,15 @@
-"""Word importance: one score per word of a text for a class, from intrinsic attention.
+"""Word importance: one score per word of a text for a class, from the gradient of the class
+probability with respect to the embedding output (`explain.saliency`).
 
-What the score means: how much the probability of the class would change if that word's
-embedding moved a little (the size of the gradient, summed over the word's tokens and over the
-embedding dimension), scaled so the document's largest is 1. It is local and unsigned: it does
-not say whether the word pushes towards the class or away from it, nor what removing or
-replacing the word would do, and scores of different documents are not on one scale.
+What the score means (default `method="input_x_gradient"`): the size of the first-order
+estimate of how much the probability of the class would change if a token's embedding were
+zeroed, summed over the word's tokens and scaled so the document's largest is 1.
+`method="intrinsic_attention"` is fastai v1's score instead: the size of the gradient alone
+(how sensitive the probability is to the word's embedding moving a little).
+
+What it does not mean: it is unsigned (it does not say whether the word pushes towards the
+class or away from it); it is a local, linear estimate, not what deleting or replacing the
+word would really do; scores of different documents are not on one scale.
 
 What it cannot see, as fastai's: a word's influence through the LSTM state carried into later
 `bptt` chunks (the classifier cuts that gradient, as fastai does), and tokens more than about
@@ -29,7 +34,7 @@ from flax import nnx
 
 from ulmfit_jax.api import Ensemble, TextClassifier
 from ulmfit_jax.api.checks import require_tokenizer
-from ulmfit_jax.explain.intrinsic_attention import intrinsic_attention
+from ulmfit_jax.explain.saliency import METHODS, token_saliency
 from ulmfit_jax.text.prediction_batches import check_texts, padded_batches
 from ulmfit_jax.text.vocab import Vocab
 from ulmfit_jax.text.word_alignment import text_words, word_scores
@@ -63,11 +68,14 @@ class _Explained:
 
 
 def word_importance(model: TextClassifier | Ensemble, texts: str | Sequence[str],
-                    class_name: str | None = None,
-                    batch_size: int = 32) -> WordImportance | list[WordImportance]:
+                    class_name: str | None = None, batch_size: int = 32,
+                    method: str = "input_x_gradient") -> WordImportance | list[WordImportance]:
     """Word importance of each text for `class_name`, or for its predicted class (the mean
-    probabilities' for an ensemble; multi-label: the most likely class). One text in, one
-    `WordImportance` out; a list in, a list out. Texts are batched like `predict_proba`."""
+    probabilities' for an ensemble; multi-label: the most likely class), by `method` (see
+    module doc). One text in, one `WordImportance` out; a list in, a list out. Texts are
+    batched like `predict_proba`."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     single = isinstance(texts, str)
     texts = check_texts([texts] if isinstance(texts, str) else texts)
     members = _members(model)
@@ -77,7 +85,7 @@ def word_importance(model: TextClassifier | Ensemble, texts: str | Sequence[str]
         targets = model.predict_proba(texts, batch_size=batch_size).argmax(-1)
     else:
         targets = np.full(len(texts), -1 if target is None else target)
-    views = [_explain(clf, texts, targets, batch_size) for clf in members]
+    views = [_explain(clf, texts, targets, batch_size, method) for clf in members]
     results = [_combine(text, [v[i] for v in views], names)
                for i, text in enumerate(texts)]
     return results[0] if single else results
@@ -100,8 +108,8 @@ def _class_index(class_name: str | None, names: list[str]) -> int | None:
     return names.index(class_name)
 
 
-def _explain(clf: TextClassifier, texts: list[str], targets: np.ndarray,
-             batch_size: int) -> list[_Explained]:
+def _explain(clf: TextClassifier, texts: list[str], targets: np.ndarray, batch_size: int,
+             method: str) -> list[_Explained]:
     """Scaled word scores of every text for `targets[i]` (-1: the predicted class)."""
     tokens = require_tokenizer(clf.tokenizer, "classifier").tokenize(texts)
     vocab = Vocab(clf.vocab)
@@ -114,13 +122,13 @@ def _explain(clf: TextClassifier, texts: list[str], targets: np.ndarray,
     for members, ids in padded_batches(docs, batch_size, config.bptt, config.encoder.pad_id):
         classes = np.full(len(ids), -1, np.int32)
         classes[:len(members)] = targets[members]
-        att = jax.device_get(intrinsic_attention(graphdef, pure, ids, classes,
-                                                 pad_id=config.encoder.pad_id,
-                                                 multi_label=clf.multi_label))
+        att = jax.device_get(token_saliency(graphdef, pure, ids, classes,
+                                            pad_id=config.encoder.pad_id,
+                                            multi_label=clf.multi_label))
         for row, i in enumerate(members):
             n = len(docs[i])
             start = (ids.shape[1] - n) // config.bptt * config.bptt  # pad_chunks' layout
-            token_scores = att.scores[row, start:start + n]
+            token_scores = getattr(att, method)[row, start:start + n]
             token_scores = token_scores[::-1] if clf.backward else token_scores
             scores = word_scores(texts[i], tokens[i], token_scores).scores
             out[i] = _Explained(_scaled(scores), att.probs[row], int(att.classes[row]))
