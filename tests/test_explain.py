@@ -5,7 +5,9 @@ from fastai's and SentencePiece's tokens to words, the pictures and `predict.py 
 
 from __future__ import annotations
 
+import csv
 import functools
+import json
 import os
 import re
 import subprocess
@@ -112,6 +114,10 @@ def test_the_planted_word_is_the_most_important_word(planted, which):
     hits = np.mean([a == b for a, b in zip(top, planted_words, strict=True)])
     assert hits >= 0.8, list(zip(top, planted_words, strict=True))
     assert [r.class_name for r in results] == model.predict(texts)
+    # Why input x gradient is the default: fastai's gradient size finds the word less often.
+    fastai = explain.word_importance(model, texts, method="intrinsic_attention")
+    fastai_top = [r.top(1)[0][0].lower() for r in fastai]
+    assert np.mean([a == b for a, b in zip(fastai_top, planted_words, strict=True)]) < hits
 
 
 def test_top_losses_equal_an_independent_sort_of_the_losses(planted):
@@ -199,7 +205,7 @@ def test_each_word_gets_its_own_gradient_in_reading_order(multi_label, backward)
 
 def test_an_ensemble_averages_its_directions_for_the_class_it_predicts():
     fwd, bwd = _random_classifier(False, False), _random_classifier(False, True)
-    texts = [LONG, "Hi w1"]
+    texts = [LONG, ""]  # the empty text has no word to score
     ensemble = Ensemble([fwd, bwd])
     got = explain.word_importance(ensemble, texts)
     predicted = ensemble.predict(texts)
@@ -208,7 +214,7 @@ def test_an_ensemble_averages_its_directions_for_the_class_it_predicts():
                    for m in (fwd, bwd)]
         np.testing.assert_allclose(result.scores, (members[0].scores + members[1].scores) / 2,
                                    rtol=1e-5)
-        assert result.class_name == name
+        assert result.class_name == name and len(result.scores) == len(text.split())
         assert result.probability == pytest.approx(
             float(np.mean([m.probability for m in members])), abs=1e-6)
 
@@ -405,3 +411,48 @@ def test_predict_explain_prints_coloured_words_and_writes_html(planted, tmp_path
     explain.write_word_importance(fwd, texts, str(tmp_path / "w.html"))
     page = (tmp_path / "w.html").read_text()
     assert page.count('<div class="doc">') == 2 and expected[0].top(1)[0][0] in page
+
+
+# ------------------------------------------------------------------ train.py's files
+def test_validation_files_of_a_multi_label_run_and_fresh_removes_them(tmp_path):
+    from ulmfit_jax.text.tokenized_corpus import TokenizedCorpus
+    from ulmfit_jax.trainer.data import PreparedData
+    from ulmfit_jax.trainer.validation_files import VALIDATION_FILES, write_validation_files
+    from ulmfit_jax.trainer.workdir import FRESH_REMOVES, forget_run
+
+    tok = FastaiTokenizer()
+    texts = ["A goal and a guitar.", "Spicy recipe!", "The referee sang a melody.", "Oven."]
+    vocab = Vocab.from_tokens(tok.tokenize(texts), min_freq=1)
+    names = ["sports", "music", "food"]
+    truth = np.array([[1, 1, 0], [0, 0, 1], [1, 1, 0], [0, 0, 1]])
+    corpus = TokenizedCorpus.from_lists([vocab.numericalize(t) for t in tok.tokenize(texts)])
+    corpus = TokenizedCorpus(corpus.ids, corpus.offsets, truth)
+    data = PreparedData(vocab, tok, names, corpus, corpus, corpus, corpus, multi_label=True)
+    probs = np.array([[0.9, 0.2, 0.1], [0.3, 0.1, 0.8], [0.6, 0.7, 0.4], [0.1, 0.9, 0.2]],
+                     np.float32)
+    for name, p in (("classifier_fwd", probs), ("classifier_bwd", probs[:, ::-1])):
+        (tmp_path / "models" / name).mkdir(parents=True)
+        np.save(tmp_path / "models" / name / "valid_probs.npy", np.ascontiguousarray(p))
+    write_validation_files(tmp_path, data, backward=True, threshold=0.5)
+
+    report = json.loads((tmp_path / "classification_report.json").read_text())
+    ensemble = (probs + probs[:, ::-1]) / 2
+    expected = sk.classification_report(truth, ensemble > 0.5, target_names=names,
+                                        output_dict=True, zero_division=0)
+    del expected["samples avg"]
+    assert set(report) == {"classifier_fwd", "classifier_bwd", "ensemble"}
+    assert flat(report["ensemble"]) == pytest.approx(flat(expected))
+    with (tmp_path / "top_losses.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    bce = -np.where(truth > 0, np.log(ensemble), np.log(1 - ensemble)).mean(1)
+    assert [int(r["index"]) for r in rows] == np.argsort(-bce, kind="stable").tolist()
+    first = rows[0]
+    assert first["actual"] == "|".join(n for n, y in zip(names, truth[int(first["index"])],
+                                                         strict=True) if y)
+    assert [float(first[f"p_{n}"]) for n in names] == pytest.approx(
+        ensemble[int(first["index"])].tolist(), rel=1e-5)
+    assert first["text"] == texts[int(first["index"])]  # read back from its tokens
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+    assert set(VALIDATION_FILES) <= set(FRESH_REMOVES)
+    forget_run(tmp_path)
+    assert not any((tmp_path / name).exists() for name in VALIDATION_FILES)
