@@ -35,6 +35,7 @@ from flax import nnx
 from ulmfit_jax.api import Ensemble, TextClassifier
 from ulmfit_jax.api.checks import require_tokenizer
 from ulmfit_jax.explain.saliency import METHODS, token_saliency
+from ulmfit_jax.text.classifier_batches import pad_front
 from ulmfit_jax.text.prediction_batches import check_texts, padded_batches
 from ulmfit_jax.text.vocab import Vocab
 from ulmfit_jax.text.word_alignment import text_words, word_scores
@@ -116,23 +117,21 @@ def _explain(clf: TextClassifier, texts: list[str], targets: np.ndarray, batch_s
     docs = [vocab.numericalize(t) for t in tokens]
     docs = [d[::-1].copy() for d in docs] if clf.backward else docs
     graphdef, state = nnx.split(clf.module)
-    pure = nnx.to_pure_dict(state)
-    config = clf.config
-    out: list[_Explained | None] = [None] * len(texts)
+    pure, config = nnx.to_pure_dict(state), clf.config
+    out: dict[int, _Explained] = {}
     for members, ids in padded_batches(docs, batch_size, config.bptt, config.encoder.pad_id):
         classes = np.full(len(ids), -1, np.int32)
         classes[:len(members)] = targets[members]
-        att = jax.device_get(token_saliency(graphdef, pure, ids, classes,
-                                            pad_id=config.encoder.pad_id,
-                                            multi_label=clf.multi_label))
+        found = jax.device_get(token_saliency(graphdef, pure, ids, classes,
+                                              pad_id=config.encoder.pad_id,
+                                              multi_label=clf.multi_label))
         for row, i in enumerate(members):
-            n = len(docs[i])
-            start = (ids.shape[1] - n) // config.bptt * config.bptt  # pad_chunks' layout
-            token_scores = getattr(att, method)[row, start:start + n]
-            token_scores = token_scores[::-1] if clf.backward else token_scores
-            scores = word_scores(texts[i], tokens[i], token_scores).scores
-            out[i] = _Explained(_scaled(scores), att.probs[row], int(att.classes[row]))
-    return [e for e in out if e is not None]
+            start = pad_front(ids.shape[1], len(docs[i]), config.bptt)
+            token_scores = getattr(found, method)[row, start:start + len(docs[i])]
+            scores = word_scores(texts[i], tokens[i],
+                                 token_scores[::-1] if clf.backward else token_scores).scores
+            out[i] = _Explained(_scaled(scores), found.probs[row], int(found.classes[row]))
+    return [out[i] for i in range(len(texts))]
 
 
 def _scaled(scores: np.ndarray) -> np.ndarray:
