@@ -12,7 +12,7 @@ print(explain.to_terminal(result)); html = explain.to_html([result])
 
 `confusion_matrix`, `most_confused`, `classification_report` and `top_losses` below are the
 same, one call each. What a word-importance score means and does not mean:
-`explain.word_importance` (module doc).
+`ulmfit_jax.explain.importance` (module doc).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from ulmfit_jax.explain.importance import WordImportance, word_importance
 from ulmfit_jax.explain.interpretation import Interpretation, TopLoss
 from ulmfit_jax.explain.render import to_html, to_terminal, write_word_importance
-from ulmfit_jax.explain.word_importance import WordImportance, word_importance
 from ulmfit_jax.inference.ensemble import Classifier
 
 __all__ = [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ulmfit_jax.api import Ensemble, TextClassifier
 from ulmfit_jax.atomic_io import atomic_write
-from ulmfit_jax.explain.word_importance import WordImportance, word_importance
+from ulmfit_jax.explain.importance import WordImportance, word_importance
 from ulmfit_jax.inference.text_files import InputError
 
 # xterm-256 backgrounds from white to red: (5,5,5), (5,4,4), ... (5,0,0) of the colour cube.

@@ -10,7 +10,7 @@ to the embedding output x[b, t, :] (the row the encoder looks up for token t of 
   `TextClassificationInterpretation.intrinsic_attention`.
 
 On a task one planted word decides (`tests/test_explain.py`), the first puts that word first
-in nearly every document; fastai's puts it first in far fewer (12-31% of them in our runs):
+in nearly every document; fastai's puts it first in far fewer (6-31% of them in our runs):
 the gradient alone measures the LSTM's sensitivity to a small change, which is low at the
 deciding word itself once its gates saturate, whatever the word did to the prediction.
 
