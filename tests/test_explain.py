@@ -149,9 +149,11 @@ def test_top_losses_equal_an_independent_sort_of_the_losses(planted):
 LONG = "A splendid film with w1 w2 w3 w4 w5 w6 w7 w8 w9 and an ending"
 
 
-def _random_classifier(multi_label: bool, backward: bool) -> TextClassifier:
+def _random_classifier(multi_label: bool, backward: bool,
+                       kind: str = "awd_lstm") -> TextClassifier:
     vocab = Vocab.from_tokens(FastaiTokenizer().tokenize([LONG + " Hi"]), min_freq=1)
-    config = ClassifierConfig(AWDLSTMConfig(len(vocab), 12, 16, 1), 3, bptt=4, max_len=12)
+    encoder = AWDLSTMConfig(len(vocab), 12, 16, 1, encoder_kind=kind)
+    config = ClassifierConfig(encoder, 3, bptt=4, max_len=12)
     clf = TextClassifier.create(config, vocab.itos, seed=3, tokenizer=FastaiTokenizer(),
                                 class_names=["x", "y", "z"], backward=backward)
     return clf.with_multi_label(0.5) if multi_label else clf
@@ -187,12 +189,13 @@ def expected_word_scores(clf: TextClassifier, text: str, class_index: int) -> di
     return {m: s / s.max() for m, s in scores.items()}
 
 
-@pytest.mark.parametrize(("multi_label", "backward"), [(False, False), (False, True),
-                                                      (True, False)])
-def test_each_word_gets_its_own_gradient_in_reading_order(multi_label, backward):
+@pytest.mark.parametrize(("multi_label", "backward", "kind"), [
+    (False, False, "awd_lstm"), (False, True, "awd_lstm"), (True, False, "awd_lstm"),
+    (False, False, "qrnn")])
+def test_each_word_gets_its_own_gradient_in_reading_order(multi_label, backward, kind):
     # LONG next to a short text: batch padding, chunks and (backward) reversed reading all
-    # stand between a token and its word.
-    clf = _random_classifier(multi_label, backward)
+    # stand between a token and its word; any encoder kind.
+    clf = _random_classifier(multi_label, backward, kind)
     expected = expected_word_scores(clf, LONG, 1)
     for method, scores in expected.items():
         results = explain.word_importance(clf, [LONG, "Hi w1"], class_name="y", method=method)

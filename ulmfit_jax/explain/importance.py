@@ -11,8 +11,8 @@ What it does not mean: it is unsigned (it does not say whether the word pushes t
 class or away from it); it is a local, linear estimate, not what deleting or replacing the
 word would really do; scores of different documents are not on one scale.
 
-What it cannot see, as fastai's: a word's influence through the LSTM state carried into later
-`bptt` chunks (the classifier cuts that gradient, as fastai does), and tokens more than about
+What it cannot see, as fastai's: a word's influence through the recurrent state carried into
+later `bptt` chunks (the classifier cuts that gradient, as fastai does), and tokens more than about
 `max_len` before a document's end (BPT3C does not pool them). A prediction near certainty has
 gradients near zero; at probability exactly 1.0 in float32 every score is 0.
 

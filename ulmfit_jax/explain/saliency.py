@@ -17,8 +17,10 @@ deciding word itself once its gates saturate, whatever the word did to the predi
 The gradient is taken through the classifier's own eval forward (`classifier_eval`), run on a
 copy of the embedding matrix with one extra row per (document, position): each position looks
 up its own row, equal to its token's, so the gradient of a row is that position's. Padding
-keeps the pad id, so the document layout, pooling and results are exactly the model's.
-Documents do not interact in eval mode, so one backward pass serves the whole batch.
+keeps the pad id, so the document layout, pooling and results are exactly the model's. Any
+encoder kind works (AWD-LSTM, QRNN): all it needs is the `embedding` lookup the `Encoder`
+protocol declares. Documents do not interact in eval mode, so one backward pass serves the
+whole batch.
 """
 
 from __future__ import annotations
