@@ -12,6 +12,9 @@ one row per text with the label and every class's probability. A multi-label mod
 each text the set of classes whose probability exceeds its threshold (as
 `TextClassifier.predict`): in CSV the column `labels`, class names joined by `|` (empty for
 none); in JSONL the key `labels`, a list.
+`--explain` writes instead each text's word importance for its predicted class
+(`ulmfit_jax.explain`): coloured text on the terminal (`--output -`), or `--output words.html`
+(a page) / `words.txt`.
 """
 
 from absl import flags
@@ -30,6 +33,9 @@ _OUTPUT = flags.DEFINE_string("output", "-", "FILE.csv, FILE.jsonl or - (stdout)
 _OUTPUT_FORMAT = flags.DEFINE_enum("output_format", None, ("csv", "jsonl"),
                                    "Output format (default: from the extension; stdout: csv).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Documents per batch.", lower_bound=1)
+_EXPLAIN = flags.DEFINE_boolean(
+    "explain", False, "Write each text's word importance instead: coloured text for the "
+    "terminal (--output -), or --output FILE.html / FILE.txt.")
 flags.mark_flags_as_required(["model"])
 
 
@@ -53,6 +59,10 @@ def _model():
 
 def main(argv: list[str]) -> None:
     texts = _texts(argv)
+    if _EXPLAIN.value:
+        from ulmfit_jax import explain
+
+        return explain.write_word_importance(_model(), texts, _OUTPUT.value, _BATCH_SIZE.value)
     out_fmt = text_files.file_format(_OUTPUT.value, _OUTPUT_FORMAT.value, "csv")
     if out_fmt == "txt":
         raise text_files.InputError(f"{_OUTPUT.value}: output must be .csv or .jsonl")

@@ -49,6 +49,7 @@ def test_all_stages_forward_and_backward_end_to_end(tmp_path):
     probs["ensemble"] = (probs["classifier_fwd"] + probs["classifier_bwd"]) / 2
     for name, p in probs.items():  # reported figures are those of the saved probabilities
         assert metrics[name]["accuracy"] == pytest.approx(np.mean(p.argmax(-1) == labels))
+    check_validation_files(tmp_path, labels, probs)
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000
     assert list((tmp_path / "tensorboard" / "lm_fwd").glob("events.out.tfevents.*"))
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
@@ -70,6 +71,30 @@ def test_all_stages_forward_and_backward_end_to_end(tmp_path):
     assert TextClassifier.load(tmp_path / "models" / "classifier_bwd").backward
     lm = LanguageModel.load(tmp_path / "models" / "lm_bwd")
     assert lm.backward and lm.generate("A fine film.", n_words=3)
+
+
+def check_validation_files(workdir: Path, labels: np.ndarray, probs: dict) -> None:
+    """The classifier stage's files on the validation split, against its saved probabilities:
+    the report against scikit-learn's, the top losses against a sort of -log p(true)."""
+    from sklearn.metrics import classification_report
+
+    report = json.loads((workdir / "classification_report.json").read_text())
+    assert set(report) == set(probs)
+    for name, p in probs.items():
+        expected = classification_report(labels, p.argmax(-1), labels=[0, 1], output_dict=True,
+                                          target_names=["neg", "pos"], zero_division=0)
+        for row in ("neg", "pos", "macro avg"):
+            assert report[name][row] == pytest.approx(expected[row]), (name, row)
+    assert (workdir / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    with (workdir / "top_losses.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    ensemble = probs["ensemble"]
+    losses = -np.log(ensemble[np.arange(len(labels)), labels])
+    assert [int(r["index"]) for r in rows] == np.argsort(-losses, kind="stable")[:50].tolist()
+    assert [float(r["loss"]) for r in rows] == pytest.approx(np.sort(losses)[::-1][:50],
+                                                              rel=1e-5)
+    assert all(r["text"] and r["actual"] == ["neg", "pos"][labels[int(r["index"])]]
+               for r in rows)
 
 
 def logged(workdir: Path, stage: str, split: str, name: str) -> list[float]:

@@ -2,7 +2,8 @@
 
 Layers (ARCHITECTURE.md), bottom up: the shared modules (errors, atomic_io, cli, tree_paths,
 serving_format); text (host pipeline, no jax) and model (jax/flax only) side by side; convert
-(the only torch user) and optim; inference; the public `api` package; the trainer on top.
+(the only torch user) and optim; inference; the public `api` package; `explain` (looking
+inside a trained classifier) on it; the trainer on top.
 `serving` runs an export with the text layer alone. `MAY_IMPORT` below is that diagram; every
 other test names one rule of it. The static checks read every import statement, also those
 inside functions (lazy imports), and follow imports inside the package transitively.
@@ -98,6 +99,7 @@ LAYER_OF = {
     "ulmfit_jax.inference": "inference",
     "ulmfit_jax.serving": "serving",
     "ulmfit_jax.api": "api",
+    "ulmfit_jax.explain": "explain",
     "ulmfit_jax.trainer": "trainer",
 }
 # Each layer and the layers it may import besides itself: only layers below it.
@@ -110,7 +112,8 @@ MAY_IMPORT = {
     "inference": {"shared", "text", "model"},
     "serving": {"shared", "text"},
     "api": {"shared", "text", "model", "convert", "inference"},
-    "trainer": {"shared", "text", "model", "convert", "optim", "inference", "api"},
+    "explain": {"shared", "text", "model", "inference", "api"},
+    "trainer": {"shared", "text", "model", "convert", "optim", "inference", "api", "explain"},
 }
 
 

@@ -53,3 +53,19 @@ def test_notebook_runs_on_tiny_config(path: Path, monkeypatch: pytest.MonkeyPatc
     clf = TextClassifier.load(workdir / "models" / "classifier_fwd")
     probs = clf.predict_proba(list(EXAMPLE_REVIEWS))
     assert predictions == [(clf.class_names[p.argmax()], f"{p.max():.2f}") for p in probs]
+    if path.name == "quickstart.ipynb":  # it shows where the classifier fails, and why
+        check_explanations(notebook, printed, clf)
+
+
+def check_explanations(notebook, printed: str, clf: TextClassifier) -> None:
+    """The confusion matrix train.py drew is shown, and each example review's top words are
+    the saved classifier's own."""
+    from ulmfit_jax import explain
+
+    shown = [output.get("data", {}) for cell in notebook.cells if cell.cell_type == "code"
+             for output in cell.outputs]
+    assert any("image/png" in data for data in shown)
+    assert any("<span" in data.get("text/html", "") for data in shown)
+    top = re.findall(r"^top words: (.*)$", printed, flags=re.MULTILINE)
+    expected = explain.word_importance(clf, list(EXAMPLE_REVIEWS[:2]))
+    assert top == [", ".join(f"{w} {s:.2f}" for w, s in r.top(5)) for r in expected]

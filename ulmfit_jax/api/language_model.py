@@ -28,10 +28,8 @@ from ulmfit_jax.inference.generate import Generator
 from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.model.encoder import EncoderState, zero_state
 from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, resize_state
-from ulmfit_jax.text.detokenize import detokenize
 from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
-from ulmfit_jax.text.sentencepiece_tokenizer import SentencePieceTokenizer
-from ulmfit_jax.text.tokenizer_spec import Tokenizer
+from ulmfit_jax.text.tokenizer_spec import Tokenizer, tokens_to_text
 from ulmfit_jax.text.vocab import Vocab
 
 
@@ -153,9 +151,7 @@ class LanguageModel:
         `LMLearner.predict`; see `inference.generate`). A backward LM writes the words
         before the prompt. Deterministic for a given `seed`."""
         tokens = self._generator().generate(prompt, n_words, temperature, top_k, top_p, seed)
-        if isinstance(self.tokenizer, SentencePieceTokenizer):
-            return self.tokenizer.detokenize(tokens)  # pieces, not space-separated words
-        return detokenize(tokens)
+        return tokens_to_text(require_tokenizer(self.tokenizer, "language model"), tokens)
 
     def predict_next(self, texts: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
         """The `k` most likely next tokens after each text, `(token, probability)` pairs."""

@@ -46,6 +46,12 @@ class _Permuter(Protocol):
     def permutation(self, x: int) -> np.ndarray: ...
 
 
+def pad_front(width, length, bptt: int):
+    """Where a document of `length` tokens starts in a row of `width` padded by `pad_chunks`
+    (pad_first): after whole `bptt` chunks of padding (ints or arrays)."""
+    return (width - length) // bptt * bptt
+
+
 def pad_chunks(docs: Sequence[np.ndarray], pad_id: int = 1, bptt: int = 72,
                pad_first: bool = True, pad_len: int | None = None) -> np.ndarray:
     """fastai's `pad_input_chunk`: docs padded to `pad_len` (default: longest), `[batch, time]`.
@@ -59,7 +65,7 @@ def pad_chunks(docs: Sequence[np.ndarray], pad_id: int = 1, bptt: int = 72,
         raise ValueError(f"a document of {max(lengths)} tokens exceeds pad_len {width}")
     out = np.full((len(docs), width), pad_id, dtype=np.int32)
     for row, (doc, n) in enumerate(zip(docs, lengths, strict=True)):
-        start = (width - n) // bptt * bptt if pad_first else 0
+        start = pad_front(width, n, bptt) if pad_first else 0
         out[row, start:start + n] = doc
     return out
 
@@ -78,7 +84,7 @@ def repad(batch: dict, bptt: int, pad_id: int) -> np.ndarray:
     """The batch's documents re-padded in fastai's layout to a bucketed width `[batch, time]`."""
     ids, lengths = batch["ids"], batch["lengths"]
     width = ids.shape[1]
-    fronts = (width - lengths) // bptt * bptt
+    fronts = pad_front(width, lengths, bptt)
     docs = [ids[r, f:f + n] for r, (f, n) in enumerate(zip(fronts, lengths, strict=True))]
     target = bucket_chunks(-(-width // bptt)) * bptt
     return pad_chunks(docs, pad_id, bptt, pad_first=True, pad_len=target)

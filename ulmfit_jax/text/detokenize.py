@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from ulmfit_jax.text.fastai_tokenizer import BOS, PAD, TK_MAJ, TK_REP, TK_UP, TK_WREP
 
@@ -27,25 +28,40 @@ _RE_AFTER = re.compile(r"(?<=[(\[{$]) ")
 _RE_NEWLINE = re.compile(r" *\n *")
 
 
-def decode_spec_tokens(tokens: Sequence[str]) -> list[str]:
-    """fastai's special-token rules undone: `["xxmaj", "the"]` -> `["The"]` (see module doc)."""
-    out: list[str] = []
+class TokenGroup(NamedTuple):
+    """Tokens `[start, stop)` of a sequence and the words they stand for once fastai's special
+    tokens are undone (none for a marker alone, e.g. a trailing `xxmaj`)."""
+
+    start: int
+    stop: int
+    words: tuple[str, ...]
+
+
+def group_spec_tokens(tokens: Sequence[str]) -> list[TokenGroup]:
+    """Consecutive groups covering `tokens`: `xxmaj w`, `xxup w`, `xxrep n c` and `xxwrep n w`
+    are one group each, every other token a group of its own (see module doc)."""
+    groups: list[TokenGroup] = []
     i, n = 0, len(tokens)
     while i < n:
         tok = tokens[i]
         nxt = tokens[i + 1] if i + 1 < n else None
         if tok in (TK_MAJ, TK_UP) and nxt is not None:
-            out.append(nxt[:1].upper() + nxt[1:].lower() if tok == TK_MAJ else nxt.upper())
-            i += 2
+            word = nxt[:1].upper() + nxt[1:].lower() if tok == TK_MAJ else nxt.upper()
+            groups.append(TokenGroup(i, i + 2, (word,)))
         elif tok in (TK_REP, TK_WREP) and i + 2 < n and tokens[i + 1].isdigit():
             count, word = int(tokens[i + 1]), tokens[i + 2]
-            out += [word * count] if tok == TK_REP else [word] * count
-            i += 3
+            words = (word * count,) if tok == TK_REP else (word,) * count
+            groups.append(TokenGroup(i, i + 3, words))
         else:
-            if tok not in (TK_MAJ, TK_UP, TK_REP, TK_WREP):
-                out.append(tok)
-            i += 1
-    return out
+            words = () if tok in (TK_MAJ, TK_UP, TK_REP, TK_WREP) else (tok,)
+            groups.append(TokenGroup(i, i + 1, words))
+        i = groups[-1].stop
+    return groups
+
+
+def decode_spec_tokens(tokens: Sequence[str]) -> list[str]:
+    """fastai's special-token rules undone: `["xxmaj", "the"]` -> `["The"]` (see module doc)."""
+    return [word for group in group_spec_tokens(tokens) for word in group.words]
 
 
 def join_words(words: Iterable[str]) -> str:

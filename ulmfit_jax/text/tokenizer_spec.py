@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ulmfit_jax.errors import ModelFileError
+from ulmfit_jax.text.detokenize import detokenize
 from ulmfit_jax.text.fastai_tokenizer import RULES_VERSION, FastaiTokenizer
 from ulmfit_jax.text.sentencepiece_tokenizer import SentencePieceTokenizer
 
@@ -28,6 +30,13 @@ Tokenizer = FastaiTokenizer | SentencePieceTokenizer
 """A tokenizer a model can carry: one of the package's two, which `tokenizer.json` can name.
 (The token cache takes any `tokenize_pool.FingerprintedTokenizer`.)"""
 logger = logging.getLogger(__name__)
+
+
+def tokens_to_text(tokenizer: Tokenizer, tokens: Sequence[str]) -> str:
+    """Readable text of `tokenizer`'s tokens (fastai's words or SentencePiece's pieces)."""
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        return tokenizer.detokenize(tokens)  # pieces, not space-separated words
+    return detokenize(tokens)
 
 
 def tokenizer_spec(tokenizer: Tokenizer) -> dict[str, Any]:

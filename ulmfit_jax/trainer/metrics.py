@@ -7,6 +7,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+# The one confusion matrix, re-exported: macro F1 below is computed from it.
+from ulmfit_jax.explain.classification import confusion_matrix as confusion_matrix
+
 
 class SumAccumulator:
     """Adds per-step metric sums (`loss_sum`, `correct`, `count`, ...) over an epoch or eval."""
@@ -39,13 +42,6 @@ def classifier_summary(sums: Mapping[str, float]) -> dict[str, float]:
     """Classifier sums -> mean `loss` and `accuracy` (F1 needs predictions: `macro_f1`)."""
     count = max(sums.get("count", 0.0), 1.0)
     return {"loss": sums.get("loss_sum", 0.0) / count, "accuracy": sums.get("correct", 0.0) / count}
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:
-    """`[n_classes, n_classes]` counts, rows = true class, columns = predicted class."""
-    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
-    return matrix
 
 
 def macro_f1(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> float:

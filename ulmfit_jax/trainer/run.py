@@ -9,7 +9,8 @@ so rerunning the same command after a crash continues where it stopped.
 Workdir layout: `run_config.json` and `.lock` (see `workdir`), `vocab.json`, `cache/` (token
 cache), `checkpoints/<stage>/`, `models/{lm,classifier}_{fwd,bwd}/` (`LanguageModel` /
 `TextClassifier` directories), `metrics.csv`, `metrics.json`, `tensorboard/`,
-`loss_curve.png`.
+`loss_curve.png`, and after the classifier stage `confusion_matrix.png`,
+`classification_report.json` and `top_losses.csv` (validation split; `validation_files`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ulmfit_jax.trainer.lr_find_stage import find_lm_lr
 from ulmfit_jax.trainer.metric_logger import MetricLogger
 from ulmfit_jax.trainer.metrics import report
 from ulmfit_jax.trainer.validate_data import check_classifier_data, check_lm_data
+from ulmfit_jax.trainer.validation_files import write_validation_files
 from ulmfit_jax.trainer.workdir import claim, forget_run
 
 __all__ = ["EXAMPLE_REVIEWS", "base_config", "train_and_evaluate"]
@@ -146,6 +148,9 @@ def _train_and_evaluate(
             if config.lm.backward:
                 log.write_summary({"ensemble": ensemble_report(
                     workdir, data, config.classifier.threshold)})
+            if distributed.is_primary():
+                write_validation_files(workdir, data, config.lm.backward,
+                                       config.classifier.threshold)
         log.plot_loss_curves()
     finally:
         log.close()

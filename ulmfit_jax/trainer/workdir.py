@@ -51,8 +51,9 @@ RESULT_FREE_KEYS = (
 DATA_KEYS = ("seed", "data.", "model.max_vocab", "model.min_freq")
 # Everything a run writes, except the token cache (`cache/`) and the lock.
 FRESH_REMOVES = ("checkpoints", "models", "tensorboard", "metrics.csv", "metrics.json",
-                 "throughput.jsonl",
-                 "loss_curve.png", "vocab.json", "tokenizer", RUN_CONFIG, "lr_find_*")
+                 "throughput.jsonl", "confusion_matrix.png", "classification_report.json",
+                 "top_losses.csv", "loss_curve.png", "vocab.json", "tokenizer", RUN_CONFIG,
+                 "lr_find_*")
 
 
 def _matches(key: str, patterns: tuple[str, ...]) -> bool:
