@@ -125,16 +125,24 @@ def atomic_directory(directory: str | os.PathLike, overwrite: bool = False) -> I
 
 def read_directory(directory: str | os.PathLike, read: Callable[[str], T],
                    attempts: int = 5) -> T:
-    """`read(path)` of the version `directory` names now (see `atomic_directory`), read again
-    from the new version if a writer replaced (and removed) it during the read."""
+    """`read(directory)` of the one version `directory` names (see `atomic_directory`), read
+    again if a writer replaced it during the read.
+
+    `read` gets the path the caller gave, so its errors and warnings name that path, not a
+    hidden version. Every save makes a new version, so a link that names the same version
+    after the read as before it named that version throughout: nothing was mixed.
+    """
     for _ in range(attempts - 1):
         version = os.path.realpath(directory)
         try:
-            return read(version)
+            result = read(os.fspath(directory))
         except Exception:
             if os.path.realpath(directory) == version:
                 raise
-    return read(os.path.realpath(directory))
+            continue
+        if os.path.realpath(directory) == version:
+            return result
+    return read(os.fspath(directory))
 
 
 def fsync_tree(root: str) -> None:

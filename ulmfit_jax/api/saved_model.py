@@ -32,7 +32,7 @@ from flax import nnx
 
 from ulmfit_jax.api.module_state import set_state
 from ulmfit_jax.atomic_io import atomic_directory, read_directory
-from ulmfit_jax.errors import MissingFileError, ModelFileError, UserError, disk_full_is_clear
+from ulmfit_jax.errors import MissingFileError, ModelFileError, disk_full_is_clear
 from ulmfit_jax.text.tokenizer_spec import Tokenizer, has_tokenizer, load_tokenizer, save_tokenizer
 from ulmfit_jax.text.vocab import Vocab
 
@@ -84,15 +84,10 @@ def load_saved_model(directory: str | os.PathLike, kind: str,
                      build: Callable[[SavedModel], M]) -> tuple[SavedModel, M]:
     """`read_saved_model`, then the module `build` makes from it, filled by `restore_state`: all
     from the one version of `directory` it names now, even while a save replaces it."""
-    given = os.path.abspath(os.fspath(directory))
-
     def read(root: str) -> tuple[SavedModel, M]:
-        try:
-            saved = read_saved_model(root, kind)
-            module = build(saved)
-            restore_state(module, saved.state_path)
-        except UserError as e:  # name the directory given, not the version it links to
-            raise type(e)(str(e).replace(root, given)) from e
+        saved = read_saved_model(root, kind)
+        module = build(saved)
+        restore_state(module, saved.state_path)
         return saved, module
     return read_directory(directory, read)
 

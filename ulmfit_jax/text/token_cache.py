@@ -47,6 +47,7 @@ rewrites a damaged vocab file.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import io
 import json
@@ -290,11 +291,14 @@ def _build_into(tmp: Path, source: Iterable[Any], tokenizer: FingerprintedTokeni
     """Every file of the layout but vocab files, into `tmp`, fsynced."""
     labels: list[Any] = []
     texts = text_chunks(source, chunk_size, labels)
-    encoded = encoded_chunks(texts, tokenizer, workers, max_in_flight, mp_context)
+    # `closing`: on Ctrl-C the workers are shut down now, not when the generator is collected
+    # at exit, after concurrent.futures has closed the pool's queues ("Bad file descriptor").
+    encoded = contextlib.closing(
+        encoded_chunks(texts, tokenizer, workers, max_in_flight, mp_context))
     total = len(source) if isinstance(source, Sized) else None
-    with (_RawWriter(tmp) as writer,
+    with (encoded as chunks, _RawWriter(tmp) as writer,
           tqdm(total=total, desc="tokenizing", unit="doc", disable=not progress) as bar):
-        for n_docs, chunk in encoded:
+        for n_docs, chunk in chunks:
             writer.add(*chunk)
             bar.update(n_docs)
         writer.finish(labels, meta)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import signal
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Protocol
 
@@ -46,8 +46,9 @@ def encode_chunk(tokenizer: FingerprintedTokenizer, texts: list[str]) -> Encoded
 
 def encoded_chunks(chunks: Iterator[list[str]], tokenizer: FingerprintedTokenizer,
                    workers: int, max_in_flight: int, mp_context: str
-                   ) -> Iterator[tuple[int, EncodedChunk]]:
+                   ) -> Generator[tuple[int, EncodedChunk], None, None]:
     """(n_docs, encoded chunk) in corpus order, tokenized by `workers` processes (0: here).
+    Close it (`contextlib.closing`) to stop the workers when its consumer stops early.
 
     `Pool.imap` would read the whole input ahead in its feeder thread; submitting one chunk
     at a time and waiting whenever `max_in_flight` chunks are pending bounds memory.
