@@ -198,8 +198,8 @@ def _start_slow_build(cache_root, workers, pause=0.05):
                           workers={workers}, chunk_size=2, progress=False)
     """)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_answering_ctrl_c([sys.executable, "-c", script]), env=env,
+                            start_new_session=True, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline:
         written = list(Path(cache_root).glob("*.tmp-*/raw_ids.bin"))
@@ -209,6 +209,17 @@ def _start_slow_build(cache_root, workers, pause=0.05):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     raise AssertionError("build never started writing")
+
+
+def _answering_ctrl_c(argv: list[str]) -> list[str]:
+    """`argv` run with SIGINT at its default, so that Python installs its KeyboardInterrupt
+    handler. A shell starts background jobs (`make test &`, nohup) with SIGINT ignored, and an
+    ignored signal stays ignored across exec: without this the tests would measure the runner's
+    shell, not our Ctrl-C handling. (An exec'ing wrapper, not `preexec_fn`: forking a process
+    whose jax threads run is what jax warns against.)"""
+    reset = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+             "os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", reset, *argv]
 
 
 def _stderr_after_exit(proc, timeout):
@@ -392,8 +403,9 @@ def test_ctrl_c_while_train_py_tokenizes_says_interrupted_and_leaves_no_cache(tm
     """A terminal's Ctrl-C (SIGINT to the process group) while train.py's workers tokenize:
     `interrupted`, exit code 130, no token cache and no temporary directory."""
     proc = subprocess.Popen(
-        [sys.executable, "train.py", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
-         "--stage", "lm", "--config.data.max_train_docs=0", "--config.data.workers=2"],
+        _answering_ctrl_c([
+            sys.executable, "train.py", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
+            "--stage", "lm", "--config.data.max_train_docs=0", "--config.data.workers=2"]),
         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu"),
         start_new_session=True, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
