@@ -1,11 +1,15 @@
-"""trainer/cpu_devices.py: how many jax CPU devices a run asks for, and that jax gets them
-when asked before it starts (and keeps its own otherwise)."""
+"""trainer/cpu_devices.py: how many jax CPU devices a run asks for, that jax gets them when
+asked before it starts (and keeps its own otherwise), and that a run resumes on another count."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ulmfit_jax.errors import ConfigError
@@ -23,9 +27,14 @@ def test_auto_is_the_largest_count_up_to_the_cores_dividing_every_batch(cores, b
     assert auto_device_count(cores, batch_sizes) == expected
 
 
-def test_the_config_asks_for_one_device_by_default_and_n_when_set():
+def test_the_config_asks_for_one_device_per_core_by_default_and_n_when_set(monkeypatch):
     config = base_config()
-    assert requested_device_count(config) == 1
+    config.lm.batch_size, config.classifier.batch_size = 32, 48
+    config.classifier.eval_batch_size = 96
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert requested_device_count(config) == 4
+    config.classifier.batch_size = 50  # 4 does not divide it, nor 3: 2
+    assert requested_device_count(config) == 2
     config.cpu_devices = 3
     assert requested_device_count(config) == 3
     config.cpu_devices = -1
@@ -46,3 +55,43 @@ def test_jax_gets_the_count_before_it_starts_and_keeps_its_own_after():
     assert _devices_after(ask) == 3
     assert _devices_after("import jax; jax.devices()\n" + ask) == 1  # too late: kept
     assert _devices_after(ask, "--xla_force_host_platform_device_count=2") == 2  # the user's
+
+
+def _train_py(workdir: Path, devices: int) -> subprocess.Popen:
+    cmd = [sys.executable, "train.py", "--config", "configs/tiny.py", "--workdir", str(workdir),
+           "--stage", "lm", "--config.checkpoint.every_steps=15",
+           f"--config.cpu_devices={devices}"]
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_run_checkpointed_on_two_cpu_devices_resumes_on_one(tmp_path):
+    """A checkpoint's arrays are laid out over the devices that wrote it; a resume on another
+    count (another machine, or `cpu_devices` changed) lays them out over its own, and ends
+    where an uninterrupted run ends (within float32 reordering)."""
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    first = _train_py(resumed, devices=2)
+    checkpoints = resumed / "checkpoints" / "lm_fwd"
+    deadline = time.time() + 300
+    while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        assert first.poll() is None and time.time() < deadline, first.communicate()[1][-3000:]
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)  # saves at the next step, then exits
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "each batch is split over 2 CPU devices" in out
+
+    second = _train_py(resumed, devices=1)
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err[-3000:]
+    assert "lm_fwd: resuming from its checkpoint of step" in out
+    assert "split over" not in out  # one device
+
+    reference = _train_py(straight, devices=1)
+    assert reference.wait(timeout=600) == 0, reference.communicate()[1][-3000:]
+    ours, theirs = (json.loads((d / "metrics.json").read_text())["lm_fwd"]
+                    for d in (resumed, straight))
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-4, err_msg=key)

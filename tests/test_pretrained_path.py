@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from spacy.lang.en.stop_words import STOP_WORDS
 
+from tests.checkpoint_files import read_state
 from ulmfit_jax.api import LanguageModel
 from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.text.fastai_tokenizer import SPECIAL_TOKENS
@@ -72,7 +72,7 @@ def checkpoints(workdir: Path, stage: str) -> list[dict]:
     """The parameters of every checkpoint of `stage`, oldest first."""
     root = workdir / "checkpoints" / stage
     steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
-    return [ocp.StandardCheckpointer().restore(root / str(s) / "state")["params"] for s in steps]
+    return [read_state(root / str(s) / "state")["params"] for s in steps]
 
 
 def lstm(params: dict, layer: int, key: str) -> np.ndarray:

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from tests.checkpoint_files import read_state
 from tests.synthetic import write_separable_csvs
 from tests.test_learning import config_file
 from ulmfit_jax.api import LanguageModel, TextClassifier
@@ -99,7 +99,7 @@ def test_fine_tuning_from_a_fastai_qrnn_file_freezes_the_qrnn_layers_first(tmp_p
     ckpts = workdir / "checkpoints" / "lm_fwd"
     steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
     assert len(steps) == 2  # end of the frozen epoch, end of the unfrozen one
-    after_frozen = ocp.StandardCheckpointer().restore(ckpts / str(steps[0]) / "state")["params"]
+    after_frozen = read_state(ckpts / str(steps[0]) / "state")["params"]
     start = LanguageModel.from_fastai(tmp_path / "lm.pth", tmp_path / "itos.pkl").params
     final = LanguageModel.load(workdir / "models" / "lm_fwd").params
     for layer in (0, 1):

@@ -233,8 +233,7 @@ def assert_bitwise_same_result(straight: Path, resumed: Path) -> None:
 @pytest.mark.slow
 def test_fine_tuning_from_fastai_weights_trains_only_embedding_while_frozen(tmp_path):
     """`lm.init_from` (a fastai .pth + itos): epoch 1 frozen (LSTMs untouched), then unfrozen."""
-    import orbax.checkpoint as ocp
-
+    from tests.checkpoint_files import read_state
     from ulmfit_jax.api import LanguageModel
     from ulmfit_jax.model.config import AWDLSTMConfig
 
@@ -253,7 +252,7 @@ def test_fine_tuning_from_fastai_weights_trains_only_embedding_while_frozen(tmp_
     steps = sorted(int(p.name) for p in (workdir / "checkpoints" / "lm_fwd").iterdir()
                    if p.name.isdigit())
     assert len(steps) == 2  # end of the frozen epoch, end of the unfrozen one
-    after_frozen = ocp.StandardCheckpointer().restore(
+    after_frozen = read_state(
         workdir / "checkpoints" / "lm_fwd" / str(steps[0]) / "state")["params"]
     final = LanguageModel.load(workdir / "models" / "lm_fwd").params
     before = pretrained.params

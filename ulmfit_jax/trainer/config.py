@@ -49,10 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     # Where jax runs on CPUs: how many devices it splits each batch over (trainer/cpu_devices.py).
-    # 0 = one per core (as many as every batch size divides); N = exactly N. A multi-process
-    # run (`distributed.enabled`) keeps jax's own count. 1 (jax's own default) until the whole
-    # suite has run with 0: measured 1.4x on classifier steps on 2 cores (benchmarks/RESULTS.md).
-    c.cpu_devices = 1
+    # 0 = one per core (as many as every batch size divides); N = exactly N; 1 = jax's own
+    # default. A multi-process run (`distributed.enabled`) keeps jax's own count. One per core
+    # measured 1.4x on classifier steps on 2 cores (benchmarks/RESULTS.md).
+    c.cpu_devices = 0
     c.distributed = _distributed_config()
     c.data = _data_config()
     c.model = ml_collections.ConfigDict({

@@ -282,6 +282,8 @@ def run_stage(
         stage.iterator.set_state(meta["data"])
         saved_metrics, valid = meta["metrics"], meta.get("valid") or {}
         log.resume(stage.name, int(meta["step"]))
+        if log.active and stage.iterator.epoch < plan.n_epochs:  # not a finished stage
+            print(f"{stage.name}: resuming from its checkpoint of step {meta['step']}")
     metrics = _Metrics(stage, log, log_every, saved_metrics)
 
     def save(state: TrainState, step: int, valid: dict | None) -> None:

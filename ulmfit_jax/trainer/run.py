@@ -132,6 +132,9 @@ def _train_and_evaluate(
     config: ml_collections.ConfigDict, data: PreparedData, workdir: Path, stage: str
 ) -> dict:
     mesh = sharding.make_data_mesh()
+    if mesh.devices.size > 1 and distributed.is_primary():
+        print(f"each batch is split over {mesh.devices.size} "
+              f"{mesh.devices.flat[0].platform.upper()} devices (data parallel)")
     log = MetricLogger(workdir, tensorboard=config.tensorboard, active=distributed.is_primary())
     try:
         if stage == "lr_find":
