@@ -8,7 +8,8 @@ host memory or tokenization does not pay for them.
 - sizes and timing: `SIZES`, `BenchSetting`, `timed`, `interleaved_seconds`, `machine`,
   `load_average`; the QRNN beside an AWD-LSTM: `qrnn_sizes` (equal recurrent weights, or
   fastai's `AWD_QRNN_SIZES`), `recurrent_weights`;
-- ours: `our_optimizer` (the one place a benchmark builds the trainer's optimizer),
+- ours: `our_layer_group_optimizer` / `our_optimizer` (the one place a benchmark builds the
+  trainer's optimizer),
   `adam_hparams`, `JaxStep`, `ours_steps` (the trainer's own LM train and eval steps);
 - fastai: `fastai_language_model`, `fastai_classifier_model` (hidden state on the model's
   device), `fastai_optimizer`, `torch_amp`, `torch_update`, `fastai_steps`;
@@ -160,9 +161,10 @@ def classifier_batch(setting: BenchSetting, vocab_size: int, doc_len: int):
 # --- ours ------------------------------------------------------------------------------------
 
 
-def our_optimizer(model: Any, groups: Any, clip_norm: float | None = None) -> Any:
-    """The trainer's optimizer over `model`'s parameters in layer `groups` (weight decay 0.01,
-    optional clipping by global norm): every benchmark builds it here, and only here."""
+def our_layer_group_optimizer(model: Any, groups: Any, clip_norm: float | None = None) -> Any:
+    """The trainer's `LayerGroupOptimizer` over `model`'s parameters in layer `groups` (weight
+    decay 0.01, optional clipping by global norm), whose `transform(freeze_to)` is each
+    phase's optax transformation: every benchmark builds it here, and only here."""
     from flax import nnx
 
     from ulmfit_jax.model.encoder import fastai_step_multiplicity
@@ -171,7 +173,12 @@ def our_optimizer(model: Any, groups: Any, clip_norm: float | None = None) -> An
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     encoder_config = getattr(model.config, "encoder", model.config)  # classifier or LM
     return ulmfit_optimizer(params, groups, wd=0.01, clip_norm=clip_norm,
-                            multiplicity=fastai_step_multiplicity(encoder_config)).transform()
+                            multiplicity=fastai_step_multiplicity(encoder_config))
+
+
+def our_optimizer(model: Any, groups: Any, clip_norm: float | None = None) -> Any:
+    """`our_layer_group_optimizer`'s transformation with every group training."""
+    return our_layer_group_optimizer(model, groups, clip_norm).transform()
 
 
 def adam_hparams() -> dict:
