@@ -160,6 +160,35 @@ def test_sentence_outputs_are_fastais_at_its_width_and_at_our_bucketed_one(model
         np.testing.assert_allclose(out.logits, alone, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("lengths", [[23, 17, 12, 9], [12, 3, 7, 0], [11, 6], [4]])
+def test_activation_sums_are_fastais_ar_tar_sums_over_its_outputs(models, lengths):
+    """The training step's AR/TAR sums, read from our outputs in place, equal the sums over
+    fastai's `SentenceEncoder` outputs rebuilt by `fastai_sentence_outputs`, at fastai's width
+    and at our bucketed one: rows cut by max_len, rows whose text starts or ends next to
+    fastai's zeros (the 3-token row), a filler row (0 tokens) and a batch of one."""
+    _, ours = models
+    docs = _docs(lengths, seed=len(lengths))
+    ids = _fastai_batch(docs)
+    bucketed = repad({"ids": ids, "lengths": np.array(lengths)}, BPTT, PAD)
+    graphdef, state = nnx.split(ours)
+    masks = sample_classifier_masks(jax.random.key(3), ours.config, len(docs))
+    forward = jax.jit(lambda ids: nnx.merge(graphdef, state).forward(ids, masks=masks))
+    for batch in (ids, bucketed):
+        out = forward(batch)
+        length = int(out.sentence_length)
+        h = np.asarray(out.sentence_outputs, np.float64)[:, :length]
+        sums = out.activation_sums
+        assert int(sums.length) == length
+        np.testing.assert_allclose(float(sums.squares), np.sum(h**2), rtol=1e-5)
+        np.testing.assert_allclose(float(sums.step_differences),
+                                   np.sum((h[:, 1:] - h[:, :-1])**2), rtol=1e-5)
+        emb = h.shape[-1]
+        expected = steps.activation_regularization(out.sentence_outputs, out.sentence_outputs,
+                                                   2.0, 1.0, out.sentence_length)
+        got = steps.regularization_from_sums(sums, len(docs), emb, 2.0, 1.0)
+        np.testing.assert_allclose(float(got), float(expected), rtol=1e-5)
+
+
 def _fastai_grads_as_ours(model, grads: dict[str, np.ndarray], max_len: int) -> dict:
     """fastai gradients by torch name -> our parameter tree (zeros where fastai has none);
     its two LSTM biases have the same gradient, which our fused bias gets once."""

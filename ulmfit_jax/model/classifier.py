@@ -103,14 +103,28 @@ class PoolingHead(nnx.Module):
         return x
 
 
+class ActivationSums(NamedTuple):
+    """What fastai's `RNNRegularizer` sums over the `SentenceEncoder` outputs `h`
+    [batch, length, emb] of a batch (`fastai_activation_sums`): `squares` = sum(h^2) (AR),
+    `step_differences` = sum((h[:, 1:] - h[:, :-1])^2) (TAR), and `length` (int32 scalar).
+    float32 scalars."""
+
+    squares: jax.Array
+    step_differences: jax.Array
+    length: jax.Array
+
+
 class ClassifierOutput(NamedTuple):
     """logits [batch, n_classes]; sentence_outputs [batch, window, emb] and sentence_length
     (int32 scalar): fastai's `SentenceEncoder` outputs for this batch in their first
-    `sentence_length` positions, zeros after them (`fastai_sentence_outputs`)."""
+    `sentence_length` positions, zeros after them (`fastai_sentence_outputs`); activation_sums:
+    fastai's AR/TAR sums over those outputs (`fastai_activation_sums`), which a training step
+    uses instead of the outputs (under jit, whichever is unused is not computed)."""
 
     logits: jax.Array
     sentence_outputs: jax.Array
     sentence_length: jax.Array
+    activation_sums: ActivationSums
 
 
 class AWDLSTMClassifier(nnx.Module):
@@ -148,12 +162,39 @@ class AWDLSTMClassifier(nnx.Module):
             encoded = bpt3c_encode(self.encoder.weights(), self.config, ids, masks)
             logits = self._classify(encoded, masks, train)
         outputs, length = fastai_sentence_outputs(encoded, self.config)
-        return ClassifierOutput(logits, outputs, length)
+        return ClassifierOutput(logits, outputs, length,
+                                fastai_activation_sums(encoded, self.config))
 
     def _classify(self, encoded: EncodedChunks, masks: ClassifierDropoutMasks | None,
                   train: bool) -> jax.Array:
         pooled = bpt3c_pool(encoded, self.config)
         return self.head(pooled, None if masks is None else masks.head, train)
+
+
+class _FastaiRows(NamedTuple):
+    """Where each row of a batch sits in fastai's `SentenceEncoder` output (see
+    `fastai_sentence_outputs`): the output's `length` (int32 scalar), each row's text span
+    [start, end) in its positions, and `shift` [batch] (its position p holds our window
+    position p + shift)."""
+
+    length: jax.Array
+    start: jax.Array
+    end: jax.Array
+    shift: jax.Array
+
+
+def _fastai_rows(encoded: EncodedChunks, config: ClassifierConfig) -> _FastaiRows:
+    bptt = config.bptt
+    first, last = _document_layout(encoded.ids, config.encoder.pad_id)
+    n_tokens = jnp.maximum(last - first + 1, 0)
+    width = jnp.max(n_tokens)
+    kept = jnp.maximum(0, -((config.max_len - width) // bptt)) * bptt  # fastai: ceil, chunks
+    row_start = (width - n_tokens) // bptt * bptt
+    row_end = jnp.minimum(width, row_start + -(-n_tokens // bptt) * bptt)
+    start = jnp.maximum(row_start, kept) - kept
+    end = jnp.maximum(row_end - kept, start)
+    return _FastaiRows((width - kept).astype(jnp.int32), start, end,
+                       first + kept - row_start - encoded.start)
 
 
 def _document_layout(ids: jax.Array, pad_id: int) -> tuple[jax.Array, jax.Array]:
@@ -283,20 +324,42 @@ def fastai_sentence_outputs(
     after them, and `length` (int32 scalar). Exact where fastai's shrinking `real_bs` runs
     just those rows (the batch-consistent layouts, as for `bpt3c_pool`).
     """
-    bptt = config.bptt
-    first, last = _document_layout(encoded.ids, config.encoder.pad_id)
-    n_tokens = jnp.maximum(last - first + 1, 0)
-    width = jnp.max(n_tokens)
-    kept = jnp.maximum(0, -((config.max_len - width) // bptt)) * bptt  # fastai: ceil, chunks
-    row_start = (width - n_tokens) // bptt * bptt
-    row_end = jnp.minimum(width, row_start + -(-n_tokens // bptt) * bptt)
+    rows = _fastai_rows(encoded, config)
     window = encoded.outputs.shape[1]
-    position = kept + jnp.arange(window)[None, :]
-    inside = (position >= row_start[:, None]) & (position < row_end[:, None])
-    source = first[:, None] + position - row_start[:, None] - encoded.start
-    gathered = jnp.take_along_axis(encoded.outputs, jnp.clip(source, 0, window - 1)[..., None],
-                                   axis=1)
-    return jnp.where(inside[..., None], gathered, 0.0), (width - kept).astype(jnp.int32)
+    position = jnp.arange(window)[None, :]
+    inside = (position >= rows.start[:, None]) & (position < rows.end[:, None])
+    source = jnp.clip(position + rows.shift[:, None], 0, window - 1)
+    gathered = jnp.take_along_axis(encoded.outputs, source[..., None], axis=1)
+    return jnp.where(inside[..., None], gathered, 0.0), rows.length
+
+
+def fastai_activation_sums(encoded: EncodedChunks, config: ClassifierConfig) -> ActivationSums:
+    """fastai's AR and TAR sums over its `SentenceEncoder` outputs (`fastai_sentence_outputs`),
+    read from ours where they lie, without building fastai's layout.
+
+    A row's text span in fastai's positions is a run of consecutive positions of ours, so
+    its squares and the differences between its neighbours are ours; each end of the span
+    that borders fastai's zeros inside [0, length) adds the square of its output (its
+    difference with a zero). Avoiding the gather (and its scatter in the backward pass)
+    is what makes AR/TAR cheap on a CPU.
+    """
+    rows = _fastai_rows(encoded, config)
+    outputs = encoded.outputs.astype(jnp.float32)
+    # Position of fastai's output that each position q of our window fills, per row.
+    fastai_position = jnp.arange(outputs.shape[1])[None, :] - rows.shift[:, None]
+    inside = ((fastai_position >= rows.start[:, None])
+              & (fastai_position < rows.end[:, None]))
+    squares = jnp.sum(jnp.square(outputs), axis=-1)  # [batch, window]
+    steps = jnp.sum(jnp.square(outputs[:, 1:] - outputs[:, :-1]), axis=-1)
+    opens_after_zero = fastai_position == rows.start[:, None]
+    opens_after_zero &= (rows.start > 0)[:, None]
+    closes_before_zero = fastai_position == rows.end[:, None] - 1
+    closes_before_zero &= (rows.end < rows.length)[:, None]
+    edges = inside & opens_after_zero, inside & closes_before_zero
+    step_differences = (jnp.sum(jnp.where(inside[:, 1:] & inside[:, :-1], steps, 0.0))
+                        + sum(jnp.sum(jnp.where(edge, squares, 0.0)) for edge in edges))
+    return ActivationSums(jnp.sum(jnp.where(inside, squares, 0.0)), step_differences,
+                          rows.length)
 
 
 def _scan_chunks(

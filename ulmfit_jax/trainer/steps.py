@@ -26,7 +26,11 @@ import optax
 from flax import nnx
 
 from ulmfit_jax.inference.classify import classifier_eval
-from ulmfit_jax.model.classifier import ClassifierDropoutMasks, sample_classifier_masks
+from ulmfit_jax.model.classifier import (
+    ActivationSums,
+    ClassifierDropoutMasks,
+    sample_classifier_masks,
+)
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.encoder import zero_state
 from ulmfit_jax.model.language_model import AWDLSTMLanguageModel, sample_lm_masks
@@ -156,6 +160,19 @@ def activation_regularization(
     return reg
 
 
+def regularization_from_sums(sums: ActivationSums, batch: int, emb: int, alpha: float,
+                             beta: float) -> jax.Array:
+    """`activation_regularization` of outputs `[batch, sums.length, emb]` from their
+    `ActivationSums` (the classifier's: `fastai_activation_sums`), with the same rules."""
+    reg = jnp.zeros([], jnp.float32)
+    if alpha:
+        reg += alpha * sums.squares / (batch * emb * sums.length)
+    if beta and batch > 1:
+        # One time step has no differences (fastai skips TAR): the sum is 0 then.
+        reg += beta * sums.step_differences / (batch * emb * jnp.maximum(sums.length - 1, 1))
+    return reg
+
+
 def lm_train_step(
     state: LMTrainState,
     batch: dict,
@@ -230,8 +247,8 @@ def classifier_objective(
     if alpha or beta:
         out = model.forward(inputs, masks=masks, train=True)
         logits = out.logits
-        reg = activation_regularization(out.sentence_outputs, out.sentence_outputs, alpha,
-                                        beta, out.sentence_length)
+        reg = regularization_from_sums(out.activation_sums, inputs.shape[0],
+                                       model.config.encoder.emb_size, alpha, beta)
     else:
         logits, reg = model(inputs, masks=masks, train=True), jnp.zeros([], jnp.float32)
     ce, correct = _classifier_loss(logits, labels, multi_label, threshold)
