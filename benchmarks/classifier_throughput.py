@@ -26,6 +26,7 @@ side computes per real token, the cost of coarse padding.
     python benchmarks/classifier_throughput.py                        # quickstart_15min shapes
     python benchmarks/classifier_throughput.py --size full --bptt 72 --batch-size 64 \\
         --max-tokens 0 --docs 640                                      # WT103 size, whole reviews
+    python benchmarks/classifier_throughput.py --by-width             # step time vs batch width
     python benchmarks/classifier_throughput.py --smoke                # seconds: checks the script
 """
 
@@ -106,13 +107,12 @@ def fastai_padded(documents: Documents, members: np.ndarray, bptt: int) -> np.nd
 
 
 def ours_padded(documents: Documents, members: np.ndarray, bptt: int, rows: int) -> np.ndarray:
-    """Our batch as the trainer builds it: fastai's layout re-padded to bucketed whole chunks,
-    filler rows (all padding) up to `rows`."""
-    from ulmfit_jax.text.classifier_batches import bucket_chunks, pad_chunks
+    """Our batch as the trainer builds it (`pad_bucketed`: fastai's layout inside bucketed
+    whole chunks), filler rows (all padding) up to `rows`."""
+    from ulmfit_jax.text.classifier_batches import pad_bucketed
 
     docs = [documents.docs[i] for i in members] + [np.zeros(0, np.int32)] * (rows - len(members))
-    width = bucket_chunks(-(-max(len(d) for d in docs) // bptt)) * bptt
-    return pad_chunks(docs, PAD_ID, bptt, pad_first=True, pad_len=width)
+    return pad_bucketed(docs, PAD_ID, bptt)
 
 
 class Ours:
@@ -253,6 +253,26 @@ def padding_line(padded: dict[str, list[np.ndarray]], real_tokens: int, what: st
             f"ours {cost['ours']:.3f} ({cost['ours'] / cost['fastai']:.3f}x fastai's)")
 
 
+def by_width(ours: Ours, fastai: Fastai, args: argparse.Namespace) -> None:
+    """Seconds of one fully unfrozen training step at each batch width (every row that long),
+    ours padded as the trainer pads: per-step costs (intercept) against per-token ones."""
+    steps = train_steps(ours, fastai, 0)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, N_CLASSES, args.batch_size).astype(np.int32)
+    for width in range(args.bptt // 2, args.max_tokens + 1, args.bptt // 2):
+        docs = rng.integers(2, SIZES[args.size]["vocab_size"], (args.batch_size, width))
+        documents = Documents(list(docs.astype(np.int32)), labels)
+        members = np.arange(args.batch_size)
+        batches = {"fastai": [fastai_padded(documents, members, args.bptt)] * 3,
+                   "ours": [ours_padded(documents, members, args.bptt, args.batch_size)] * 3}
+        warm_up(steps["ours"], batches["ours"][:1], [labels])
+        warm_up(steps["fastai"], batches["fastai"][:1], [labels])
+        seconds = alternate({side: [functools.partial(steps[side], ids, labels)
+                                    for ids in batches[side]] for side in steps})
+        print(f"width {width:4d}: fastai {1e3 * seconds['fastai'] / 3:6.1f} ms, ours "
+              f"{1e3 * seconds['ours'] / 3:6.1f} ms (padded to {batches['ours'][0].shape[1]})")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small",
@@ -271,6 +291,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ours: model.lstm_impl")
     parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
                         help="ours: model.compute_dtype (fastai runs float32)")
+    parser.add_argument("--by-width", action="store_true",
+                        help="instead: one unfrozen step's time at each batch width, both sides")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny model, few documents: checks the script, no figure")
     add_cpu_devices_argument(parser)
@@ -301,6 +323,9 @@ def main() -> None:
           f"max_tokens {args.max_tokens}; {len(lengths)} reviews, tokens mean "
           f"{np.mean(lengths):.0f} median {np.median(lengths):.0f} max {max(lengths)}")
     print(load_average(), "(before timing)")
+    if args.by_width:
+        by_width(ours, fastai, args)
+        return
     for train, rows in ((True, args.batch_size), (False, args.eval_batch_size)):
         members = epoch_batches(documents, rows, args.bptt, train)
         batches = {"fastai": [fastai_padded(documents, m, args.bptt) for m in members],

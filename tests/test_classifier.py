@@ -160,6 +160,25 @@ def test_sentence_outputs_are_fastais_at_its_width_and_at_our_bucketed_one(model
         np.testing.assert_allclose(out.logits, alone, atol=1e-5, rtol=0)
 
 
+def test_a_bucket_with_chunks_in_front_gives_each_document_fastais_answer(models):
+    """`pad_bucketed` puts fastai's layout at the batch width (21) inside the bucket (6 chunks,
+    30): a whole chunk of padding in front of every row and 4 pads after, so the 17-token
+    document ends 8 > bptt positions before the end. With max_len 10 it still needs its chunk
+    at 15 (fastai: 17 - 10 <= 10), which only the first-kept-chunk slack of 2 * bptt keeps."""
+    model, ours = models
+    docs = _docs([21, 17, 9, 3], seed=11)
+    ids = _fastai_batch(docs)
+    bucketed = repad({"ids": ids, "lengths": np.array([len(d) for d in docs])}, BPTT, PAD)
+    assert ids.shape[1] == 21 and bucketed.shape[1] == 30
+    real = bucketed != PAD
+    assert not real[:, :BPTT].any() and not real[:, 26:].any() and real[1, 21]
+    np.testing.assert_array_equal(bucketed[:, BPTT:26], ids)
+    alone = _fastai_alone(model, docs)
+    for batch in (ids, bucketed):
+        np.testing.assert_allclose(np.asarray(ours(jnp.asarray(batch))), alone, atol=1e-5,
+                                   rtol=0)
+
+
 @pytest.mark.parametrize("lengths", [[23, 17, 12, 9], [12, 3, 7, 0], [11, 6], [4]])
 def test_activation_sums_are_fastais_ar_tar_sums_over_its_outputs(models, lengths):
     """The training step's AR/TAR sums, read from our outputs in place, equal the sums over

@@ -70,10 +70,14 @@ def test_packing_is_what_jax_unpacks():
     np.testing.assert_array_equal(got_bih[0] + got_bhh[0], bias)
 
 
-@pytest.mark.parametrize("skipped", [None, [0, 3, TIME, 1]], ids=["lm", "leading_padding"])
-def test_layer_outputs_state_and_gradients_equal_the_scan(skipped):
+@pytest.mark.parametrize("skipped, trailing", [(None, 0), ([0, 3, TIME, 1], 0),
+                                               ([0, 3, TIME, 1], 2)],
+                         ids=["lm", "leading_padding", "padding_around"])
+def test_layer_outputs_state_and_gradients_equal_the_scan(skipped, trailing):
     x, state, w_ih, w_hh, bias = layer_inputs()
     mask = None if skipped is None else leading_padding(skipped)
+    if trailing:  # the classifier's: no row takes the batch's last steps
+        mask &= jnp.arange(TIME)[:, None] < TIME - trailing
     ours, theirs = ref_layer(x, state, w_ih, w_hh, bias, mask), scan_layer(x, state, w_ih, w_hh,
                                                                               bias, mask)
     for got, want in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):

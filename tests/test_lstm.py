@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ulmfit_jax.model import lstm
 from ulmfit_jax.model.lstm import recurrence_time_major
 
 
@@ -33,7 +34,15 @@ def recurrence(projected, state, w_hh, step_mask):
     return jnp.swapaxes(outputs, 0, 1), final
 
 
-@pytest.mark.parametrize("with_skips", [False, True])
+def _padding_around(batch: int, time: int) -> jax.Array:
+    """[batch, time]: rows that take one run of steps inside [2, time - 2) (a classifier
+    batch's layout: steps no row takes before and after), one row taking none."""
+    steps = jnp.arange(time)[None, :]
+    first = jnp.array([2, 3, time][:batch])[:, None]
+    return (steps >= first) & (steps < time - 2)
+
+
+@pytest.mark.parametrize("with_skips", [False, True, "padding_around"])
 def test_gradients_match_autodiff_of_a_plain_scan(with_skips):
     time, batch, hid = 7, 3, 5
     keys = jax.random.split(jax.random.key(0), 6)
@@ -41,6 +50,8 @@ def test_gradients_match_autodiff_of_a_plain_scan(with_skips):
     h0, c0 = jax.random.normal(keys[1], (batch, hid)), jax.random.normal(keys[2], (batch, hid))
     w_hh = 0.5 * jax.random.normal(keys[3], (hid, 4 * hid))
     skips = jax.random.bernoulli(keys[4], 0.6, (batch, time))
+    if with_skips == "padding_around":
+        skips = _padding_around(batch, time)
     step_mask = skips if with_skips else jnp.ones((batch, time), bool)
     weights = jax.random.normal(keys[5], (batch, time, hid))
 
@@ -60,3 +71,32 @@ def test_gradients_match_autodiff_of_a_plain_scan(with_skips):
     our_out = recurrence(projected, (h0, c0), w_hh, ours_mask)
     for e, g in zip(jax.tree.leaves(ref_out), jax.tree.leaves(our_out), strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mask", ["padding_around", "none_taken", "holes"])
+def test_the_cpu_loop_over_taken_steps_equals_the_fixed_length_scan(mask):
+    """On a CPU the masked recurrence loops over the steps some row takes only
+    (`lax.platform_dependent`); other platforms run the fixed-length scan. Both, forward
+    (outputs, final state, cells) and backward, give the same results."""
+    time, batch, hid = 9, 3, 4
+    keys = jax.random.split(jax.random.key(1), 7)
+    projected = jax.random.normal(keys[0], (time, batch, 4 * hid))
+    h0, c0 = jax.random.normal(keys[1], (batch, hid)), jax.random.normal(keys[2], (batch, hid))
+    w_hh = 0.5 * jax.random.normal(keys[3], (hid, 4 * hid))
+    step_mask = {"padding_around": _padding_around(batch, time).T,
+                 "none_taken": jnp.zeros((time, batch), bool),
+                 "holes": jax.random.bernoulli(keys[4], 0.5, (time, batch))}[mask]
+    args = (jnp.float32, projected, h0, c0, w_hh, step_mask)
+    scan, loop = lstm._forward_scan(*args, save=True), lstm._forward_active_steps(*args, save=True)
+    # The gates of a step no row takes are never read (the scan computes them, the loop not).
+    for want, got in zip((*scan[:3], scan[3][1]), (*loop[:3], loop[3][1]), strict=True):
+        np.testing.assert_array_equal(got, want)
+    residuals = (scan[0], *scan[3], h0, c0, w_hh, step_mask)
+    cotangents = tuple(jax.random.normal(k, a.shape) for k, a in zip(keys[4:], scan[:3],
+                                                                        strict=True))
+    want = lstm._backward_scan(jnp.float32, residuals, cotangents)
+    got = lstm._backward_active_steps(jnp.float32, residuals, cotangents)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+    jaxpr = str(jax.make_jaxpr(recurrence_time_major)(projected, (h0, c0), w_hh, step_mask))
+    assert "platform_index" in jaxpr  # the choice is made per platform when compiled

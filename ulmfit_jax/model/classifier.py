@@ -248,15 +248,18 @@ def masked_concat_pool(
 def first_kept_chunk(time: int, config: ClassifierConfig) -> int:
     """Index of the first chunk any document can keep.
 
-    fastai keeps chunk start i iff time - i <= max_len; a document followed by r < bptt
-    trailing pads may need one more chunk, so we keep i iff time - i < max_len + bptt.
-    A symbolic `time` (a `jax.export` with polymorphic shapes) gives 0: every chunk is run
-    with outputs kept, which changes no result (the pooling mask still applies max_len).
+    fastai keeps chunk start i of a document ending at e iff e - i <= max_len. Our batches
+    (`pad_bucketed`) end a document up to 2 * bptt - 2 positions before `time` (fastai's
+    layout, r < bptt, plus the bucket's remainder, r < bptt), so we keep i iff
+    time - i < max_len + 2 * bptt - 1: one chunk more than a document may need, whose outputs
+    the pooling mask then leaves out. A symbolic `time` (a `jax.export` with polymorphic
+    shapes) gives 0: every chunk is run with outputs kept, which changes no result (the pooling
+    mask still applies max_len).
     """
     if jax.export.is_symbolic_dim(time):
         return 0
     bptt = config.bptt
-    return max(0, -(-(time - config.max_len - bptt + 1) // bptt))
+    return max(0, -(-(time - config.max_len - 2 * bptt + 2) // bptt))
 
 
 class EncodedChunks(NamedTuple):
@@ -278,15 +281,18 @@ def bpt3c_encode(
     """Run the encoder over the bptt chunks of ids [batch, time] (fastai layout).
 
     The state is carried between chunks with its gradient cut at every boundary (fastai
-    detaches it); the chunks before the kept window run without any backward.
+    detaches it); the chunks before the kept window run without any backward. A row's steps
+    run from its first real token to the batch's last one (fastai runs a row's trailing pads
+    up to the batch's width); steps no row takes are skipped where the encoder can.
     """
     enc_cfg, bptt = config.encoder, config.bptt
     encoder_masks = None if masks is None else masks.encoder
     batch, time = ids.shape
     n_chunks = -(-time // bptt)
     padded = jnp.pad(ids, ((0, 0), (0, n_chunks * bptt - time)), constant_values=enc_cfg.pad_id)
-    first, _ = _document_layout(ids, enc_cfg.pad_id)
-    active = jnp.arange(n_chunks * bptt)[None, :] >= first[:, None]
+    first, last = _document_layout(ids, enc_cfg.pad_id)
+    positions = jnp.arange(n_chunks * bptt)[None, :]
+    active = (positions >= first[:, None]) & (positions <= jnp.max(last))
     c0 = first_kept_chunk(time, config)
     state = zero_state(enc_cfg, batch)
     if c0 > 0:

@@ -6,9 +6,10 @@ AWD-LSTM's widths differ per layer) with:
 - weights packed in cuDNN's flat layout for one layer: W_ih [4h, in], W_hh [4h, h], b_ih [4h],
   b_hh [4h], gates i, f, g, o as PyTorch. Our single bias is PyTorch's sum, packed as b_ih with
   a zero b_hh; W_hh arrives after DropConnect (the AWD dropouts stay outside the kernel);
-- leading padding (the classifier's `step_mask`, False before a document's first token) moved
-  to the end of each row, where cuDNN's `seq_lengths` ignore it: the state then stays untouched
-  there, as in the scan, and outputs are shifted back. Masks must be such prefixes.
+- the classifier's `step_mask` (False before a row's first token, and after the batch's last
+  one): each row's leading steps moved to its end, where cuDNN's `seq_lengths` ignore them
+  with its trailing ones: the state then stays untouched there, as in the scan, and outputs
+  are shifted back. Masks must be one run of steps per row.
 cuDNN's LSTM is float32 only (jax raises for bfloat16). On an H200 it was slower than the scan,
 so `auto` does not pick it (`lstm_impl.py`).
 CPU tests pass jax's own pure-JAX `lstm_ref` (behind jax's `unpack_lstm_weights`) as `lstm_fn`,
@@ -50,22 +51,27 @@ def cudnn_layer(
 ) -> tuple[jax.Array, LSTMState]:
     """x [time, batch, in] -> outputs [time, batch, hid] and the final (h, c), like the scan.
 
-    step_mask [time, batch] bool: False for each row's leading steps (its padding) or None.
+    step_mask [time, batch] bool: True on one run of steps per row (False on its leading and
+    trailing padding) or None.
     """
     time, batch, n_in = x.shape
     hidden = w_hh.shape[0]
     h0, c0 = state
-    skipped = jnp.zeros(batch, jnp.int32) if step_mask is None else time - jnp.sum(
-        step_mask, axis=0, dtype=jnp.int32)
+    if step_mask is None:
+        taken = jnp.full(batch, time, jnp.int32)
+    else:
+        taken = jnp.sum(step_mask, axis=0, dtype=jnp.int32)
+    skipped = jnp.where(taken > 0, jnp.argmax(step_mask, axis=0) if step_mask is not None
+                        else 0, time).astype(jnp.int32)
     x_bm = _shift_rows(jnp.swapaxes(x, 0, 1), skipped)
     # A row with no real step still runs one (cuDNN needs length >= 1); its state is kept below.
-    lengths = jnp.maximum(time - skipped, 1)
+    lengths = jnp.maximum(taken, 1)
     y, h, c = lstm_fn(x_bm.astype(jnp.float32), h0[None], c0[None],
                       pack_weights(w_ih, w_hh, bias), lengths, input_size=n_in,
                       hidden_size=hidden, num_layers=1, dropout=0.0, bidirectional=False)
-    idle = (skipped == time)[:, None]
+    idle = (taken == 0)[:, None]
     h, c = jnp.where(idle, h0, h[0]), jnp.where(idle, c0, c[0])
-    outputs = _unshift_rows(y, skipped, h0)
+    outputs = _unshift_rows(y, skipped, taken, h0, h)
     return jnp.swapaxes(outputs, 0, 1), (h, c)
 
 
@@ -76,11 +82,14 @@ def _shift_rows(x: jax.Array, skipped: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, index[:, :, None], axis=1)
 
 
-def _unshift_rows(y: jax.Array, skipped: jax.Array, h0: jax.Array) -> jax.Array:
-    """Inverse of `_shift_rows` for outputs [batch, time, hid]; a skipped step outputs the
-    untouched state h0, as the scan does."""
+def _unshift_rows(y: jax.Array, skipped: jax.Array, taken: jax.Array, h0: jax.Array,
+                  h: jax.Array) -> jax.Array:
+    """Inverse of `_shift_rows` for outputs [batch, time, hid] of rows that took `taken` steps;
+    a step not taken outputs the untouched state, as the scan does: h0 before the row's run,
+    its final h after it."""
     time = y.shape[1]
     steps = jnp.arange(time)[None, :]
-    index = jnp.maximum(steps - skipped[:, None], 0)
+    index = jnp.clip(steps - skipped[:, None], 0, time - 1)
     moved = jnp.take_along_axis(y, index[:, :, None], axis=1)
+    moved = jnp.where((steps >= (skipped + taken)[:, None])[:, :, None], h[:, None, :], moved)
     return jnp.where((steps < skipped[:, None])[:, :, None], h0[:, None, :], moved)

@@ -86,6 +86,48 @@ def _recurrent_matmul(h: jax.Array, w: jax.Array, dtype: Any) -> jax.Array:
     return jnp.matmul(h.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
 
 
+def _cell_forward(x_t: jax.Array, h: jax.Array, c: jax.Array, w: jax.Array,
+                  m_t: jax.Array | None, dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One time step: (h, c) [batch, hid] -> new (h, c) and the activated gates
+    [batch, 4*hid]; rows where `m_t` [batch] is False keep their state."""
+    acts = _gate_activations(x_t + _recurrent_matmul(h, w, dtype))
+    i, f, g, o = jnp.split(acts, 4, axis=-1)
+    c_new = f * c + i * g
+    h_new = o * jnp.tanh(c_new)
+    if m_t is not None:
+        keep = m_t[:, None]
+        h_new, c_new = jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)
+    return h_new, c_new, acts
+
+
+def _cell_backward(
+    dh: jax.Array, dc_next: jax.Array, acts_t: jax.Array, c_t: jax.Array, c_prev: jax.Array,
+    m_t: jax.Array | None, w_t: jax.Array, dtype: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One step back: the gradient of the step's h (its output's and the next step's) and c
+    -> of the previous (h, c), and of the gate pre-activations [batch, 4*hid]."""
+    i, f, g, o = jnp.split(acts_t, 4, axis=-1)
+    tanh_c = jnp.tanh(c_t)
+    dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
+    d_gates = jnp.concatenate(
+        [
+            dc * g * i * (1.0 - i),
+            dc * c_prev * f * (1.0 - f),
+            dc * i * (1.0 - g * g),
+            dh * tanh_c * o * (1.0 - o),
+        ],
+        axis=-1,
+    )
+    dh_prev = _recurrent_matmul(d_gates, w_t, dtype)
+    dc_prev = dc * f
+    if m_t is not None:
+        # A skipped step copied the state through: its gradient passes straight back.
+        keep = m_t[:, None]
+        d_gates = jnp.where(keep, d_gates, 0.0)
+        dh_prev, dc_prev = jnp.where(keep, dh_prev, dh), jnp.where(keep, dc_prev, dc_next)
+    return dh_prev, dc_prev, d_gates
+
+
 def _forward_scan(
     dtype: Any,
     projected: jax.Array,
@@ -101,15 +143,8 @@ def _forward_scan(
     w = w.astype(dtype)
 
     def step(carry, xs):
-        h, c = carry
         x_t, m_t = xs
-        acts = _gate_activations(x_t + _recurrent_matmul(h, w, dtype))
-        i, f, g, o = jnp.split(acts, 4, axis=-1)
-        c_new = f * c + i * g
-        h_new = o * jnp.tanh(c_new)
-        if m_t is not None:
-            keep = m_t[:, None]
-            h_new, c_new = jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)
+        h_new, c_new, acts = _cell_forward(x_t, *carry, w, m_t, dtype)
         return (h_new, c_new), ((h_new, c_new, acts) if save else h_new)
 
     (h, c), ys = jax.lax.scan(step, (h0, c0), (projected, step_mask))
@@ -133,36 +168,116 @@ def _backward_scan(
     def step(carry, xs):
         dh_next, dc_next = carry
         d_out, acts_t, c_t, c_prev, m_t = xs
-        dh = dh_next + d_out
-        i, f, g, o = jnp.split(acts_t, 4, axis=-1)
-        tanh_c = jnp.tanh(c_t)
-        dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
-        d_gates = jnp.concatenate(
-            [
-                dc * g * i * (1.0 - i),
-                dc * c_prev * f * (1.0 - f),
-                dc * i * (1.0 - g * g),
-                dh * tanh_c * o * (1.0 - o),
-            ],
-            axis=-1,
-        )
-        dh_prev = _recurrent_matmul(d_gates, w_t, dtype)
-        dc_prev = dc * f
-        if m_t is not None:
-            # A skipped step copied the state through: its gradient passes straight back.
-            keep = m_t[:, None]
-            d_gates = jnp.where(keep, d_gates, 0.0)
-            dh_prev, dc_prev = jnp.where(keep, dh_prev, dh), jnp.where(keep, dc_prev, dc_next)
+        dh_prev, dc_prev, d_gates = _cell_backward(dh_next + d_out, dc_next, acts_t, c_t,
+                                                   c_prev, m_t, w_t, dtype)
         return (dh_prev, dc_prev), d_gates
 
     xs = (d_outputs, acts, cells, cells_prev, step_mask)
     (dh0, dc0), d_projected = jax.lax.scan(step, (d_h, d_c), xs, reverse=True)
+    return d_projected, dh0, dc0, _w_gradient(dtype, d_projected, outputs, h0, w)
+
+
+def _w_gradient(dtype: Any, d_projected: jax.Array, outputs: jax.Array, h0: jax.Array,
+                w: jax.Array) -> jax.Array:
+    """W_hh's gradient in one matmul over every step: [hid, batch*time] @ [batch*time, 4*hid]."""
     h_prev = jnp.concatenate([h0[None], outputs[:-1]], axis=0)
     d_w = jnp.einsum(
         "tbh,tbg->hg", h_prev.astype(dtype), d_projected.astype(dtype),
         preferred_element_type=jnp.float32,
     )
-    return d_projected, dh0, dc0, d_w.astype(w.dtype)
+    return d_w.astype(w.dtype)
+
+
+# --- masked steps on a CPU: only the steps some row takes ------------------------------------
+# A step where every row is masked only copies the state (the classifier's batches: padding
+# before every row's text, or after it). On a CPU the loop then runs just from the first step
+# some row takes to the last; the skipped steps are filled in as masked steps would be. Other
+# platforms keep the fixed-length scan: a loop whose length is data makes a GPU wait for it.
+
+
+def _active_range(step_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """[lo, hi): from the first step some row of step_mask [time, batch] takes to the last
+    (lo = hi = 0 when none does)."""
+    taken = jnp.any(step_mask, axis=1)
+    steps = jnp.arange(step_mask.shape[0])
+    hi = jnp.max(jnp.where(taken, steps + 1, 0))
+    return jnp.minimum(jnp.min(jnp.where(taken, steps, step_mask.shape[0])), hi), hi
+
+
+def _forward_active_steps(
+    dtype: Any, projected: jax.Array, h0: jax.Array, c0: jax.Array, w: jax.Array,
+    step_mask: jax.Array, save: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """`_forward_scan` with a step mask, looping over `_active_range` only (same results)."""
+    w = w.astype(dtype)
+    lo, hi = _active_range(step_mask)
+    time, batch, gates = projected.shape
+    outputs = jnp.zeros((time, batch, gates // 4), jnp.float32)
+    saved = ((jnp.zeros((time, batch, gates), jnp.float32), jnp.zeros_like(outputs))
+             if save else None)
+
+    def body(t, carry):
+        h, c, outputs, saved = carry
+        h, c, acts = _cell_forward(projected[t], h, c, w, step_mask[t], dtype)
+        outputs = outputs.at[t].set(h)
+        if saved is not None:
+            saved = (saved[0].at[t].set(acts), saved[1].at[t].set(c))
+        return h, c, outputs, saved
+
+    h, c, outputs, saved = jax.lax.fori_loop(lo, hi, body, (h0, c0, outputs, saved))
+    before, after = _outside(time, lo, hi)
+    outputs = jnp.where(before, h0, jnp.where(after, h, outputs))
+    if saved is not None:
+        saved = (saved[0], jnp.where(before, c0, jnp.where(after, c, saved[1])))
+    return outputs, h, c, saved
+
+
+def _backward_active_steps(
+    dtype: Any, residuals: tuple, cotangents: tuple[jax.Array, jax.Array, jax.Array],
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """`_backward_scan` over `_active_range` only (same results)."""
+    outputs, acts, cells, h0, c0, w, step_mask = residuals
+    d_outputs, d_h, d_c = cotangents
+    w_t = w.astype(dtype).T
+    lo, hi = _active_range(step_mask)
+    before, after = _outside(outputs.shape[0], lo, hi)
+    cells_prev = jnp.concatenate([c0[None], cells[:-1]], axis=0)
+    # A skipped step's output is the state it copied: its gradient joins the state's.
+    d_h = d_h + jnp.sum(jnp.where(after, d_outputs, 0.0), axis=0)
+
+    def body(i, carry):
+        dh_next, dc_next, d_projected = carry
+        t = hi - 1 - i
+        dh_prev, dc_prev, d_gates = _cell_backward(dh_next + d_outputs[t], dc_next, acts[t],
+                                                   cells[t], cells_prev[t], step_mask[t],
+                                                   w_t, dtype)
+        return dh_prev, dc_prev, d_projected.at[t].set(d_gates)
+
+    dh0, dc0, d_projected = jax.lax.fori_loop(0, hi - lo, body,
+                                              (d_h, d_c, jnp.zeros_like(acts)))
+    dh0 = dh0 + jnp.sum(jnp.where(before, d_outputs, 0.0), axis=0)
+    return d_projected, dh0, dc0, _w_gradient(dtype, d_projected, outputs, h0, w)
+
+
+def _outside(time: int, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """[time, 1, 1] masks of the steps before `lo` and from `hi` on."""
+    steps = jnp.arange(time)[:, None, None]
+    return steps < lo, steps >= hi
+
+
+def _masked_forward(dtype: Any, projected: jax.Array, h0: jax.Array, c0: jax.Array,
+                    w: jax.Array, step_mask: jax.Array, save: bool):
+    return jax.lax.platform_dependent(
+        projected, h0, c0, w, step_mask,
+        cpu=functools.partial(_forward_active_steps, dtype, save=save),
+        default=functools.partial(_forward_scan, dtype, save=save))
+
+
+def _masked_backward(dtype: Any, residuals: tuple, cotangents: tuple):
+    return jax.lax.platform_dependent(
+        residuals, cotangents,
+        cpu=functools.partial(_backward_active_steps, dtype),
+        default=functools.partial(_backward_scan, dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -192,20 +307,19 @@ def _lstm_scan_masked(
     kernel: Kernel, projected: jax.Array, h0: jax.Array, c0: jax.Array, w: jax.Array,
     step_mask: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    outputs, h, c, _ = _forward_scan(kernel[0], projected, h0, c0, w, step_mask, save=False)
+    outputs, h, c, _ = _masked_forward(kernel[0], projected, h0, c0, w, step_mask, save=False)
     return outputs, h, c
 
 
 def _lstm_scan_masked_fwd(kernel, projected, h0, c0, w, step_mask):
-    outputs, h, c, (acts, cells) = _forward_scan(
-        kernel[0], projected, h0, c0, w, step_mask, save=True
-    )
+    outputs, h, c, (acts, cells) = _masked_forward(kernel[0], projected, h0, c0, w, step_mask,
+                                                   save=True)
     return (outputs, h, c), (outputs, acts, cells, h0, c0, w, step_mask)
 
 
 def _lstm_scan_masked_bwd(kernel, residuals, cotangents):
     with matmul_precision(kernel[1]):
-        return (*_backward_scan(kernel[0], residuals, cotangents), None)
+        return (*_masked_backward(kernel[0], residuals, cotangents), None)
 
 
 _lstm_scan_masked.defvjp(_lstm_scan_masked_fwd, _lstm_scan_masked_bwd)

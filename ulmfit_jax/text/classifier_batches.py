@@ -80,14 +80,29 @@ def bucket_chunks(n_chunks: int) -> int:
     return size
 
 
+def pad_bucketed(docs: Sequence[np.ndarray], pad_id: int, bptt: int) -> np.ndarray:
+    """docs in fastai's layout at their batch width W (`pad_chunks`), inside a bucketed width
+    T (`bucket_chunks`): the whole `bptt` chunks of T - W in front of every row, the remainder
+    after, `[batch, T]`.
+
+    A document's result does not depend on T, and the positions outside the W window are
+    padding in every row: a step no row takes, which the encoder skips on a CPU.
+    """
+    width = max((len(d) for d in docs), default=0)
+    target = bucket_chunks(-(-width // bptt)) * bptt
+    front = (target - width) // bptt * bptt
+    out = np.full((len(docs), target), pad_id, dtype=np.int32)
+    out[:, front:front + width] = pad_chunks(docs, pad_id, bptt, pad_first=True, pad_len=width)
+    return out
+
+
 def repad(batch: dict, bptt: int, pad_id: int) -> np.ndarray:
-    """The batch's documents re-padded in fastai's layout to a bucketed width `[batch, time]`."""
+    """The batch's documents re-padded by `pad_bucketed` `[batch, time]`."""
     ids, lengths = batch["ids"], batch["lengths"]
     width = ids.shape[1]
     fronts = pad_front(width, lengths, bptt)
     docs = [ids[r, f:f + n] for r, (f, n) in enumerate(zip(fronts, lengths, strict=True))]
-    target = bucket_chunks(-(-width // bptt)) * bptt
-    return pad_chunks(docs, pad_id, bptt, pad_first=True, pad_len=target)
+    return pad_bucketed(docs, pad_id, bptt)
 
 
 def sorted_order(lengths: np.ndarray) -> np.ndarray:

@@ -4,10 +4,10 @@ The host side of classifier inference, shared by `TextClassifier.predict_proba` 
 `ulmfit_jax.serving` (no jax here: the model is a callable on padded id batches).
 
 Documents are sorted longest first (as fastai's `get_preds` on a `test_dl`) and cut into
-batches; a batch is padded in fastai's layout (`pad_chunks`) to a bucketed number of `bptt`
-chunks, and its row count is rounded up to a power of two (at most `batch_size`) with all-pad
-filler rows, so a whole corpus compiles a handful of shapes. Documents are read whole (no
-truncation): BPT3C itself keeps the last `max_len` tokens' chunks, as fastai.
+batches; a batch is padded in fastai's layout inside a bucketed number of `bptt` chunks
+(`pad_bucketed`), and its row count is rounded up to a power of two (at most `batch_size`)
+with all-pad filler rows, so a whole corpus compiles a handful of shapes. Documents are read
+whole (no truncation): BPT3C itself keeps the last `max_len` tokens' chunks, as fastai.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ulmfit_jax.text.classifier_batches import bucket_chunks, pad_chunks, sorted_order
+from ulmfit_jax.text.classifier_batches import pad_bucketed, sorted_order
 from ulmfit_jax.text.vocab import Vocab
 
 # Inputs at least this long get a progress bar unless `progress=False`.
@@ -73,10 +73,9 @@ def padded_batches(docs: Sequence[np.ndarray], batch_size: int, bptt: int,
     order = sorted_order(np.array([len(d) for d in docs], dtype=np.int64))
     for start in range(0, len(order), batch_size):
         members = order[start:start + batch_size]
-        chunks = bucket_chunks(-(-len(docs[members[0]]) // bptt))
         rows = [docs[i] for i in members]
         rows += [np.zeros(0, np.int32)] * (batch_rows(len(members), batch_size) - len(members))
-        yield members, pad_chunks(rows, pad_id, bptt, pad_len=chunks * bptt)
+        yield members, pad_bucketed(rows, pad_id, bptt)
 
 
 def predict_in_batches(forward: Callable[[np.ndarray], np.ndarray], docs: Sequence[np.ndarray],
