@@ -10,6 +10,7 @@ from fastai.text.all import SortedDL, pad_input_chunk
 from ulmfit_jax.text.classifier_batches import (
     ClassifierBatches,
     pad_chunks,
+    repad,
     restore_order,
     sorted_order,
     sortish_order,
@@ -162,3 +163,15 @@ def test_unlabelled_corpus_has_no_labels_key():
     corpus = TokenizedCorpus.from_lists([[1, 2], [3]])
     batch = next(iter(ClassifierBatches(corpus, 2, shuffle=False)))
     assert "labels" not in batch and batch["ids"].shape == (2, 2)
+
+
+def test_every_host_pads_its_rows_to_the_whole_batchs_shape():
+    """With two hosts each re-pads its own rows (the trainer's `repad`); both must get the
+    whole batch's bucket and layout, or their programs' collectives disagree. Host 1's rows
+    (7 and 3 tokens) alone would fit one chunk; the batch's longest has 30."""
+    corpus = TokenizedCorpus.from_lists([[5] * n for n in (30, 7, 12, 3)], labels=[0, 1, 0, 1])
+    whole = repad(ClassifierBatches(corpus, 4, bptt=8, shuffle=False).batch(0, 0), 8, 1)
+    hosts = [repad(ClassifierBatches(corpus, 4, bptt=8, shuffle=False, process_index=i,
+                                     process_count=2).batch(0, 0), 8, 1) for i in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate(hosts), whole)
+    assert whole.shape == (4, 32)

@@ -80,15 +80,19 @@ def bucket_chunks(n_chunks: int) -> int:
     return size
 
 
-def pad_bucketed(docs: Sequence[np.ndarray], pad_id: int, bptt: int) -> np.ndarray:
+def pad_bucketed(docs: Sequence[np.ndarray], pad_id: int, bptt: int,
+                 width: int | None = None) -> np.ndarray:
     """docs in fastai's layout at their batch width W (`pad_chunks`), inside a bucketed width
     T (`bucket_chunks`): the whole `bptt` chunks of T - W in front of every row, the remainder
     after, `[batch, T]`.
 
+    W is `width`, by default the longest document: with several hosts, each holding some of a
+    batch's rows, every host must pass the whole batch's W (their shapes must agree).
     A document's result does not depend on T, and the positions outside the W window are
     padding in every row: a step no row takes, which the encoder skips on a CPU.
     """
-    width = max((len(d) for d in docs), default=0)
+    if width is None:
+        width = max((len(d) for d in docs), default=0)
     target = bucket_chunks(-(-width // bptt)) * bptt
     front = (target - width) // bptt * bptt
     out = np.full((len(docs), target), pad_id, dtype=np.int32)
@@ -97,12 +101,13 @@ def pad_bucketed(docs: Sequence[np.ndarray], pad_id: int, bptt: int) -> np.ndarr
 
 
 def repad(batch: dict, bptt: int, pad_id: int) -> np.ndarray:
-    """The batch's documents re-padded by `pad_bucketed` `[batch, time]`."""
+    """The batch's documents re-padded by `pad_bucketed` at the batch's width (its ids' width:
+    the longest document of the whole batch, on every host) `[batch, time]`."""
     ids, lengths = batch["ids"], batch["lengths"]
     width = ids.shape[1]
     fronts = pad_front(width, lengths, bptt)
     docs = [ids[r, f:f + n] for r, (f, n) in enumerate(zip(fronts, lengths, strict=True))]
-    return pad_bucketed(docs, pad_id, bptt)
+    return pad_bucketed(docs, pad_id, bptt, width)
 
 
 def sorted_order(lengths: np.ndarray) -> np.ndarray:
