@@ -20,8 +20,9 @@ same sizes, each side with its own batching:
 
 The sides alternate batch by batch over the epoch's batches (a loaded machine slows both
 alike), after a warm-up pass over every distinct padded shape (our compiles, reported apart:
-each costs a training run once per phase). Besides docs/s it prints the padded tokens each
-side computes per real token, the cost of coarse padding.
+each costs a training run once per phase). Besides docs/s it prints the padded positions each
+side computes per real token (the cost of coarse padding in the matmuls), and the recurrent
+steps ours runs on a CPU, where its LSTM loops only over the steps some row takes.
 
     python benchmarks/classifier_throughput.py                        # quickstart_15min shapes
     python benchmarks/classifier_throughput.py --size full --bptt 72 --batch-size 64 \\
@@ -248,9 +249,19 @@ def measure(name: str, sides: dict[str, Callable[[np.ndarray, np.ndarray], None]
 
 
 def padding_line(padded: dict[str, list[np.ndarray]], real_tokens: int, what: str) -> str:
+    """Padded positions per real token (the matmuls' work), and the recurrent steps per real
+    token ours runs on a CPU (each batch's rows over the window some row takes)."""
     cost = {side: sum(b.size for b in batches) / real_tokens for side, batches in padded.items()}
-    return (f"{what}: padded tokens per real token: fastai {cost['fastai']:.3f}, "
-            f"ours {cost['ours']:.3f} ({cost['ours'] / cost['fastai']:.3f}x fastai's)")
+    steps = sum(len(b) * _taken_width(b) for b in padded["ours"]) / real_tokens
+    return (f"{what}: padded positions per real token: fastai {cost['fastai']:.3f}, "
+            f"ours {cost['ours']:.3f} ({cost['ours'] / cost['fastai']:.3f}x fastai's); "
+            f"ours' recurrent steps per real token on a CPU: {steps:.3f}")
+
+
+def _taken_width(ids: np.ndarray) -> int:
+    """From the first position some row's text starts at to the last real token."""
+    real = np.flatnonzero((ids != PAD_ID).any(axis=0))
+    return int(real[-1] - real[0] + 1) if len(real) else 0
 
 
 def by_width(ours: Ours, fastai: Fastai, args: argparse.Namespace) -> None:
@@ -300,7 +311,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.docs, args.batch_size, args.eval_batch_size = "tiny", 24, 4, 8
-        args.bptt, args.max_tokens = 16, 48
+        args.bptt, args.max_tokens = 16, 40  # 40 tokens: 2.5 chunks, padded to 3
     return args
 
 
