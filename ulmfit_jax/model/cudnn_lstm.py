@@ -58,11 +58,10 @@ def cudnn_layer(
     hidden = w_hh.shape[0]
     h0, c0 = state
     if step_mask is None:
-        taken = jnp.full(batch, time, jnp.int32)
+        taken, skipped = jnp.full(batch, time, jnp.int32), jnp.zeros(batch, jnp.int32)
     else:
         taken = jnp.sum(step_mask, axis=0, dtype=jnp.int32)
-    skipped = jnp.where(taken > 0, jnp.argmax(step_mask, axis=0) if step_mask is not None
-                        else 0, time).astype(jnp.int32)
+        skipped = jnp.where(taken > 0, jnp.argmax(step_mask, axis=0), time).astype(jnp.int32)
     x_bm = _shift_rows(jnp.swapaxes(x, 0, 1), skipped)
     # A row with no real step still runs one (cuDNN needs length >= 1); its state is kept below.
     lengths = jnp.maximum(taken, 1)

@@ -146,24 +146,21 @@ def activation_regularization(
     skips its term and a batch of one row skips TAR (its `len(h) > 1`), as does one time step.
     """
     batch, time, emb = raw_last.shape
-    steps = time if length is None else length
-    reg = jnp.zeros([], jnp.float32)
-    if alpha:
-        ar_sum = jnp.sum(jnp.square(dropped_last.astype(jnp.float32)))
-        reg += alpha * ar_sum / (batch * emb * steps)
-    if beta and batch > 1 and time > 1:
-        raw = raw_last.astype(jnp.float32)
-        diff = jnp.square(raw[:, 1:] - raw[:, :-1])
-        if length is not None:
-            diff = jnp.where(jnp.arange(time - 1)[None, :, None] < length - 1, diff, 0.0)
-        reg += beta * jnp.sum(diff) / (batch * emb * jnp.maximum(steps - 1, 1))
-    return reg
+    raw = raw_last.astype(jnp.float32)
+    diff = jnp.square(raw[:, 1:] - raw[:, :-1])  # [batch, time - 1, emb]: empty for one step
+    if length is not None:
+        diff = jnp.where(jnp.arange(time - 1)[None, :, None] < length - 1, diff, 0.0)
+    sums = ActivationSums(jnp.sum(jnp.square(dropped_last.astype(jnp.float32))), jnp.sum(diff),
+                          jnp.asarray(time if length is None else length))
+    return regularization_from_sums(sums, batch, emb, alpha, beta)
 
 
 def regularization_from_sums(sums: ActivationSums, batch: int, emb: int, alpha: float,
                              beta: float) -> jax.Array:
-    """`activation_regularization` of outputs `[batch, sums.length, emb]` from their
-    `ActivationSums` (the classifier's: `fastai_activation_sums`), with the same rules."""
+    """AR + TAR of outputs `[batch, sums.length, emb]` from their `ActivationSums` (the
+    classifier's: `fastai_activation_sums`; the LM's: `activation_regularization`):
+    alpha * squares / (batch * emb * length) + beta * step_differences / (batch * emb *
+    (length - 1)). As fastai, a zero weight skips its term and a batch of one row gets no TAR."""
     reg = jnp.zeros([], jnp.float32)
     if alpha:
         reg += alpha * sums.squares / (batch * emb * sums.length)
