@@ -139,7 +139,7 @@ def use_cpu_devices(requested: int, batch_sizes: Sequence[int]) -> None:
 
     count = requested or cpu_devices.auto_device_count(cpu_devices.available_cores(),
                                                        tuple(batch_sizes))
-    cpu_devices.use_cpu_cores(count)
+    cpu_devices.set_cpu_device_count(count)
 
 
 # --- batches ---------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def _devices_after(code: str, xla_flags: str = "") -> int:
 
 
 def test_jax_gets_the_count_before_it_starts_and_keeps_its_own_after():
-    ask = "from ulmfit_jax.trainer.cpu_devices import use_cpu_cores; use_cpu_cores(3)"
+    ask = "from ulmfit_jax.trainer.cpu_devices import set_cpu_device_count as s; s(3)"
     assert _devices_after(ask) == 3
     assert _devices_after("import jax; jax.devices()\n" + ask) == 1  # too late: kept
     assert _devices_after(ask, "--xla_force_host_platform_device_count=2") == 2  # the user's

@@ -5,7 +5,9 @@ XLA's CPU backend runs the LSTM's time loop on one thread: the per-step recurren
 idle through the recurrence while PyTorch's fused LSTM uses them all. Splitting each batch over
 several CPU devices (the trainer's `data` mesh, as on a multi-GPU host) runs one loop per core.
 Measured on 2 cores at the quickstart's size (benchmarks/RESULTS.md): classifier training
-steps 1.4x faster, LM steps 1.1x.
+steps 1.4x faster, LM steps 1.1x. At WT103 size (hidden 1152) the matmul is large enough for
+the thread pool and a classifier training step takes as long on 1 device as on 2; prediction
+there runs whole (`inference.local_devices`).
 
 `cpu_devices` in the run config: 0 = auto (one device per core, lowered to the largest count
 that divides every batch size the run uses), N = exactly N. It only matters where the run's
@@ -19,6 +21,7 @@ the same count.
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 import ml_collections
@@ -53,15 +56,41 @@ def requested_device_count(config: ml_collections.ConfigDict) -> int:
     return auto_device_count(available_cores(), run_batch_sizes(config))
 
 
-def use_cpu_cores(count: int) -> None:
+def set_cpu_device_count(count: int) -> bool:
     """Give jax's CPU backend `count` devices, unless the user's XLA_FLAGS or
-    JAX_NUM_CPU_DEVICES already set the count, or jax's backends have already started."""
-    if (FORCED_DEVICES_FLAG in os.environ.get("XLA_FLAGS", "")
-            or "JAX_NUM_CPU_DEVICES" in os.environ):
+    JAX_NUM_CPU_DEVICES already set the count, or jax's backends have already started.
+    True when the count was set."""
+    if _count_set_by_environment():
         logging.debug("cpu_devices: XLA_FLAGS sets the CPU device count; keeping it")
-        return
+        return False
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # jax already ran in this process: its devices stay as they are
         logging.debug("cpu_devices: jax's backends already started; %d CPU device(s) not set",
                       count)
+        return False
+    return True
+
+
+def use_cpu_cores(count: int | None = None) -> None:
+    """One jax CPU device per core this process may run on (or `count`), so that
+    `TextClassifier.predict_proba`, `Ensemble` and your own sharded code split their batches
+    over every core: on a CPU, jax runs an LSTM's time loop on one thread per device.
+
+    Call it first, before anything runs jax (in a notebook: the first cell). jax starts with
+    one CPU device; train.py and predict.py ask for one per core themselves. A count set by
+    XLA_FLAGS (`--xla_force_host_platform_device_count`) or JAX_NUM_CPU_DEVICES is kept.
+    Called too late, it warns and changes nothing.
+    """
+    count = available_cores() if count is None else count
+    if count < 1:
+        raise ValueError(f"use_cpu_cores: count must be >= 1, got {count}")
+    if not set_cpu_device_count(count) and not _count_set_by_environment():
+        warnings.warn(f"use_cpu_cores({count}): jax has already started, with "
+                      f"{jax.local_device_count('cpu')} CPU device(s); call it before anything "
+                      "runs jax (restart the notebook's kernel)", stacklevel=2)
+
+
+def _count_set_by_environment() -> bool:
+    return (FORCED_DEVICES_FLAG in os.environ.get("XLA_FLAGS", "")
+            or "JAX_NUM_CPU_DEVICES" in os.environ)

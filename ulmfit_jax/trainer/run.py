@@ -92,7 +92,7 @@ def train_and_evaluate(
     # Before anything else touches jax. Process 0 alone claims the workdir and prepares the
     # data (vocab, token cache); the others read them once it has.
     if not config.distributed.enabled and config.cpu_devices != 1:  # 1: jax's own default
-        cpu_devices.use_cpu_cores(cpu_devices.requested_device_count(config))
+        cpu_devices.set_cpu_device_count(cpu_devices.requested_device_count(config))
     distributed.initialize(config.distributed)
     with _claim_on_primary(workdir, config, stage, fresh) as first_run:
         try:
