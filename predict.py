@@ -12,6 +12,7 @@ one row per text with the label and every class's probability. A multi-label mod
 each text the set of classes whose probability exceeds its threshold (as
 `TextClassifier.predict`): in CSV the column `labels`, class names joined by `|` (empty for
 none); in JSONL the key `labels`, a list.
+Batches are split over one jax CPU device per core (`--cpu_devices`), as train.py's.
 `--explain` writes instead each text's word importance for its predicted class
 (`ulmfit_jax.explain`): coloured text on the terminal (`--output -`), or `--output words.html`
 (a page) / `words.txt`.
@@ -33,6 +34,9 @@ _OUTPUT = flags.DEFINE_string("output", "-", "FILE.csv, FILE.jsonl or - (stdout)
 _OUTPUT_FORMAT = flags.DEFINE_enum("output_format", None, ("csv", "jsonl"),
                                    "Output format (default: from the extension; stdout: csv).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Documents per batch.", lower_bound=1)
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 0, "On a CPU, jax devices sharing each batch: 0 = one per core, N = N.",
+    lower_bound=0)
 _EXPLAIN = flags.DEFINE_boolean(
     "explain", False, "Write each text's word importance instead: coloured text for the "
     "terminal (--output -), or --output FILE.html / FILE.txt.")
@@ -58,6 +62,10 @@ def _model():
 
 
 def main(argv: list[str]) -> None:
+    from ulmfit_jax.trainer import cpu_devices
+
+    # Before anything runs jax: one time loop per core (see ulmfit_jax.use_cpu_cores).
+    cpu_devices.set_cpu_device_count(_CPU_DEVICES.value or cpu_devices.available_cores())
     texts = _texts(argv)
     if _EXPLAIN.value:
         from ulmfit_jax import explain

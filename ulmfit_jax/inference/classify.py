@@ -3,7 +3,8 @@
 `classifier_eval` is the one eval forward every user shares: `TextClassifier.__call__` and
 `predict_proba`, the serving export and the trainer's validation step. The host side of
 `classifier_probabilities` (tokenize, sort by length, pad to a few bucketed shapes, restore the
-order) is `text.prediction_batches`. A document's probabilities do not depend on its batch:
+order) is `text.prediction_batches`; its batches are split over the local devices
+(`inference.local_devices`). A document's probabilities do not depend on its batch:
 leading padding leaves the state at zero and BatchNorm uses its running statistics (see
 `model.classifier`).
 """
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ulmfit_jax.inference.local_devices import LocalDevices
 from ulmfit_jax.model.classifier import AWDLSTMClassifier
 from ulmfit_jax.text import prediction_batches as pb
 from ulmfit_jax.text.vocab import Vocab
@@ -49,12 +51,20 @@ def classifier_eval(graphdef: nnx.GraphDef, ids: jax.Array, *states: nnx.State |
 
 def classifier_probabilities(module: AWDLSTMClassifier, vocab: Vocab, tokenizer,
                              texts: Sequence[str], batch_size: int, backward: bool,
-                             progress: bool | None, multi_label: bool = False) -> np.ndarray:
-    """Probabilities `[len(texts), n_classes]` of raw texts, in input order."""
+                             progress: bool | None, multi_label: bool = False,
+                             devices: LocalDevices | None = None) -> np.ndarray:
+    """Probabilities `[len(texts), n_classes]` of raw texts, in input order; batches are split
+    over `devices` (default: `LocalDevices.for_model`; keep one per model to copy its state to
+    them once)."""
     graphdef, state = nnx.split(module)
     config = module.config
+    devices = LocalDevices.for_model(config.encoder) if devices is None else devices
+
+    def probs(ids: np.ndarray, state: nnx.State) -> jax.Array:
+        return classifier_eval(graphdef, ids, state, multi_label=multi_label).probs
+
     return pb.texts_to_probabilities(
-        lambda ids: classifier_eval(graphdef, ids, state, multi_label=multi_label).probs,
-        tokenizer, vocab, texts, batch_size=batch_size, bptt=config.bptt,
-        pad_id=config.encoder.pad_id, n_classes=config.n_classes, backward=backward,
-        progress=progress)
+        lambda ids: np.asarray(devices.run(probs, ids, state)), tokenizer, vocab, texts,
+        batch_size=batch_size, bptt=config.bptt, pad_id=config.encoder.pad_id,
+        n_classes=config.n_classes, backward=backward, progress=progress,
+        row_multiple=devices.count)
