@@ -59,7 +59,7 @@ whole = dict(seen)
 set_state(clf.module, jax.tree.map(lambda x: x * 1, clf.state), "test")  # new arrays
 third = devices.run(where, ids, clf.state)
 counts = {f"lstm {h}": LocalDevices.for_model(AWDLSTMConfig(50, 16, h, 2)).count
-          for h in (32, 400, 401, 1152)}
+          for h in (32, 256, 257, 1152)}
 counts["qrnn 32"] = LocalDevices.for_model(AWDLSTMConfig(50, 16, 32, 2,
                                                          encoder_kind="qrnn")).count
 print(json.dumps({"for_model": counts,
@@ -110,7 +110,7 @@ def test_a_batch_is_split_over_every_device_when_its_rows_divide(split_run):
 
 
 def test_cpu_devices_share_a_batch_only_for_a_small_lstm(split_run):
-    assert split_run["for_model"] == {"lstm 32": 3, "lstm 400": 3, "lstm 401": 1,
+    assert split_run["for_model"] == {"lstm 32": 3, "lstm 256": 3, "lstm 257": 1,
                                       "lstm 1152": 1, "qrnn 32": 1}
 
 

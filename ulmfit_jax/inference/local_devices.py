@@ -6,9 +6,10 @@ thread per device (see `trainer.cpu_devices`): with one jax device per core
 per core. That pays only while the recurrent matmul ([rows, hidden] @ [hidden, 4 hidden] each
 step) is too small for XLA's own thread pool: `for_model` splits over CPU devices only for an
 AWD-LSTM of hidden size <= CPU_SPLIT_MAX_HIDDEN. Measured on 2 cores (benchmarks/RESULTS.md,
-"Batch prediction over local devices"): at hidden 256 a split batch of 64 runs 1.02-1.17x
-faster than whole, at 400 level, at 512-1152 0.67-0.78x. A QRNN's matmuls span the whole
-sequence and already use every core, so it runs whole.
+"Prediction over local devices"; `benchmarks/prediction_devices.py`): at hidden 256 a split
+batch runs 0.96-1.17x as fast as whole (batch prediction at the quickstart's size 1.4x on an
+Intel Xeon), at 400 0.87-1.00x, at 512-1152 and batch 64 0.65-0.78x. A QRNN's matmuls span the
+whole sequence and already use every core, so it runs whole.
 
 A batch is split only when its row count is a multiple of the device count; a smaller batch
 (one text) runs whole on the first device, which saves the devices' rendezvous where there is
@@ -25,7 +26,7 @@ import jax
 from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.trainer.sharding import batch_sharding, make_data_mesh, replicated_sharding
 
-CPU_SPLIT_MAX_HIDDEN = 400  # an AWD-LSTM's hidden size up to which CPU devices share a batch
+CPU_SPLIT_MAX_HIDDEN = 256  # an AWD-LSTM's hidden size up to which CPU devices share a batch
 
 # forward(ids [rows, time], state) -> outputs [rows, ...]
 Forward = Callable[[Any, Any], jax.Array]
