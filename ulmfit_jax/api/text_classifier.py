@@ -27,9 +27,8 @@ from ulmfit_jax.api.module_state import abstract_module, merge_trees, set_state
 from ulmfit_jax.convert import fastai_files, fastai_weights
 from ulmfit_jax.convert.safe_pickle import save_itos
 from ulmfit_jax.errors import ModelFileError
-from ulmfit_jax.inference.classify import classifier_eval, classifier_probabilities
+from ulmfit_jax.inference.classify import RawTextPredictor, classifier_eval
 from ulmfit_jax.inference.export import PLATFORMS, export_classifier
-from ulmfit_jax.inference.local_devices import LocalDevices
 from ulmfit_jax.model.classifier import AWDLSTMClassifier
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.text.fastai_tokenizer import FastaiTokenizer
@@ -238,24 +237,22 @@ class TextClassifier:
 
         Documents are read whole, sorted by length into batches of a few bucketed shapes;
         a document's result does not depend on its batch. Batches are split over this
-        process's devices (on a CPU only for a small AWD-LSTM, hidden size <= 400, where it
+        process's devices (on a CPU only for a small AWD-LSTM, hidden size <= 256, where it
         pays: call `ulmfit_jax.use_cpu_cores()` before anything runs jax to have one device
         per core; jax starts with one). A progress bar is drawn when
         `progress` is True, or when it is None and there are 1,000 texts or more.
         """
         tokenizer = require_tokenizer(self.tokenizer, "classifier")
-        return classifier_probabilities(self.module, self._vocab_table, tokenizer, texts,
-                                        batch_size, self.backward, progress, self.multi_label,
-                                        self._devices)
+        return self._predictor(self.module, self._vocab_table, tokenizer, texts, batch_size,
+                               self.backward, progress, self.multi_label)
 
     @functools.cached_property
     def _vocab_table(self) -> Vocab:
         return Vocab(self.vocab)  # its token -> id map, built once
 
     @functools.cached_property
-    def _devices(self) -> LocalDevices:
-        # Holds the state's copy on every device between calls.
-        return LocalDevices.for_model(self.config.encoder)
+    def _predictor(self) -> RawTextPredictor:
+        return RawTextPredictor()  # what repeated calls share (the module's split, devices)
 
     def predict(self, texts: Sequence[str], batch_size: int = 64,
                 progress: bool | None = None) -> list[str] | list[list[str]]:

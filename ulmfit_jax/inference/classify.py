@@ -2,7 +2,7 @@
 
 `classifier_eval` is the one eval forward every user shares: `TextClassifier.__call__` and
 `predict_proba`, the serving export and the trainer's validation step. The host side of
-`classifier_probabilities` (tokenize, sort by length, pad to a few bucketed shapes, restore the
+`RawTextPredictor` (tokenize, sort by length, pad to a few bucketed shapes, restore the
 order) is `text.prediction_batches`; its batches are split over the local devices
 (`inference.local_devices`). A document's probabilities do not depend on its batch:
 leading padding leaves the state at zero and BatchNorm uses its running statistics (see
@@ -20,8 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ulmfit_jax.inference.cached_split import CachedSplit
 from ulmfit_jax.inference.local_devices import LocalDevices
 from ulmfit_jax.model.classifier import AWDLSTMClassifier
+from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.text import prediction_batches as pb
 from ulmfit_jax.text.vocab import Vocab
 
@@ -49,22 +51,35 @@ def classifier_eval(graphdef: nnx.GraphDef, ids: jax.Array, *states: nnx.State |
     return ClassifierEval(logits, probs)
 
 
-def classifier_probabilities(module: AWDLSTMClassifier, vocab: Vocab, tokenizer,
-                             texts: Sequence[str], batch_size: int, backward: bool,
-                             progress: bool | None, multi_label: bool = False,
-                             devices: LocalDevices | None = None) -> np.ndarray:
-    """Probabilities `[len(texts), n_classes]` of raw texts, in input order; batches are split
-    over `devices` (default: `LocalDevices.for_model`; keep one per model to copy its state to
-    them once)."""
-    graphdef, state = nnx.split(module)
-    config = module.config
-    devices = LocalDevices.for_model(config.encoder) if devices is None else devices
+class RawTextPredictor:
+    """Probabilities of raw texts from a classifier module, keeping what repeated calls share:
+    the module's split (`CachedSplit`: a warm single-text call does not walk the module again)
+    and its state's copy on every device (`LocalDevices.for_model`)."""
 
-    def probs(ids: np.ndarray, state: nnx.State) -> jax.Array:
-        return classifier_eval(graphdef, ids, state, multi_label=multi_label).probs
+    def __init__(self) -> None:
+        self._split = CachedSplit()
+        self._devices: LocalDevices | None = None
+        self._devices_for: AWDLSTMConfig | None = None
 
-    return pb.texts_to_probabilities(
-        lambda ids: np.asarray(devices.run(probs, ids, state)), tokenizer, vocab, texts,
-        batch_size=batch_size, bptt=config.bptt, pad_id=config.encoder.pad_id,
-        n_classes=config.n_classes, backward=backward, progress=progress,
-        row_multiple=devices.count)
+    def devices(self, config: AWDLSTMConfig) -> LocalDevices:
+        """The devices an encoder of `config` splits its batches over."""
+        if self._devices is None or self._devices_for != config:
+            self._devices, self._devices_for = LocalDevices.for_model(config), config
+        return self._devices
+
+    def __call__(self, module: AWDLSTMClassifier, vocab: Vocab, tokenizer,
+                 texts: Sequence[str], batch_size: int, backward: bool,
+                 progress: bool | None, multi_label: bool = False) -> np.ndarray:
+        """Probabilities `[len(texts), n_classes]` of raw texts, in input order."""
+        graphdef, state = self._split(module)
+        config = module.config
+        devices = self.devices(config.encoder)
+
+        def probs(ids: np.ndarray, state: nnx.State) -> jax.Array:
+            return classifier_eval(graphdef, ids, state, multi_label=multi_label).probs
+
+        return pb.texts_to_probabilities(
+            lambda ids: np.asarray(devices.run(probs, ids, state)), tokenizer, vocab, texts,
+            batch_size=batch_size, bptt=config.bptt, pad_id=config.encoder.pad_id,
+            n_classes=config.n_classes, backward=backward, progress=progress,
+            row_multiple=devices.count)
