@@ -57,6 +57,19 @@ def test_jax_gets_the_count_before_it_starts_and_keeps_its_own_after():
     assert _devices_after(ask, "--xla_force_host_platform_device_count=2") == 2  # the user's
 
 
+def test_use_cpu_cores_warns_when_called_after_jax_started_and_refuses_zero():
+    late = subprocess.run(
+        [sys.executable, "-c", "import jax; jax.devices()\nimport ulmfit_jax; "
+         "ulmfit_jax.use_cpu_cores(2)"],
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}, capture_output=True,
+        text=True, timeout=120, check=True)
+    assert "use_cpu_cores(2): jax has already started, with 1 CPU device(s)" in late.stderr
+    from ulmfit_jax import use_cpu_cores
+
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        use_cpu_cores(0)
+
+
 def _train_py(workdir: Path, devices: int) -> subprocess.Popen:
     cmd = [sys.executable, "train.py", "--config", "configs/tiny.py", "--workdir", str(workdir),
            "--stage", "lm", "--config.checkpoint.every_steps=15",
