@@ -13,6 +13,8 @@ host memory or tokenization does not pay for them.
   `adam_hparams`, `JaxStep`, `ours_steps` (the trainer's own LM train and eval steps);
 - fastai: `fastai_language_model`, `fastai_classifier_model` (hidden state on the model's
   device), `fastai_optimizer`, `torch_amp`, `torch_update`, `fastai_steps`;
+- raw-text prediction: `PREDICT_SIZES`, `single_text_seconds`, `fastai_text_learner` and
+  `classifier_from_learner` (ours on its weights);
 - data: `random_batch`, `classifier_batch`, `imdb_texts` (the embedded IMDb reviews),
   `chosen_documents` (what a run config reads, by the trainer's own functions),
   `tfidf_accuracy`.
@@ -363,6 +365,63 @@ def fastai_steps(
 
 
 # --- text ------------------------------------------------------------------------------------
+
+
+# --- raw-text prediction (predict_throughput.py, latency_breakdown.py) ----------------------
+
+PREDICT_SIZES = {  # classifier bptt / max_len: the quickstart config's, and fastai's defaults
+    "quickstart": dict(emb_sz=128, n_hid=256, n_layers=2, seq_len=80, max_len=160),
+    "wt103": dict(emb_sz=400, n_hid=1152, n_layers=3, seq_len=72, max_len=72 * 20),
+}
+PREDICT_BATCH_SIZE = 64
+
+
+def single_text_seconds(calls: dict[str, Callable[[str], Any]],
+                        texts: Sequence[str]) -> dict[str, list[float]]:
+    """Seconds of each side's `call(text)` per text, one side after the other over all texts,
+    with a pause between sides, so that one side's threads (torch's OpenMP workers spin for a
+    while after a call) do not share the cores with the other side's next call."""
+    out: dict[str, list[float]] = {}
+    for side, call in calls.items():
+        time.sleep(1.0)  # the previous side's threads go idle
+        out[side] = [timed(functools.partial(call, text)) for text in texts]
+    return out
+
+
+def fastai_text_learner(size: str, train_texts: list[str], workdir: Any):
+    """A fastai classifier learner at `size` with its own tokenizer and vocab."""
+    import pandas as pd
+    import torch
+    from fastai.text.all import AWD_LSTM, TextDataLoaders, text_classifier_learner
+
+    s = PREDICT_SIZES[size]
+    df = pd.DataFrame({"text": train_texts, "label": ["neg", "pos"] * (len(train_texts) // 2)})
+    dls = TextDataLoaders.from_df(df, path=workdir, text_col="text", label_col="label",
+                                  valid_pct=0.1, seed=0, bs=PREDICT_BATCH_SIZE,
+                                  seq_len=s["seq_len"], num_workers=0)
+    torch.manual_seed(0)
+    config = dict(emb_sz=s["emb_sz"], n_hid=s["n_hid"], n_layers=s["n_layers"])
+    learn = text_classifier_learner(dls, AWD_LSTM, config=config, pretrained=False,
+                                    drop_mult=0.5, seq_len=s["seq_len"], max_len=s["max_len"])
+    with torch.no_grad():
+        for block in learn.model[1].layers:
+            block[0].running_mean.normal_(0.0, 0.5)
+            block[0].running_var.uniform_(0.5, 2.0)
+    return learn
+
+
+def classifier_from_learner(learn, size: str, workdir: Any):
+    """Our classifier on the learner's weights (fastai file + itos pickle)."""
+    import pickle
+
+    from ulmfit_jax import TextClassifier
+
+    weights = learn.save("bench")
+    itos = workdir / "itos.pkl"
+    itos.write_bytes(pickle.dumps(list(learn.dls.vocab[0])))
+    s = PREDICT_SIZES[size]
+    return TextClassifier.from_fastai(weights, itos, bptt=s["seq_len"], max_len=s["max_len"],
+                                      class_names=list(learn.dls.vocab[1]))
 
 
 def imdb_texts(limit: int | None = None, splits: Sequence[str] = ("train",)) -> list[str]:

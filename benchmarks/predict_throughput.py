@@ -5,11 +5,18 @@ fastai: a `text_classifier_learner` (random weights, BatchNorm statistics random
 Ours: `TextClassifier.from_fastai` on that learner's saved weights and vocab (the conversion
 users run), with `FastaiTokenizer` (fastai's tokens). Tokenization is included on both sides.
 
-- single-text latency: `learn.predict(text)` vs `clf.predict_proba([text])`, the sides
-  alternating text by text; every length bucket is compiled first (a warm server);
+- single-text latency: `learn.predict(text)` vs `clf.predict_proba([text])`, one side's texts
+  after the other's (`common.single_text_seconds`); every length bucket is compiled first (a
+  warm server);
 - batch throughput over `--n_docs` reviews: `learn.get_preds(dl=learn.dls.test_dl(texts))` vs
-  `clf.predict_proba(texts)`, both with batch size 64; our tokenizer is fresh for the timed run
-  except for spans it memoised during warm-up on other reviews.
+  `clf.predict_proba(texts)`, both with batch size 64.
+Before each timing our tokenizer is fresh but for spans it memoised on 200 other reviews
+(before 2026-12-06 the latency texts' own spans were memoised by the warm-up: latency figures
+recorded before then favour ours; `latency_breakdown.py` splits it into parts).
+
+jax gets one CPU device per core (`--cpu-devices`, 0 by default, as predict.py;
+`ulmfit_jax.use_cpu_cores()` in a notebook; `--cpu-devices 1` is jax's default);
+`predict_proba` splits its batches over them where that pays (`inference/local_devices.py`).
 
     taskset -c 0,1 python benchmarks/predict_throughput.py --size quickstart
     taskset -c 0,1 python benchmarks/predict_throughput.py --size wt103 --latency_texts 10
@@ -24,72 +31,36 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import imdb_texts, load_average, machine
-
-SIZES = {  # classifier bptt / max_len: the quickstart config's, and fastai's defaults
-    "quickstart": dict(emb_sz=128, n_hid=256, n_layers=2, seq_len=80, max_len=160),
-    "wt103": dict(emb_sz=400, n_hid=1152, n_layers=3, seq_len=72, max_len=72 * 20),
-}
-BATCH_SIZE = 64
-
-
-def fastai_learner(size: str, train_texts: list[str], workdir: Path):
-    """A fastai classifier learner at `size` with its own tokenizer and vocab."""
-    import pandas as pd
-    import torch
-    from fastai.text.all import AWD_LSTM, TextDataLoaders, text_classifier_learner
-
-    s = SIZES[size]
-    df = pd.DataFrame({"text": train_texts, "label": ["neg", "pos"] * (len(train_texts) // 2)})
-    dls = TextDataLoaders.from_df(df, path=workdir, text_col="text", label_col="label",
-                                  valid_pct=0.1, seed=0, bs=BATCH_SIZE, seq_len=s["seq_len"],
-                                  num_workers=0)
-    torch.manual_seed(0)
-    config = dict(emb_sz=s["emb_sz"], n_hid=s["n_hid"], n_layers=s["n_layers"])
-    learn = text_classifier_learner(dls, AWD_LSTM, config=config, pretrained=False,
-                                    drop_mult=0.5, seq_len=s["seq_len"], max_len=s["max_len"])
-    with torch.no_grad():
-        for block in learn.model[1].layers:
-            block[0].running_mean.normal_(0.0, 0.5)
-            block[0].running_var.uniform_(0.5, 2.0)
-    return learn
-
-
-def ours_from(learn, size: str, workdir: Path):
-    """Our classifier on the learner's weights (fastai file + itos pickle)."""
-    import pickle
-
-    from ulmfit_jax import TextClassifier
-
-    weights = learn.save("bench")
-    itos = workdir / "itos.pkl"
-    itos.write_bytes(pickle.dumps(list(learn.dls.vocab[0])))
-    s = SIZES[size]
-    return TextClassifier.from_fastai(weights, itos, bptt=s["seq_len"], max_len=s["max_len"],
-                                      class_names=list(learn.dls.vocab[1]))
+from common import (
+    PREDICT_BATCH_SIZE,
+    PREDICT_SIZES,
+    add_cpu_devices_argument,
+    classifier_from_learner,
+    fastai_text_learner,
+    imdb_texts,
+    load_average,
+    machine,
+    single_text_seconds,
+    use_cpu_devices,
+)
 
 
 def latency(learn, clf, texts: list[str]) -> dict[str, list[float]]:
-    """Seconds per single-text prediction, the sides alternating."""
-    seconds: dict[str, list[float]] = {"fastai": [], "ours": []}
-    calls = {"fastai": lambda t: learn.predict(t), "ours": lambda t: clf.predict_proba([t])}
+    """Seconds per single-text prediction, each side over all texts in turn."""
+    calls = {"fastai": learn.predict, "ours": lambda t: clf.predict_proba([t])}
     with learn.no_bar(), learn.no_logging():
-        for text in texts:
-            for side, call in calls.items():
-                start = time.perf_counter()
-                call(text)
-                seconds[side].append(time.perf_counter() - start)
-    return seconds
+        return single_text_seconds(calls, texts)
 
 
 def throughput(learn, clf, texts: list[str]) -> dict[str, float]:
     """Seconds for the whole batch prediction, once per side."""
     start = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
-        theirs = learn.get_preds(dl=learn.dls.test_dl(texts, bs=BATCH_SIZE))[0].numpy()
+        dl = learn.dls.test_dl(texts, bs=PREDICT_BATCH_SIZE)
+        theirs = learn.get_preds(dl=dl)[0].numpy()
     fastai_s = time.perf_counter() - start
     start = time.perf_counter()
-    ours = clf.predict_proba(texts, batch_size=BATCH_SIZE, progress=False)
+    ours = clf.predict_proba(texts, batch_size=PREDICT_BATCH_SIZE, progress=False)
     ours_s = time.perf_counter() - start
     # Same weights, same tokens: the same probabilities (fastai's batches may differ slightly
     # where fastai is batch-inconsistent; see README "Choices worth knowing").
@@ -107,22 +78,27 @@ def run(size: str, n_docs: int, latency_texts: int) -> None:
     texts = imdb_texts(n_docs + 400)
     timed, train, warm = texts[:n_docs], texts[n_docs:n_docs + 200], texts[n_docs + 200:]
     workdir = Path(tempfile.mkdtemp(prefix="predict_bench_"))
-    learn = fastai_learner(size, train, workdir)
+    learn = fastai_text_learner(size, train, workdir)
     learn.model.eval()
-    clf = ours_from(learn, size, workdir)
-    clf.predict_proba(warm + timed, batch_size=BATCH_SIZE)  # compile the batch shapes
+    clf = classifier_from_learner(learn, size, workdir)
+    clf.predict_proba(warm + timed, batch_size=PREDICT_BATCH_SIZE)  # compile the batch shapes
     for text in timed[:latency_texts]:  # and the single-text shapes
         clf.predict_proba([text])
     with learn.no_bar(), learn.no_logging():
         learn.predict(warm[0])
     load_before = load_average()
+    # Before each timing, a tokenizer that has seen only the warm-up reviews: none of the
+    # timed texts' spans memoised (fastai's tokenizer memoises nothing).
+    clf.tokenizer = FastaiTokenizer()
+    clf.tokenizer.tokenize(warm)
     lat = latency(learn, clf, timed[:latency_texts])
-    clf.tokenizer = FastaiTokenizer()  # no memoised spans of the timed reviews
+    clf.tokenizer = FastaiTokenizer()
     clf.tokenizer.tokenize(warm)
     thr = throughput(learn, clf, timed)
     print(f"machine: {machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads),"
-          f" jax {jax.__version__}")
-    print(f"size={size} {SIZES[size]} vocab={len(clf.vocab)} batch={BATCH_SIZE} "
+          f" jax {jax.__version__} ({jax.local_device_count()} devices)")
+    print(f"size={size} {PREDICT_SIZES[size]} vocab={len(clf.vocab)} "
+          f"batch={PREDICT_BATCH_SIZE} "
           f"latency over {latency_texts} texts, throughput over {n_docs} reviews (one run each)")
     print(f"{load_before} (before timing), {load_average()} (after)")
     for side in ("fastai", "ours"):
@@ -135,10 +111,13 @@ def run(size: str, n_docs: int, latency_texts: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="quickstart")
+    parser.add_argument("--size", choices=sorted(PREDICT_SIZES), default="quickstart")
     parser.add_argument("--n_docs", type=int, default=1000)
     parser.add_argument("--latency_texts", type=int, default=30)
+    add_cpu_devices_argument(parser)
+    parser.set_defaults(cpu_devices=0)  # predict.py's default: one device per core
     args = parser.parse_args()
+    use_cpu_devices(args.cpu_devices, [PREDICT_BATCH_SIZE])
     run(args.size, args.n_docs, args.latency_texts)
 
 
