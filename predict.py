@@ -12,7 +12,8 @@ one row per text with the label and every class's probability. A multi-label mod
 each text the set of classes whose probability exceeds its threshold (as
 `TextClassifier.predict`): in CSV the column `labels`, class names joined by `|` (empty for
 none); in JSONL the key `labels`, a list.
-Batches are split over one jax CPU device per core (`--cpu_devices`), as train.py's.
+jax gets one CPU device per core (`--cpu_devices`), as in train.py; a small AWD-LSTM's batches
+are split over them (see ulmfit_jax/inference/local_devices.py).
 `--explain` writes instead each text's word importance for its predicted class
 (`ulmfit_jax.explain`): coloured text on the terminal (`--output -`), or `--output words.html`
 (a page) / `words.txt`.

@@ -1,8 +1,9 @@
 """`nnx.split` of a module kept between calls, redone only when the module has changed.
 
-Splitting walks the module's whole graph: about 3 ms for a quickstart-size classifier, a
-fifth of a warm single-text prediction. The module's variables are read instead (tens of
-microseconds): while each still holds the array it held at the split, the split stands.
+Splitting walks the module's whole graph, in Python: about 0.6 ms of a 12-13 ms warm
+single-text prediction at the quickstart's size (3.3 ms under a profiler; benchmarks/RESULTS.md).
+The module's variables are read instead: while each still holds the array it held at the split,
+the split stands.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ Documents are sorted longest first (as fastai's `get_preds` on a `test_dl`) and 
 batches; a batch is padded in fastai's layout inside a bucketed number of `bptt` chunks
 (`pad_bucketed`), and its row count is rounded up to a power of two (at most `batch_size`;
 per device where devices share it: `batch_rows`) with all-pad filler rows, so a whole corpus
-compiles a handful of shapes. Documents are read
-whole (no truncation): BPT3C itself keeps the last `max_len` tokens' chunks, as fastai.
+compiles a handful of shapes. Documents are read whole (no truncation): BPT3C itself keeps the
+last `max_len` tokens' chunks, as fastai.
 """
 
 from __future__ import annotations
