@@ -22,9 +22,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ulmfit_jax.model.config import AWDLSTMConfig
-from ulmfit_jax.trainer.sharding import batch_sharding, make_data_mesh, replicated_sharding
 
 CPU_SPLIT_MAX_HIDDEN = 256  # an AWD-LSTM's hidden size up to which CPU devices share a batch
 
@@ -43,7 +44,8 @@ class LocalDevices:
 
     def __init__(self, devices: Sequence[jax.Device] | None = None):
         self.devices = list(jax.local_devices() if devices is None else devices)
-        self._mesh = make_data_mesh(self.devices) if len(self.devices) > 1 else None
+        # A `data` axis, as the trainer's mesh (trainer/sharding.py, a layer above this one).
+        self._mesh = Mesh(np.array(self.devices), ("data",)) if len(self.devices) > 1 else None
         self._copied_from: list[Any] | None = None
         self._copy: Any = None
 
@@ -73,15 +75,15 @@ class LocalDevices:
         mesh = self._mesh
         if mesh is None or not self.splits(len(ids)):
             return forward(ids, state)
-        split_ids = jax.device_put(ids, batch_sharding(mesh))
+        split_ids = jax.device_put(ids, NamedSharding(mesh, PartitionSpec("data")))
         return forward(split_ids, self._state_on_every_device(state, mesh))
 
-    def _state_on_every_device(self, state: Any, mesh: jax.sharding.Mesh) -> Any:
+    def _state_on_every_device(self, state: Any, mesh: Mesh) -> Any:
         leaves = jax.tree.leaves(state)
         unchanged = (self._copied_from is not None and len(leaves) == len(self._copied_from)
                      and all(a is b for a, b in zip(leaves, self._copied_from, strict=True)))
         if not unchanged:
             # Holding the source arrays keeps their ids from being reused by others.
-            self._copy = jax.device_put(state, replicated_sharding(mesh))
+            self._copy = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
             self._copied_from = leaves
         return self._copy
