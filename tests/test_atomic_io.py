@@ -213,6 +213,47 @@ def test_a_writer_killed_at_any_step_leaves_a_complete_model_and_the_next_save_c
     assert_only_the_current_version(final)
 
 
+def test_a_reader_outpaced_by_saves_holds_the_writer_off_for_its_last_read(tmp_path):
+    """A save lands during each optimistic read; the next read holds the folder's lock, and a
+    save started during it links its version only after the read has ended."""
+    final = tmp_path / "clf"
+    save(final, "0")
+    tags, writers, published = [], [], threading.Event()
+
+    def read(path) -> str:
+        tags.append(read_model(path))
+        if len(tags) <= 3:
+            save(final, f"during {len(tags)}")
+        else:
+            writers.append(threading.Thread(
+                target=lambda: (save(final, "after"), published.set())))
+            writers[0].start()
+            assert not published.wait(1.0)  # held off while this read runs
+            assert read_model(path) == tags[-1]
+        return tags[-1]
+
+    assert atomic_io.read_directory(final, read, attempts=3) == "during 3"
+    writers[0].join(timeout=30)
+    assert published.is_set() and read_model(final) == "after"
+    assert tags == ["0", "during 1", "during 2", "during 3"]
+    assert_only_the_current_version(final)
+
+
+def test_a_reader_that_cannot_lock_the_folder_says_so_rather_than_mix(tmp_path, monkeypatch):
+    final = tmp_path / "clf"
+    save(final, "0")
+    monkeypatch.setattr(atomic_io, "fcntl", None)
+    count = iter(range(1, 100))
+
+    def read(path) -> str:
+        tag = read_model(path)
+        save(final, str(next(count)))
+        return tag
+
+    with pytest.raises(OSError, match=r"clf was replaced during each of 3 reads.*no flock"):
+        atomic_io.read_directory(final, read, attempts=2)
+
+
 def test_readers_in_a_loop_never_miss_or_mix_a_model_during_saves(tmp_path):
     final = tmp_path / "clf"
     save(final, "0")

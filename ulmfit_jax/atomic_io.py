@@ -7,7 +7,9 @@ it, so a power cut cannot leave the new name pointing at blocks never written (t
 name needs no fsync of its own: the rename moves the written file, whatever its entry). A
 directory (`atomic_directory`) is a symbolic link to a complete version beside it, every file
 and folder of which is fsynced before a new link is renamed over the old one: the path never
-goes missing, and `read_directory` reads one version whole while another process saves.
+goes missing, and `read_directory` reads one version whole while another process saves (a
+reader outpaced by repeated saves takes a shared flock on the folder, which writers take
+exclusively to publish, and reads once more).
 
 Temporary names carry their writer's host and pid (`<name>.tmp-<host>-<pid>-<random>`,
 `temp_owner` reads them back; versions `.<name>.v-<host>-<pid>-<random>` likewise), so a
@@ -26,6 +28,11 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; its storage rarely has the symbolic links either
+    fcntl = None  # type: ignore[assignment]
 
 TEMP_MARKER = ".tmp-"
 VERSION_MARKER = ".v-"
@@ -124,15 +131,18 @@ def atomic_directory(directory: str | os.PathLike, overwrite: bool = False) -> I
 
 
 def read_directory(directory: str | os.PathLike, read: Callable[[str], T],
-                   attempts: int = 5) -> T:
+                   attempts: int = 3) -> T:
     """`read(directory)` of the one version `directory` names (see `atomic_directory`), read
     again if a writer replaced it during the read.
 
     `read` gets the path the caller gave, so its errors and warnings name that path, not a
     hidden version. Every save makes a new version, so a link that names the same version
-    after the read as before it named that version throughout: nothing was mixed.
+    after the read as before it named that version throughout: nothing was mixed. A reader
+    slower than a writer that saves again and again could retry forever; after `attempts`
+    it holds writers off (a shared lock on the folder holding `directory`, which a writer
+    takes exclusively to publish) and reads once more.
     """
-    for _ in range(attempts - 1):
+    for _ in range(attempts):
         version = os.path.realpath(directory)
         try:
             result = read(os.fspath(directory))
@@ -142,7 +152,47 @@ def read_directory(directory: str | os.PathLike, read: Callable[[str], T],
             continue
         if os.path.realpath(directory) == version:
             return result
-    return read(os.fspath(directory))
+    with _publishing_lock(_parent(directory), exclusive=False) as locked:
+        version = os.path.realpath(directory)
+        result = read(os.fspath(directory))
+        if os.path.realpath(directory) != version:
+            raise OSError(f"{os.fspath(directory)} was replaced during each of {attempts + 1} "
+                          f"reads and its folder cannot be locked ({locked}) to hold the "
+                          "writer off: read it when no save is running")
+        return result
+
+
+def _parent(path: str | os.PathLike) -> str:
+    return os.path.dirname(os.path.abspath(os.fspath(path)))
+
+
+@contextlib.contextmanager
+def _publishing_lock(folder: str, exclusive: bool) -> Iterator[str]:
+    """flock(2) on `folder` itself: exclusive while a writer links a new version into it and
+    removes the one replaced, shared while a reader reads. Yields "held", or why not: where
+    the platform or the file system has no such locks, nothing is held."""
+    fd, why_not = _locked_folder(folder, exclusive)
+    try:
+        yield why_not or "held"
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def _locked_folder(folder: str, exclusive: bool) -> tuple[int | None, str | None]:
+    """(an open descriptor of `folder` holding the lock, None), or (None, why not)."""
+    if fcntl is None:
+        return None, "no flock on this platform"
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        return None, f"cannot open it: {e.strerror}"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    except OSError as e:  # ENOLCK on some network file systems
+        os.close(fd)
+        return None, f"flock failed: {e.strerror}"
+    return fd, None
 
 
 def fsync_tree(root: str) -> None:
@@ -174,26 +224,30 @@ def _linked_version(final: str) -> str | None:
 
 
 def _publish(version: str, final: str) -> None:
-    """Make `final` name the complete directory `version`, then remove the one it replaced."""
+    """Make `final` name the complete directory `version`, then remove the one it replaced;
+    both under the folder's exclusive lock, which a reader that retried too often holds
+    shared (`read_directory`)."""
     parent = os.path.dirname(final)
     link = temp_sibling(os.path.join(parent, "." + os.path.basename(final)))
     try:
         os.symlink(os.path.basename(version), link)  # relative: the parent may move
     except (OSError, NotImplementedError):
-        _swap_into_place(version, final)  # storage without symbolic links
+        with _publishing_lock(parent, exclusive=True):
+            _swap_into_place(version, final)  # storage without symbolic links
         return
-    try:
-        previous = _linked_version(final)
-        if previous is None and os.path.isdir(final) and not os.path.islink(final):
-            previous = _replace_real_directory(final, link)
-        else:
-            os.replace(link, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(link)
-    fsync_directory(parent)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
+    with _publishing_lock(parent, exclusive=True):
+        try:
+            previous = _linked_version(final)
+            if previous is None and os.path.isdir(final) and not os.path.islink(final):
+                previous = _replace_real_directory(final, link)
+            else:
+                os.replace(link, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(link)
+        fsync_directory(parent)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
 
 
 def _replace_real_directory(final: str, link: str) -> str:
