@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 from fastai.text.learner import decode_spec_tokens as fastai_decode_spec_tokens
+from flax import nnx
 
 from tests.test_fastai_files import (
     VOCAB,
@@ -80,11 +81,24 @@ def test_a_documents_probabilities_do_not_depend_on_its_batch(fx):
 
 
 def test_predict_proba_compiles_few_shapes(fx):
-    classify.classifier_eval.clear_cache()
+    classify._classifier_eval.clear_cache()
     texts = [_text(100 + i, n) for i, n in enumerate(range(1, 400, 7))]  # 57 lengths
     fx["clf"].predict_proba(texts, batch_size=8)
     # rows 8 and 1, widths bucketed to 1,2,3,4,6,8,12,18,24,36,54 chunks
-    assert classify.classifier_eval._cache_size() <= 12
+    assert classify._classifier_eval._cache_size() <= 12
+
+
+def test_multi_label_by_keyword_or_default_shares_one_compile(fx):
+    """`clf(ids)` leaves `multi_label` at its default, predict_proba passes it by keyword."""
+    classify._classifier_eval.clear_cache()
+    graphdef, state = nnx.split(fx["clf"].module)
+    ids = np.full((2, 16), 5, np.int32)
+    by_default = classify.classifier_eval(graphdef, ids, state)
+    by_keyword = classify.classifier_eval(graphdef, ids, state, multi_label=False)
+    np.testing.assert_array_equal(by_default.probs, by_keyword.probs)
+    assert classify._classifier_eval._cache_size() == 1
+    classify.classifier_eval(graphdef, ids, state, multi_label=True)
+    assert classify._classifier_eval._cache_size() == 2
 
 
 def test_bad_inputs_are_type_errors_naming_the_position(fx):

@@ -35,7 +35,6 @@ class ClassifierEval(NamedTuple):
     probs: jax.Array
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames="multi_label")
 def classifier_eval(graphdef: nnx.GraphDef, ids: jax.Array, *states: nnx.State | dict,
                     multi_label: bool = False) -> ClassifierEval:
     """ids [batch, time] in fastai's padded layout -> logits and float32 probabilities
@@ -45,6 +44,14 @@ def classifier_eval(graphdef: nnx.GraphDef, ids: jax.Array, *states: nnx.State |
     or the trainer's params and batch_stats). Probabilities are the softmax, or each class's
     sigmoid for a multi-label classifier. Unused outputs cost nothing under jit.
     """
+    # Positional and a plain bool: jit keys its cache on how a static argument is passed, so
+    # a caller passing `multi_label=False` and one leaving the default share one compile.
+    return _classifier_eval(graphdef, bool(multi_label), ids, *states)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _classifier_eval(graphdef: nnx.GraphDef, multi_label: bool, ids: jax.Array,
+                     *states: nnx.State | dict) -> ClassifierEval:
     logits = nnx.merge(graphdef, *states)(ids, masks=None, train=False)
     as_f32 = logits.astype(jnp.float32)
     probs = jax.nn.sigmoid(as_f32) if multi_label else jax.nn.softmax(as_f32, axis=-1)
