@@ -134,3 +134,15 @@ def test_run_config_selects_the_qrnn_and_refuses_bad_values():
     for override, message in bad.items():
         with pytest.raises(ConfigError, match=message):
             load_config(ROOT / "configs" / "tiny.py", [override])
+
+
+def test_qrnn_quickstart_is_the_quickstart_with_a_qrnn_encoder():
+    """configs/qrnn_quickstart.py changes the encoder only, so its frontier is a fair race."""
+    quickstart = load_config(ROOT / "configs" / "quickstart.py").to_dict()
+    qrnn = load_config(ROOT / "configs" / "qrnn_quickstart.py").to_dict()
+    model, quickstart_model = qrnn.pop("model"), quickstart.pop("model")
+    assert qrnn == quickstart
+    changed = {key for key in model if model[key] != quickstart_model[key]}
+    assert changed <= {"encoder", "hidden_size", "n_layers"} and model["encoder"] == "qrnn"
+    encoder = lm_model_config(load_config(ROOT / "configs" / "qrnn_quickstart.py"), 8000)
+    assert encoder.encoder_kind == "qrnn" and encoder.layer_sizes()[-1][1] == 128  # tied
