@@ -35,8 +35,8 @@ class ClassifierEval(NamedTuple):
     probs: jax.Array
 
 
-def classifier_eval(graphdef: nnx.GraphDef, ids: jax.Array, *states: nnx.State | dict,
-                    multi_label: bool = False) -> ClassifierEval:
+def classifier_eval(graphdef: nnx.GraphDef, ids: jax.Array | np.ndarray,
+                    *states: nnx.State | dict, multi_label: bool = False) -> ClassifierEval:
     """ids [batch, time] in fastai's padded layout -> logits and float32 probabilities
     [batch, n_classes], eval mode (no dropout, BatchNorm's running statistics).
 
