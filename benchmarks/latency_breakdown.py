@@ -53,23 +53,12 @@ def padded(clf, tokenizer, text: str) -> np.ndarray:
 
 def our_forward(clf) -> Callable[[np.ndarray], np.ndarray]:
     """The device call of `predict_proba`: the jitted eval on the model's devices, copied back."""
-    from flax import nnx
-
-    from ulmfit_jax.inference.classify import classifier_eval
-
-    graphdef, state = nnx.split(clf.module)
-
-    def probs(ids, state):
-        return classifier_eval(graphdef, ids, state, multi_label=False).probs
-
-    devices = clf._predictor.devices(clf.config.encoder)
-    return lambda ids: np.asarray(devices.run(probs, ids, state))
+    return clf._predictor.forward(clf.module, clf.multi_label)
 
 
 def compile_shapes(clf, served, texts: list[str]) -> None:
-    """Compile every shape `texts` need on our three paths (the API's own call: jit's cache
-    tells a call's keyword arguments apart) and run each once more, without our tokenizers
-    seeing the texts (a throwaway tokenizer reads them)."""
+    """Compile every shape `texts` need on our three paths and run each once more, without
+    our tokenizers seeing the texts (a throwaway tokenizer reads them)."""
     from ulmfit_jax.text import FastaiTokenizer
 
     scratch = FastaiTokenizer()

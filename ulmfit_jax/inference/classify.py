@@ -12,7 +12,7 @@ leading padding leaves the state at zero and BatchNorm uses its running statisti
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -74,19 +74,25 @@ class RawTextPredictor:
             self._devices, self._devices_for = LocalDevices.for_model(config), config
         return self._devices
 
-    def __call__(self, module: AWDLSTMClassifier, vocab: Vocab, tokenizer,
-                 texts: Sequence[str], batch_size: int, backward: bool,
-                 progress: bool | None, multi_label: bool = False) -> np.ndarray:
-        """Probabilities `[len(texts), n_classes]` of raw texts, in input order."""
+    def forward(self, module: AWDLSTMClassifier,
+                multi_label: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+        """The device call of one padded batch: ids [rows, time] -> probabilities
+        [rows, n_classes] on the host, run on `devices`."""
         graphdef, state = self._split(module)
-        config = module.config
-        devices = self.devices(config.encoder)
+        devices = self.devices(module.config.encoder)
 
         def probs(ids: np.ndarray, state: nnx.State) -> jax.Array:
             return classifier_eval(graphdef, ids, state, multi_label=multi_label).probs
 
+        return lambda ids: np.asarray(devices.run(probs, ids, state))
+
+    def __call__(self, module: AWDLSTMClassifier, vocab: Vocab, tokenizer,
+                 texts: Sequence[str], batch_size: int, backward: bool,
+                 progress: bool | None, multi_label: bool = False) -> np.ndarray:
+        """Probabilities `[len(texts), n_classes]` of raw texts, in input order."""
+        config = module.config
         return pb.texts_to_probabilities(
-            lambda ids: np.asarray(devices.run(probs, ids, state)), tokenizer, vocab, texts,
+            self.forward(module, multi_label), tokenizer, vocab, texts,
             batch_size=batch_size, bptt=config.bptt, pad_id=config.encoder.pad_id,
             n_classes=config.n_classes, backward=backward, progress=progress,
-            row_multiple=devices.count)
+            row_multiple=self.devices(config.encoder).count)
