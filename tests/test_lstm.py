@@ -100,3 +100,41 @@ def test_the_cpu_loop_over_taken_steps_equals_the_fixed_length_scan(mask):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
     jaxpr = str(jax.make_jaxpr(recurrence_time_major)(projected, (h0, c0), w_hh, step_mask))
     assert "platform_index" in jaxpr  # the choice is made per platform when compiled
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_the_time_loops_read_each_gate_as_its_own_array(masked, grad):
+    """The input projection enters the time loops split per gate ([time, batch, hid] each), and
+    the saved activations leave them that way: XLA:CPU compiles several reads of one
+    dynamically indexed slice (`projected[t]` split four ways) to slow code. So no loop, the
+    CPU's loop over taken steps included, carries a [time, batch, 4*hid] array it reads from;
+    only the backward pass writes its gate gradients into one."""
+    from tests.jaxprs import equations
+
+    time, batch, hid = 7, 3, 5
+    keys = jax.random.split(jax.random.key(3), 4)
+    projected = jax.random.normal(keys[0], (time, batch, 4 * hid))
+    state = (jax.random.normal(keys[1], (batch, hid)), jnp.zeros((batch, hid)))
+    w_hh = jax.random.normal(keys[2], (hid, 4 * hid))
+    step_mask = jnp.ones((time, batch), bool) if masked else None
+
+    def run(projected, w_hh):
+        outputs, (h, c) = recurrence_time_major(projected, state, w_hh, step_mask)
+        return jnp.sum(outputs) + jnp.sum(h * c)
+
+    fn = jax.grad(run, argnums=(0, 1)) if grad else run
+    loops = (equations(fn, projected, w_hh, primitive="scan")
+             + equations(fn, projected, w_hh, primitive="while"))
+    assert loops
+    packed = (time, batch, 4 * hid)
+    for eqn in loops:
+        if eqn.primitive.name == "scan":  # consts and xs: what it reads
+            n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
+            read = eqn.invars[:n_consts] + eqn.invars[n_consts + n_carry:]
+        else:  # fori_loop's carry: counters, state, and the arrays it writes
+            read = eqn.invars[: eqn.params["body_nconsts"] + eqn.params["cond_nconsts"]]
+        assert packed not in [tuple(v.aval.shape) for v in read if hasattr(v, "aval")]
+    gate_arrays = [v for eqn in loops for v in eqn.invars
+                   if hasattr(v, "aval") and tuple(v.aval.shape) == (time, batch, hid)]
+    assert len(gate_arrays) >= 4
