@@ -103,38 +103,70 @@ def test_the_cpu_loop_over_taken_steps_equals_the_fixed_length_scan(mask):
 
 
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("grad", [False, True])
-def test_the_time_loops_read_each_gate_as_its_own_array(masked, grad):
-    """The input projection enters the time loops split per gate ([time, batch, hid] each), and
-    the saved activations leave them that way: XLA:CPU compiles several reads of one
-    dynamically indexed slice (`projected[t]` split four ways) to slow code. So no loop, the
-    CPU's loop over taken steps included, carries a [time, batch, 4*hid] array it reads from;
-    only the backward pass writes its gate gradients into one."""
+def test_the_per_gate_loop_equals_the_packed_loop(masked):
+    """A forward loop reading and writing one array per gate gives the packed loop's outputs,
+    state and residuals, bit for bit."""
+    time, batch, hid = 6, 3, 4
+    keys = jax.random.split(jax.random.key(5), 5)
+    projected = jax.random.normal(keys[0], (time, batch, 4 * hid))
+    h0, c0 = jax.random.normal(keys[1], (batch, hid)), jax.random.normal(keys[2], (batch, hid))
+    w_hh = 0.5 * jax.random.normal(keys[3], (hid, 4 * hid))
+    if masked:
+        step_mask = jax.random.bernoulli(keys[4], 0.7, (time, batch))
+        forward = lstm._forward_active_steps
+    else:
+        step_mask, forward = None, lstm._forward_scan
+    for save in (False, True):
+        args = (jnp.float32, projected, h0, c0, w_hh, step_mask)
+        packed = forward(*args, save=save)
+        per_gate = forward(*args, save=save, gate_arrays=True)
+        for want, got in zip(jax.tree.leaves(packed), jax.tree.leaves(per_gate), strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("loop", ["inference", "taken_steps_training"])
+def test_the_cpu_loops_chosen_per_gate_read_each_gate_as_its_own_array(loop):
+    """The CPU loops that read one array per gate (the unmasked forward pass without residuals;
+    the classifier's loop over taken steps, forward with residuals and backward) read no
+    [time, batch, 4*hid] array: XLA:CPU compiles several reads of one dynamically indexed slice
+    to slow code. The backward loop still writes its gate gradients into one. The choice is
+    made per platform when compiled."""
     from tests.jaxprs import equations
 
     time, batch, hid = 7, 3, 5
     keys = jax.random.split(jax.random.key(3), 4)
     projected = jax.random.normal(keys[0], (time, batch, 4 * hid))
-    state = (jax.random.normal(keys[1], (batch, hid)), jnp.zeros((batch, hid)))
+    h0, c0 = jax.random.normal(keys[1], (batch, hid)), jnp.zeros((batch, hid))
     w_hh = jax.random.normal(keys[2], (hid, 4 * hid))
-    step_mask = jnp.ones((time, batch), bool) if masked else None
+    step_mask = jnp.ones((time, batch), bool)
+    f32 = jnp.float32
 
-    def run(projected, w_hh):
-        outputs, (h, c) = recurrence_time_major(projected, state, w_hh, step_mask)
-        return jnp.sum(outputs) + jnp.sum(h * c)
+    def inference(projected, w_hh):
+        return lstm._unmasked_forward(f32, projected, h0, c0, w_hh, save=False)
 
-    fn = jax.grad(run, argnums=(0, 1)) if grad else run
-    loops = (equations(fn, projected, w_hh, primitive="scan")
-             + equations(fn, projected, w_hh, primitive="while"))
-    assert loops
-    packed = (time, batch, 4 * hid)
-    for eqn in loops:
-        if eqn.primitive.name == "scan":  # consts and xs: what it reads
-            n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
-            read = eqn.invars[:n_consts] + eqn.invars[n_consts + n_carry:]
-        else:  # fori_loop's carry: counters, state, and the arrays it writes
-            read = eqn.invars[: eqn.params["body_nconsts"] + eqn.params["cond_nconsts"]]
-        assert packed not in [tuple(v.aval.shape) for v in read if hasattr(v, "aval")]
-    gate_arrays = [v for eqn in loops for v in eqn.invars
-                   if hasattr(v, "aval") and tuple(v.aval.shape) == (time, batch, hid)]
-    assert len(gate_arrays) >= 4
+    def taken_steps_training(projected, w_hh):
+        outputs, h, c, saved = lstm._masked_forward(f32, projected, h0, c0, w_hh, step_mask,
+                                                    save=True)
+        residuals = (outputs, *saved, h0, c0, w_hh, step_mask)
+        return lstm._masked_backward(f32, residuals, (outputs, h, c))
+
+    run = {"inference": inference, "taken_steps_training": taken_steps_training}[loop]
+    loops = (equations(run, projected, w_hh, primitive="scan")
+             + equations(run, projected, w_hh, primitive="while"))
+    cpu_loops = [eqn for eqn in loops if _reads(eqn).count((time, batch, hid)) >= 4]
+    # One loop per platform branch and direction: the CPU's read gates, the others' do not.
+    assert len(cpu_loops) == (1 if loop == "inference" else 2)
+    for eqn in cpu_loops:
+        assert (time, batch, 4 * hid) not in _reads(eqn)
+    jaxpr = str(jax.make_jaxpr(run)(projected, w_hh))
+    assert "platform_index" in jaxpr
+
+
+def _reads(eqn) -> list[tuple[int, ...]]:
+    """Shapes of what a scan (its consts and xs) or a while loop (its consts) reads."""
+    if eqn.primitive.name == "scan":
+        n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
+        read = eqn.invars[:n_consts] + eqn.invars[n_consts + n_carry:]
+    else:  # fori_loop's carry: counters, state, and the arrays it writes
+        read = eqn.invars[: eqn.params["body_nconsts"] + eqn.params["cond_nconsts"]]
+    return [tuple(v.aval.shape) for v in read if hasattr(v, "aval")]

@@ -9,11 +9,15 @@ inside the backward loop: one [hid, 4*hid] read-modify-write per time step, whic
 the backward pass on CPU. Here the backward loop only emits the per-step gate gradients and
 W_hh's gradient is one [hid, batch*time] @ [batch*time, 4*hid] matmul after it.
 
-Inside the loops every per-step array is read whole, one array per gate: the input projection
-is split into i, f, g, o before the loop, and the forward pass saves each activated gate as its
-own array. XLA:CPU's loop fusions compile several reads of one dynamically indexed slice
-(`projected[t]` split four ways) to slow code: a forward step at the quickstart's size
-(batch 16, hidden 256) took about 1.5x as long that way, for the same results bit for bit.
+XLA:CPU compiles a loop fusion that reads one dynamically indexed slice at several offsets
+(`projected[t]` split four ways) to slow code. So on a CPU some loops read one array per gate,
+[time, batch, hid] each, split before the loop: the unmasked forward pass without residuals
+(a forward step at the quickstart's size, batch 16 and hidden 256, took 1.3-1.5x as long the
+other way) and, on the classifier's loop over taken steps, the forward pass that saves
+residuals and the backward pass (about 1.07x). The other loops measured as fast or faster
+packed and stay so (benchmarks/RESULTS.md); results are the same bit for bit either way. Other
+platforms keep the packed loops, measured there (`lax.platform_dependent`). The backward pass's
+residuals are packed on every platform.
 """
 from __future__ import annotations
 
@@ -151,22 +155,32 @@ def _forward_scan(
     w: jax.Array,
     step_mask: jax.Array | None,
     save: bool,
-) -> tuple[jax.Array, jax.Array, jax.Array, tuple[Gates, jax.Array] | None]:
+    gate_arrays: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None]:
     """The time loop. Returns outputs [time, batch, hid], final h, c and, when `save`, the
-    residuals of the backward pass: the activated gates (4 x [time, batch, hid]) and cells
-    [time, batch, hid]."""
+    residuals of the backward pass: activated gates [time, batch, 4*hid] and cells
+    [time, batch, hid]. With `gate_arrays` the loop reads and writes one array per gate (the
+    module's docstring); the residuals are packed after it."""
     w = w.astype(dtype)
 
     def step(carry, xs):
         x_t, m_t = xs
-        h_new, c_new, acts = _cell_forward(x_t, *carry, w, m_t, dtype)
-        return (h_new, c_new), ((h_new, c_new, acts) if save else h_new)
+        h_new, c_new, acts = _cell_forward(x_t if gate_arrays else _split_gates(x_t), *carry,
+                                           w, m_t, dtype)
+        if not save:
+            return (h_new, c_new), h_new
+        return (h_new, c_new), (h_new, c_new, acts if gate_arrays else _packed(acts))
 
-    (h, c), ys = jax.lax.scan(step, (h0, c0), (_split_gates(projected), step_mask))
+    xs = _split_gates(projected) if gate_arrays else projected
+    (h, c), ys = jax.lax.scan(step, (h0, c0), (xs, step_mask))
     if save:
         outputs, cells, acts = ys
-        return outputs, h, c, (acts, cells)
+        return outputs, h, c, (_packed(acts) if gate_arrays else acts, cells)
     return ys, h, c, None
+
+
+def _packed(gates: Gates) -> jax.Array:
+    return jnp.concatenate(gates, axis=-1)
 
 
 def _backward_scan(
@@ -183,8 +197,9 @@ def _backward_scan(
     def step(carry, xs):
         dh_next, dc_next = carry
         d_out, acts_t, c_t, c_prev, m_t = xs
-        dh_prev, dc_prev, d_gates = _cell_backward(dh_next + d_out, dc_next, acts_t, c_t,
-                                                   c_prev, m_t, w_t, dtype)
+        dh_prev, dc_prev, d_gates = _cell_backward(dh_next + d_out, dc_next,
+                                                   _split_gates(acts_t), c_t, c_prev, m_t,
+                                                   w_t, dtype)
         return (dh_prev, dc_prev), d_gates
 
     xs = (d_outputs, acts, cells, cells_prev, step_mask)
@@ -221,38 +236,48 @@ def _active_range(step_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def _forward_active_steps(
     dtype: Any, projected: jax.Array, h0: jax.Array, c0: jax.Array, w: jax.Array,
-    step_mask: jax.Array, save: bool,
-) -> tuple[jax.Array, jax.Array, jax.Array, tuple[Gates, jax.Array] | None]:
+    step_mask: jax.Array, save: bool, gate_arrays: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None]:
     """`_forward_scan` with a step mask, looping over `_active_range` only (same results)."""
     w = w.astype(dtype)
     lo, hi = _active_range(step_mask)
     gates = _split_gates(projected)
     outputs = jnp.zeros_like(gates[0])
     empty = jnp.zeros_like
-    saved = (tuple(empty(outputs) for _ in gates), empty(outputs)) if save else None
+    saved = None
+    if save:
+        saved = (tuple(map(empty, gates)) if gate_arrays else empty(projected), empty(outputs))
 
     def body(t, carry):
         h, c, outputs, saved = carry
-        h, c, acts = _cell_forward(tuple(x[t] for x in gates), h, c, w, step_mask[t], dtype)
+        x_t = tuple(x[t] for x in gates) if gate_arrays else _split_gates(projected[t])
+        h, c, acts = _cell_forward(x_t, h, c, w, step_mask[t], dtype)
         outputs = outputs.at[t].set(h)
         if saved is not None:
-            saved = (tuple(s.at[t].set(a) for s, a in zip(saved[0], acts, strict=True)),
-                     saved[1].at[t].set(c))
+            if gate_arrays:
+                written = tuple(s.at[t].set(a) for s, a in zip(saved[0], acts, strict=True))
+            else:
+                written = saved[0].at[t].set(_packed(acts))
+            saved = (written, saved[1].at[t].set(c))
         return h, c, outputs, saved
 
     h, c, outputs, saved = jax.lax.fori_loop(lo, hi, body, (h0, c0, outputs, saved))
     before, after = _outside(outputs.shape[0], lo, hi)
     outputs = jnp.where(before, h0, jnp.where(after, h, outputs))
-    if saved is not None:
-        saved = (saved[0], jnp.where(before, c0, jnp.where(after, c, saved[1])))
-    return outputs, h, c, saved
+    if saved is None:
+        return outputs, h, c, None
+    acts, cells = saved
+    acts = _packed(acts) if gate_arrays else acts
+    return outputs, h, c, (acts, jnp.where(before, c0, jnp.where(after, c, cells)))
 
 
 def _backward_active_steps(
     dtype: Any, residuals: tuple, cotangents: tuple[jax.Array, jax.Array, jax.Array],
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """`_backward_scan` over `_active_range` only (same results)."""
+    """`_backward_scan` over `_active_range` only (same results), reading the activated gates
+    as one array per gate."""
     outputs, acts, cells, h0, c0, w, step_mask = residuals
+    acts = _split_gates(acts)
     d_outputs, d_h, d_c = cotangents
     w_t = w.astype(dtype).T
     lo, hi = _active_range(step_mask)
@@ -281,11 +306,22 @@ def _outside(time: int, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, jax.Ar
     return steps < lo, steps >= hi
 
 
+def _unmasked_forward(dtype: Any, projected: jax.Array, h0: jax.Array, c0: jax.Array,
+                      w: jax.Array, save: bool):
+    # Where each layout measured faster (the module's docstring); other platforms keep the
+    # packed loop, measured there (issue 16's GPU table).
+    return jax.lax.platform_dependent(
+        projected, h0, c0, w,
+        cpu=functools.partial(_forward_scan, dtype, step_mask=None, save=save,
+                              gate_arrays=not save),
+        default=functools.partial(_forward_scan, dtype, step_mask=None, save=save))
+
+
 def _masked_forward(dtype: Any, projected: jax.Array, h0: jax.Array, c0: jax.Array,
                     w: jax.Array, step_mask: jax.Array, save: bool):
     return jax.lax.platform_dependent(
         projected, h0, c0, w, step_mask,
-        cpu=functools.partial(_forward_active_steps, dtype, save=save),
+        cpu=functools.partial(_forward_active_steps, dtype, save=save, gate_arrays=save),
         default=functools.partial(_forward_scan, dtype, save=save))
 
 
@@ -300,13 +336,13 @@ def _masked_backward(dtype: Any, residuals: tuple, cotangents: tuple):
 def _lstm_scan(
     kernel: Kernel, projected: jax.Array, h0: jax.Array, c0: jax.Array, w: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    outputs, h, c, _ = _forward_scan(kernel[0], projected, h0, c0, w, None, save=False)
+    outputs, h, c, _ = _unmasked_forward(kernel[0], projected, h0, c0, w, save=False)
     return outputs, h, c
 
 
 def _lstm_scan_fwd(kernel, projected, h0, c0, w):
-    outputs, h, c, (acts, cells) = _forward_scan(kernel[0], projected, h0, c0, w, None,
-                                                 save=True)
+    outputs, h, c, (acts, cells) = _unmasked_forward(kernel[0], projected, h0, c0, w,
+                                                     save=True)
     return (outputs, h, c), (outputs, acts, cells, h0, c0, w, None)
 
 
