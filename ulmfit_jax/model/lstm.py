@@ -12,7 +12,7 @@ W_hh's gradient is one [hid, batch*time] @ [batch*time, 4*hid] matmul after it.
 XLA:CPU compiles a loop fusion that reads one dynamically indexed slice at several offsets
 (`projected[t]` split four ways) to slow code. So on a CPU some loops read one array per gate,
 [time, batch, hid] each, split before the loop: the unmasked forward pass without residuals
-(a forward step at the quickstart's size, batch 16 and hidden 256, took 1.3-1.5x as long the
+(a forward step at the quickstart's size, batch 16 and hidden 256, took 1.2-1.4x as long the
 other way) and, on the classifier's loop over taken steps, the forward pass that saves
 residuals and the backward pass (about 1.07x). The other loops measured as fast or faster
 packed and stay so (benchmarks/RESULTS.md); results are the same bit for bit either way. Other
@@ -241,8 +241,9 @@ def _forward_active_steps(
     """`_forward_scan` with a step mask, looping over `_active_range` only (same results)."""
     w = w.astype(dtype)
     lo, hi = _active_range(step_mask)
-    gates = _split_gates(projected)
-    outputs = jnp.zeros_like(gates[0])
+    gates = _split_gates(projected) if gate_arrays else ()
+    time, batch, n_gates = projected.shape
+    outputs = jnp.zeros((time, batch, n_gates // 4), jnp.float32)
     empty = jnp.zeros_like
     saved = None
     if save:
@@ -262,7 +263,7 @@ def _forward_active_steps(
         return h, c, outputs, saved
 
     h, c, outputs, saved = jax.lax.fori_loop(lo, hi, body, (h0, c0, outputs, saved))
-    before, after = _outside(outputs.shape[0], lo, hi)
+    before, after = _outside(time, lo, hi)
     outputs = jnp.where(before, h0, jnp.where(after, h, outputs))
     if saved is None:
         return outputs, h, c, None
@@ -308,13 +309,15 @@ def _outside(time: int, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, jax.Ar
 
 def _unmasked_forward(dtype: Any, projected: jax.Array, h0: jax.Array, c0: jax.Array,
                       w: jax.Array, save: bool):
-    # Where each layout measured faster (the module's docstring); other platforms keep the
-    # packed loop, measured there (issue 16's GPU table).
+    if save:  # training: the packed loop everywhere (the module's docstring)
+        return _forward_scan(dtype, projected, h0, c0, w, None, save=True)
+    # Inference reads one array per gate on a CPU; other platforms keep the packed loop,
+    # measured there (issue 16's GPU table).
     return jax.lax.platform_dependent(
         projected, h0, c0, w,
-        cpu=functools.partial(_forward_scan, dtype, step_mask=None, save=save,
-                              gate_arrays=not save),
-        default=functools.partial(_forward_scan, dtype, step_mask=None, save=save))
+        cpu=functools.partial(_forward_scan, dtype, step_mask=None, save=False,
+                              gate_arrays=True),
+        default=functools.partial(_forward_scan, dtype, step_mask=None, save=False))
 
 
 def _masked_forward(dtype: Any, projected: jax.Array, h0: jax.Array, c0: jax.Array,
