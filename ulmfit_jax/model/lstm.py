@@ -12,9 +12,9 @@ W_hh's gradient is one [hid, batch*time] @ [batch*time, 4*hid] matmul after it.
 XLA:CPU compiles a loop fusion that reads one dynamically indexed slice at several offsets
 (`projected[t]` split four ways) to slow code. So on a CPU some loops read one array per gate,
 [time, batch, hid] each, split before the loop: the unmasked forward pass without residuals
-(a forward step at the quickstart's size, batch 16 and hidden 256, took 1.2-1.4x as long the
-other way) and, on the classifier's loop over taken steps, the forward pass that saves
-residuals and the backward pass (about 1.07x). The other loops measured as fast or faster
+(a forward step at the quickstart's size, hidden 256, took 1.1-1.4x as long the other way)
+and, on the classifier's loop over taken steps, the forward pass that saves residuals and the
+backward pass (about 1.07x). The other loops measured as fast or faster
 packed and stay so (benchmarks/RESULTS.md); results are the same bit for bit either way. Other
 platforms keep the packed loops, measured there (`lax.platform_dependent`). The backward pass's
 residuals are packed on every platform.
