@@ -14,10 +14,10 @@ XLA:CPU compiles a loop fusion that reads one dynamically indexed slice at sever
 [time, batch, hid] each, split before the loop: the unmasked forward pass without residuals
 (a forward step at the quickstart's size, hidden 256, took 1.1-1.4x as long the other way)
 and, on the classifier's loop over taken steps, the forward pass that saves residuals and the
-backward pass (about 1.07x). The other loops measured as fast or faster
-packed and stay so (benchmarks/RESULTS.md); results are the same bit for bit either way. Other
-platforms keep the packed loops, measured there (`lax.platform_dependent`). The backward pass's
-residuals are packed on every platform.
+backward pass (about 1.07x). The other loops measured as fast or faster packed and stay so
+(benchmarks/RESULTS.md); results are the same bit for bit either way. Other platforms keep the
+packed loops, measured there (`lax.platform_dependent`). The backward pass's residuals are
+packed on every platform.
 """
 from __future__ import annotations
 
