@@ -86,14 +86,6 @@ def recurrence_time_major(
     return outputs, (h, c)
 
 
-def _gate_activations(gates: jax.Array) -> jax.Array:
-    """Pre-activations [..., 4*hid] -> sigmoid(i), sigmoid(f), tanh(g), sigmoid(o), concatenated."""
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
-    return jnp.concatenate(
-        [jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], axis=-1
-    )
-
-
 def _recurrent_matmul(h: jax.Array, w: jax.Array, dtype: Any) -> jax.Array:
     return jnp.matmul(h.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
 

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 
 from ulmfit_jax.model.lstm import (
     LSTMState,
-    _gate_activations,
-    _recurrent_matmul,
+    _cell_forward,
+    _split_gates,
     input_projection_time_major,
 )
 
@@ -97,9 +97,5 @@ def _cell(
     gates_in: jax.Array, state: LSTMState, w_hh: jax.Array, keep: jax.Array, dtype: Any
 ) -> LSTMState:
     """One LSTM step; rows where `keep` [batch] is False keep their state."""
-    h, c = state
-    i, f, g, o = jnp.split(_gate_activations(gates_in + _recurrent_matmul(h, w_hh, dtype)), 4, -1)
-    c_new = f * c + i * g
-    h_new = o * jnp.tanh(c_new)
-    keep = keep[:, None]
-    return jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)
+    h, c, _ = _cell_forward(_split_gates(gates_in), *state, w_hh, keep, dtype)
+    return h, c
