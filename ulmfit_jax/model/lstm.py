@@ -151,23 +151,21 @@ def _forward_scan(
 ) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None]:
     """The time loop. Returns outputs [time, batch, hid], final h, c and, when `save`, the
     residuals of the backward pass: activated gates [time, batch, 4*hid] and cells
-    [time, batch, hid]. With `gate_arrays` the loop reads and writes one array per gate (the
-    module's docstring); the residuals are packed after it."""
+    [time, batch, hid]. With `gate_arrays` the loop reads the input projection as one array
+    per gate (the module's docstring)."""
     w = w.astype(dtype)
 
     def step(carry, xs):
         x_t, m_t = xs
         h_new, c_new, acts = _cell_forward(x_t if gate_arrays else _split_gates(x_t), *carry,
                                            w, m_t, dtype)
-        if not save:
-            return (h_new, c_new), h_new
-        return (h_new, c_new), (h_new, c_new, acts if gate_arrays else _packed(acts))
+        return (h_new, c_new), ((h_new, c_new, _packed(acts)) if save else h_new)
 
     xs = _split_gates(projected) if gate_arrays else projected
     (h, c), ys = jax.lax.scan(step, (h0, c0), (xs, step_mask))
     if save:
         outputs, cells, acts = ys
-        return outputs, h, c, (_packed(acts) if gate_arrays else acts, cells)
+        return outputs, h, c, (acts, cells)
     return ys, h, c, None
 
 
