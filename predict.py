@@ -19,6 +19,11 @@ are split over them (see ulmfit_jax/inference/local_devices.py).
 (a page) / `words.txt`.
 """
 
+# ruff: noqa: E402 (the allocator is chosen before anything else is imported)
+from ulmfit_jax.host_allocator import use_fast_allocator
+
+use_fast_allocator()  # may re-execute this command once, with a faster heap allocator
+
 from absl import flags
 
 from ulmfit_jax.cli import run_cli

@@ -10,6 +10,11 @@ line and exits with 2 (`--verbose`: with its traceback); SIGTERM/Ctrl-C save a c
 exit with 143/130 (see README, "What happens when things go wrong").
 """
 
+# ruff: noqa: E402 (the allocator is chosen before anything else is imported)
+from ulmfit_jax.host_allocator import use_fast_allocator
+
+use_fast_allocator()  # may re-execute this command once, with a faster heap allocator
+
 from absl import app, flags
 from ml_collections import config_flags
 

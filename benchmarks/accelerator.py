@@ -77,6 +77,8 @@ from common import (
     use_cpu_devices,
 )
 
+from ulmfit_jax.host_allocator import use_fast_allocator
+
 TASKS = ("lm_train", "lm_eval", "clf_train")
 WT103_TOKENS = 103_000_000
 GOAL_BATCH, GOAL_SPEEDUP, GOAL_TOKENS_PER_S, GOAL_EPOCH_MIN_8 = 256, 5.0, 1e6, 2.0
@@ -479,4 +481,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # train.py's heap allocator, for both sides alike
     main()

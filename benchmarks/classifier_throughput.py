@@ -56,6 +56,8 @@ from common import (
     use_cpu_devices,
 )
 
+from ulmfit_jax.host_allocator import use_fast_allocator
+
 PHASES = (-1, -2, 0)
 PHASE_NAMES = {-1: "head only", -2: "last LSTM + head", 0: "all layers"}
 ALPHA, BETA = 2.0, 1.0  # fastai's TextLearner defaults, the recipe's classifier.alpha / beta
@@ -355,4 +357,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # train.py's heap allocator, for both sides alike
     main()

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from ulmfit_jax.host_allocator import allocator_in_use
+
 SIZES = {
     "tiny": dict(vocab_size=300, emb_size=16, hidden_size=32, n_layers=3),
     "small": dict(vocab_size=8_000, emb_size=128, hidden_size=256, n_layers=2),
@@ -110,7 +112,8 @@ def interleaved_seconds(
 
 
 def machine() -> str:
-    """CPU model name and core count (from /proc/cpuinfo where there is one)."""
+    """CPU model name, core count (from /proc/cpuinfo where there is one) and the heap
+    allocator (`ulmfit_jax.host_allocator`)."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -119,7 +122,7 @@ def machine() -> str:
         model = names[0] if names else model
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores"
+    return f"{model}, {os.cpu_count()} cores, allocator {allocator_in_use()}"
 
 
 def load_average() -> str:

@@ -26,6 +26,7 @@ import numpy as np
 from common import SIZES, adam_hparams, our_optimizer
 from flax import nnx
 
+from ulmfit_jax.host_allocator import use_fast_allocator
 from ulmfit_jax.model.classifier import AWDLSTMClassifier
 from ulmfit_jax.model.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit_jax.model.cudnn_lstm import on_cuda
@@ -115,4 +116,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # train.py's heap allocator, for both sides alike
     main()

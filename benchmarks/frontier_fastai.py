@@ -61,6 +61,8 @@ import pandas as pd
 import torch
 from common import EVENTS, Documents, chosen_documents
 
+from ulmfit_jax.host_allocator import use_fast_allocator
+
 
 def write_event(events: Path, **fields: object) -> None:
     """Append one event, stamped with `time.monotonic()` (the caller's clock on Linux)."""
@@ -212,4 +214,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # train.py's heap allocator, for both sides alike
     main()

@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ulmfit_jax.host_allocator import use_fast_allocator
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GPU_TESTS = ("test_lstm", "test_cudnn_lstm", "test_language_model", "test_classifier",
@@ -200,4 +202,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # train.py's heap allocator, for both sides alike
     sys.exit(main())

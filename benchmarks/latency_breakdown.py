@@ -39,6 +39,8 @@ from common import (
     use_cpu_devices,
 )
 
+from ulmfit_jax.host_allocator import use_fast_allocator
+
 WARM_RUNS = 2  # untimed runs of each shape: the compile and one more
 
 
@@ -157,4 +159,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # train.py's heap allocator, for both sides alike
     main()

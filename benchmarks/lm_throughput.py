@@ -51,6 +51,8 @@ from common import (
     use_cpu_devices,
 )
 
+from ulmfit_jax.host_allocator import use_fast_allocator
+
 
 def run(setting: BenchSetting, qrnn: str | None = None) -> None:
     """Time both implementations (and our QRNN with `qrnn`), interleaved; print tokens/s and
@@ -110,4 +112,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # train.py's heap allocator, for both sides alike
     main()

@@ -44,6 +44,8 @@ from common import (
     use_cpu_devices,
 )
 
+from ulmfit_jax.host_allocator import use_fast_allocator
+
 
 def latency(learn, clf, texts: list[str]) -> dict[str, list[float]]:
     """Seconds per single-text prediction, each side over all texts in turn."""
@@ -122,4 +124,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # train.py's heap allocator, for both sides alike
     main()

@@ -15,6 +15,8 @@ import argparse
 import numpy as np
 from common import load_average, machine, timed
 
+from ulmfit_jax.host_allocator import use_fast_allocator
+
 # hidden size: embedding size of the models measured (the AWD-LSTM's last layer outputs it)
 EMBEDDINGS = {256: 128, 400: 200, 512: 200, 768: 300, 1152: 400}
 DEFAULT_CASES = ("256:32", "256:64", "256:128", "400:64", "512:16", "512:64", "768:16",
@@ -74,4 +76,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # train.py's heap allocator, for both sides alike
     main()

@@ -48,6 +48,7 @@ from pathlib import Path
 from common import EVENTS, classifier_documents, machine, tfidf_accuracy
 
 from ulmfit_jax.errors import ConfigError, UserError
+from ulmfit_jax.host_allocator import use_fast_allocator
 from ulmfit_jax.trainer.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -361,4 +362,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # train.py's heap allocator, for both sides alike
     main()

@@ -15,6 +15,7 @@ import time
 
 from common import tfidf_accuracy
 
+from ulmfit_jax.host_allocator import use_fast_allocator
 from ulmfit_jax.text.sources import movie_reviews_imdb
 
 
@@ -34,4 +35,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # train.py's heap allocator, for both sides alike
     main()

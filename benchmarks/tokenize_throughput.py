@@ -33,6 +33,8 @@ import time
 
 from common import imdb_texts
 
+from ulmfit_jax.host_allocator import use_fast_allocator
+
 
 def run_ours(texts: list[str], workers: int) -> tuple[list[list[str]], float]:
     """The trainer's token cache of `texts` with fastai's rules, in `workers` processes: the
@@ -122,4 +124,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # train.py's heap allocator, for both sides alike
     main()

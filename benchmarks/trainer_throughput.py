@@ -31,6 +31,8 @@ from pathlib import Path
 
 from common import BenchSetting, interleaved_seconds, load_average, machine, ours_steps
 
+from ulmfit_jax.host_allocator import use_fast_allocator
+
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 0.90
 
@@ -95,4 +97,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # train.py's heap allocator, for both sides alike
     main()
