@@ -14,8 +14,8 @@ command once, with the same PID and arguments, in an environment that chooses:
 1. tcmalloc, or else jemalloc (`MALLOC_CONF` keeping freed pages), where the system has one
    (Debian/Ubuntu: `apt install libtcmalloc-minimal4` or `libjemalloc2`);
 2. otherwise glibc's own, tuned (`GLIBC_TUNABLES`): no `mmap` for large blocks, no trimming of
-   freed memory, transparent huge pages where the kernel allows them. This removes the faults
-   for blocks up to 64 MB (glibc's limit for one block outside the main thread's heap).
+   freed memory. This removes the faults for blocks up to 64 MB (glibc's limit for one block
+   outside the main thread's heap); larger ones are still mapped afresh at each step.
 
 The freed memory is kept by the process: its resident size stays near its peak, as a training
 run's does anyway. `train.py` and `predict.py` call `use_fast_allocator()` first; the
@@ -45,8 +45,9 @@ DONE_VARIABLE = "ULMFIT_JAX_ALLOCATOR_SET"
 LIBRARIES = ("tcmalloc_minimal", "tcmalloc", "jemalloc")
 # jemalloc by default returns freed pages within seconds, and blocks above 8 MB at once.
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
-GLIBC_TUNED = ("glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295:"
-               "glibc.malloc.hugetlb=1")
+# Not glibc.malloc.hugetlb=1 (transparent huge pages) as well: with these two it made a
+# WT103-size LM step 1.3-1.5x slower (benchmarks/RESULTS.md, "The heap allocator").
+GLIBC_TUNED = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
 
 
 def allocator_environment(env: Mapping[str, str],
@@ -71,7 +72,7 @@ def use_fast_allocator() -> None:
     """Re-execute this command (same PID, arguments, interpreter options) with the allocator
     `allocator_environment` chooses, once; return at once where it keeps the one it has."""
     changes = allocator_environment(os.environ)
-    if not changes:
+    if not changes or not sys.executable:  # an embedded interpreter cannot be re-executed
         return
     sys.stdout.flush()
     sys.stderr.flush()
