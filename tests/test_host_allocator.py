@@ -153,3 +153,22 @@ def test_the_allocator_in_use_is_named_for_benchmark_records():
     assert host_allocator.allocator_in_use({"LD_PRELOAD": "/l/libjemalloc.so.2"}) == \
         "/l/libjemalloc.so.2"
     assert host_allocator.allocator_in_use({"LD_PRELOAD": "libmine.so"}) == "system"
+
+
+@pytest.mark.skipif(not host_allocator._glibc_linux(), reason="the re-execution is Linux/glibc's")
+@pytest.mark.parametrize("script, flags", [("train.py", ["--config", "MISSING", "--workdir", "W"]),
+                                           ("predict.py", ["--model", "MISSING", "A text."])])
+def test_the_command_line_scripts_run_under_the_chosen_allocator(script, flags, tmp_path):
+    """train.py and predict.py re-execute before anything else: a user error (here a missing
+    file) still gives its one line and exit code 2, from a process with the allocator set."""
+    argv = [script] + [str(tmp_path / f) if f.isupper() else f for f in flags]
+    code = f"""
+        import atexit, os, runpy, sys
+        atexit.register(lambda: print("allocator", os.environ.get("{DONE_VARIABLE}")))
+        sys.argv = {argv!r}
+        runpy.run_path("{script}", run_name="__main__")
+    """
+    proc = _run(code, ULMFIT_JAX_ALLOCATOR="glibc")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["allocator glibc"]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "MISSING" in proc.stderr
