@@ -107,7 +107,7 @@ def test_system_keeps_the_process_as_it_started():
     assert proc.stdout.splitlines()[1].endswith("None None")
 
 
-# A jitted step on one CPU device whose temporaries are one block of about 48 MB: above glibc's
+# A jitted step on one CPU device whose temporaries are one block of about 50 MB: above glibc's
 # largest mmap threshold (32 MB), within what one of its heaps can hold (64 MB).
 FAULTS = """
     import json, resource

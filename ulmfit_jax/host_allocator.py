@@ -3,10 +3,10 @@
 XLA:CPU allocates an execution's temporaries with `malloc` (one block of tens to hundreds of MB
 for a training step) and frees them when the execution ends. glibc's `malloc` serves a block
 that large with `mmap` and gives it back with `munmap`, so the next step gets new pages, and the
-kernel faults and zeroes each one: on a 2-core Intel Xeon, a quickstart classifier step took
-18,850 minor faults and 31 ms of kernel time in 75 ms (`benchmarks/RESULTS.md`, "The heap
-allocator"). An allocator that keeps freed memory for reuse (tcmalloc, jemalloc), or glibc told
-to keep it, removes them.
+kernel faults and zeroes each one: on a 2-core Intel Xeon, a classifier step at
+quickstart_15min's sizes took 18,850 minor faults and 31 ms of kernel time in 75 ms
+(`benchmarks/RESULTS.md`, "The heap allocator"). An allocator that keeps freed memory for reuse
+(tcmalloc, jemalloc), or glibc told to keep it, removes them.
 
 Which allocator a process uses is fixed when it starts (the dynamic linker reads `LD_PRELOAD`,
 glibc its `GLIBC_TUNABLES`, only then), so `use_fast_allocator()` re-executes the running
