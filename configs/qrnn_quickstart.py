@@ -11,7 +11,8 @@ Measured (2-core Intel Xeon, 2026-12-06, `benchmarks/quickstart_frontier.py`, sa
 seeds 0, 1, 2): 87.3%, 87.1%, 87.3% in 4.4-4.7 minutes, against the AWD-LSTM quickstart's
 88.3%, 86.6%, 88.1% in 5.6-5.9 (1.27x faster, 0.4 points lower on average). Wider
 (2 x 512), deeper (3 layers), longer (192 tokens, a third unfrozen epoch) or more LM documents
-(6,000) each ended between 86.8% and 87.7%, slower (benchmarks/RESULTS.md).
+(6,000) each ended between 86.8% and 87.7%, slower (benchmarks/RESULTS.md). Longer reviews
+did it: `configs/qrnn_quickstart_240.py`.
 """
 
 from pathlib import Path

@@ -23,6 +23,7 @@ from ulmfit_jax.errors import ConfigError
 from ulmfit_jax.model.config import AWDLSTMConfig
 from ulmfit_jax.text.sentencepiece_tokenizer import SentencePieceTokenizer
 from ulmfit_jax.trainer.config import lm_model_config, load_config
+from ulmfit_jax.trainer.workdir import flat_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # configs/multifit_quickstart.py cut to a CPU test (its 4 QRNN layers kept, narrower).
@@ -146,3 +147,16 @@ def test_qrnn_quickstart_is_the_quickstart_with_a_qrnn_encoder():
     assert changed <= {"encoder", "hidden_size", "n_layers"} and model["encoder"] == "qrnn"
     encoder = lm_model_config(load_config(ROOT / "configs" / "qrnn_quickstart.py"), 8000)
     assert encoder.encoder_kind == "qrnn" and encoder.layer_sizes()[-1][1] == 128  # tied
+
+
+def test_qrnn_quickstart_240_changes_the_review_length_and_first_phase_only():
+    """configs/qrnn_quickstart_240.py is the QRNN quickstart on 240-token reviews (all of
+    them back-propagated), unfrozen from the last group: no other key moves."""
+    base = load_config(ROOT / "configs" / "qrnn_quickstart.py")
+    long = load_config(ROOT / "configs" / "qrnn_quickstart_240.py")
+    base_keys, long_keys = flat_config(base), flat_config(long)
+    changed = {key for key in base_keys if base_keys[key] != long_keys[key]}
+    assert changed == {"classifier.max_len", "classifier.max_tokens", "classifier.phases"}
+    assert long.classifier.max_len == long.classifier.max_tokens == 240
+    assert [p["freeze_to"] for p in long.classifier.phases] == [-2, 0]
+    assert long.classifier.phases[1:] == base.classifier.phases[2:]  # the unfrozen epochs
